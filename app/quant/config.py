@@ -1,0 +1,68 @@
+"""The ``quant`` config group as a typed, validated dataclass (Hydra structured config)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+MODES = ("float", "irnn", "denseshift", "irnn_denseshift")
+
+
+@dataclass
+class QuantConfig:
+    mode: str = "float"  # float | irnn | denseshift | irnn_denseshift
+    weight_bits: int = 8  # symmetric per-output-channel integer weights (irnn: 4..8)
+    act_bits: int = 8  # activations and hidden state h (4..8); gates and cell are 16-bit
+    pwl_segments: int = 32  # pieces of each adaptive PWL activation (even, 4..64)
+    layer_norm: bool = False  # LN-LSTM: integer layer norm on W_x x, W_h h and the cell
+    cell_int_bits: int = 4  # cell state format Q(cell_int_bits).(15 - cell_int_bits)
+    observer_momentum: float = 0.01  # EMA of activation |max| during QAT
+    freeze_observers_epoch: int = -1  # freeze activation ranges from this epoch (-1: never freeze)
+    init_from: str | None = None  # float (or QAT) checkpoint to initialise weights from (fine-tune)
+
+    @property
+    def quantized(self) -> bool:
+        return self.mode != "float"
+
+    @property
+    def integer_activations(self) -> bool:
+        return self.mode in ("irnn", "irnn_denseshift")
+
+    def validate(self) -> "QuantConfig":
+        if self.mode not in MODES:
+            raise ValueError(f"quant.mode={self.mode!r} is unknown; choose one of {', '.join(MODES)}")
+        if self.mode in ("irnn",) and not 4 <= self.weight_bits <= 8:
+            raise ValueError(f"quant.weight_bits={self.weight_bits}: irnn supports 4..8 (int8 storage)")
+        if not 4 <= self.act_bits <= 8:
+            raise ValueError(f"quant.act_bits={self.act_bits}: supported 4..8 (h is stored as int8)")
+        if self.pwl_segments < 4 or self.pwl_segments > 64 or self.pwl_segments % 2:
+            raise ValueError(
+                f"quant.pwl_segments={self.pwl_segments}: use an even number in 4..64 "
+                "(fits are symmetric; more pieces than 64 do not lower the error below the Q0.15 step)"
+            )
+        if not 1 <= self.cell_int_bits <= 8:
+            raise ValueError(f"quant.cell_int_bits={self.cell_int_bits}: supported 1..8 (int16 cell state)")
+        if not 0.0 < self.observer_momentum <= 1.0:
+            raise ValueError(f"quant.observer_momentum={self.observer_momentum}: must be in (0, 1]")
+        return self
+
+    @classmethod
+    def from_dict(cls, cfg: Any) -> "QuantConfig":
+        """Build from a DictConfig / dict; unknown keys are an error that names them."""
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, QuantConfig):
+            return cfg.validate()
+        data = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown quant config key(s) {unknown}; valid keys: {', '.join(sorted(known))}")
+        return cls(**data).validate()
+
+    @property
+    def cell_frac(self) -> int:
+        return 15 - self.cell_int_bits
+
+    @property
+    def h_frac(self) -> int:
+        return self.act_bits - 1

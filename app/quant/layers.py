@@ -1,0 +1,101 @@
+"""Quantizable Embedding and Linear: drop-in subclasses of nn.Embedding / nn.Linear.
+
+Same parameters as the float layers (a float checkpoint loads as is). In ``irnn`` mode the forward
+value is computed by the integer engine's own functions from the integers the quantizers produce,
+and gradients flow straight through to the float weights (QAT).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from app.engine.fixed_point import INT8_MAX, INT8_MIN, int_matmul, qrange, requantize
+from app.engine.layers import IntEmbedding, IntLinear
+from app.quant.config import QuantConfig
+from app.quant.quantizers import PowerOfTwoObserver, WeightQuant, bias_to_acc, snap, ste, to_grid
+
+LOGIT_FRAC = 16  # int32 logits at 2^-16
+
+
+def exact_matmul(x_int: Tensor, w_q: Tensor) -> Tensor:
+    """Exact int64 ``x_int @ w_q.T``. int8 inputs take ``torch._int_mm`` (as the engine does); inputs
+    outside int8 (only in training, after inverted dropout) take a float64 matmul, exact below 2^53."""
+    if int(x_int.min()) >= INT8_MIN and int(x_int.max()) <= INT8_MAX:
+        return int_matmul(x_int.to(torch.int8), w_q.to(torch.int8).t())
+    return torch.round(x_int.double() @ w_q.double().t()).long()
+
+
+class QuantEmbedding(nn.Embedding):
+    """Embedding whose int8 rows (per-row scales) are requantized to one power-of-two output grid."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, quant: QuantConfig | None = None):
+        super().__init__(num_embeddings, embedding_dim)
+        self.quant = quant or QuantConfig()
+        if self.quant.integer_activations:
+            self.observer = PowerOfTwoObserver(self.quant.act_bits, self.quant.observer_momentum)
+
+    @property
+    def out_frac(self) -> int:
+        return self.observer.frac
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        if not self.quant.integer_activations:
+            return super().forward(tokens)
+        wq = WeightQuant(self.weight, self.quant.weight_bits)
+        rows = F.embedding(tokens, wq.fake)
+        self.observer.observe(rows)
+        frac = self.out_frac
+        lo, hi = qrange(self.quant.act_bits)
+        with torch.no_grad():
+            exact = requantize(
+                wq.q[tokens].long(), wq.m0[tokens].unsqueeze(-1), (wq.exp[tokens] - frac).unsqueeze(-1), lo, hi
+            )
+            self.observer.count_saturation(exact)
+        return ste(rows, exact.to(rows.dtype) * 2.0**-frac)
+
+    def export(self) -> IntEmbedding:
+        wq = WeightQuant(self.weight, self.quant.weight_bits)
+        return IntEmbedding(wq.q_int8, wq.m0, wq.exp, self.out_frac, self.quant.act_bits)
+
+
+class QuantLinear(nn.Linear):
+    """Linear layer with int8 per-channel weights and an int32-accumulator bias.
+
+    ``out_frac``/``out_bits`` give the output grid; the default is the LM's int32 logits at 2^-16.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        quant: QuantConfig | None = None,
+        out_frac: int = LOGIT_FRAC,
+        out_bits: int = 32,
+    ):
+        super().__init__(in_features, out_features, bias=bias)
+        self.quant = quant or QuantConfig()
+        self.out_frac = out_frac
+        self.out_bits = out_bits
+
+    def forward(self, x: Tensor, in_frac: int | None = None) -> Tensor:
+        if not self.quant.integer_activations:
+            return super().forward(x)
+        if in_frac is None:
+            raise ValueError("QuantLinear in irnn mode needs the input grid: forward(x, in_frac=...)")
+        x = snap(x, in_frac)
+        wq = WeightQuant(self.weight, self.quant.weight_bits)
+        surrogate = F.linear(x, wq.fake, self.bias)
+        with torch.no_grad():
+            layer = self._integer_layer(wq, in_frac)
+            acc = exact_matmul(to_grid(x, in_frac).reshape(-1, x.shape[-1]), layer.w_q)
+            exact = layer.from_accumulator(acc).reshape(surrogate.shape)
+        return ste(surrogate, exact.to(surrogate.dtype) * 2.0**-self.out_frac)
+
+    def _integer_layer(self, wq: WeightQuant, in_frac: int) -> IntLinear:
+        bias_acc = None if self.bias is None else bias_to_acc(self.bias, in_frac, wq.scale)
+        return IntLinear(wq.q_int8, wq.m0, wq.exp, bias_acc, in_frac, self.out_frac, self.out_bits)
+
+    def export(self, in_frac: int) -> IntLinear:
+        return self._integer_layer(WeightQuant(self.weight, self.quant.weight_bits), in_frac)

@@ -1,0 +1,219 @@
+"""Quantizable LSTM: a drop-in subclass of ``nn.LSTM`` (same parameters, same state layout).
+
+``quant.mode=float`` runs ``nn.LSTM`` itself. ``irnn`` runs the integer LSTM of
+``app.engine.lstm`` step by step for the forward value (bit-exact with the engine) and a float
+surrogate for gradients: straight-through at each requantization, PWL segment slopes for the
+activations. What does not depend on the recurrence (the input projection of every time step)
+is computed in one matmul per layer and direction.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from app.engine.fixed_point import INT16_MAX, INT16_MIN
+from app.engine.layernorm import STD_EXTRA_BITS
+from app.engine.lstm import (
+    GATE_FRAC,
+    PWL_OUT_FRAC,
+    IntLayerNormParams,
+    IntLSTM,
+    IntLSTMDirection,
+    LSTMFormat,
+    cell_step,
+    input_projection_from_acc,
+    recurrent_gates,
+    reverse_padded,
+)
+from app.quant.activations import lstm_activations
+from app.quant.config import QuantConfig
+from app.quant.layers import exact_matmul
+from app.quant.quantizers import WeightQuant, bias_to_acc, round_half_up, snap, ste, to_grid
+
+LN_EPS = 1e-5
+
+
+def ln_eps_on_grid(in_frac: int) -> int:
+    """The float LN epsilon on the integer variance grid of ``layer_norm_int``."""
+    return int(round(LN_EPS * 2.0 ** (2 * in_frac + 2 * STD_EXTRA_BITS)))
+
+
+def _q12(x: Tensor) -> Tensor:
+    return round_half_up(x.detach().double() * 2.0**GATE_FRAC).clamp(INT16_MIN, INT16_MAX).long()
+
+
+class QuantLSTM(nn.LSTM):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        quant: QuantConfig | None = None,
+    ):
+        super().__init__(
+            input_size, hidden_size, num_layers, batch_first=True, dropout=dropout, bidirectional=bidirectional
+        )
+        self.quant = quant or QuantConfig()
+        if self.quant.layer_norm and not self.quant.integer_activations:
+            raise ValueError("quant.layer_norm=true needs integer activations (quant=irnn); the float model has no LN-LSTM")
+        if self.quant.layer_norm:
+            for name in self._direction_names():
+                self.register_parameter(f"ln_ih_weight{name}", nn.Parameter(torch.ones(4 * hidden_size)))
+                self.register_parameter(f"ln_hh_weight{name}", nn.Parameter(torch.ones(4 * hidden_size)))
+                self.register_parameter(f"ln_cell_weight{name}", nn.Parameter(torch.ones(hidden_size)))
+                self.register_parameter(f"ln_cell_bias{name}", nn.Parameter(torch.zeros(hidden_size)))
+
+    def _direction_names(self) -> list[str]:
+        dirs = ["", "_reverse"] if self.bidirectional else [""]
+        return [f"_l{layer}{sfx}" for layer in range(self.num_layers) for sfx in dirs]
+
+    def formats(self, in_frac: int) -> list[LSTMFormat]:
+        q = self.quant
+        return [
+            LSTMFormat(in_frac=in_frac if layer == 0 else q.h_frac, h_frac=q.h_frac, h_bits=q.act_bits, cell_frac=q.cell_frac)
+            for layer in range(self.num_layers)
+        ]
+
+    def _integer_direction(self, name: str, fmt: LSTMFormat) -> tuple[IntLSTMDirection, dict[str, Tensor]]:
+        """The engine's integer weights for one direction, and the float surrogates for gradients."""
+        q = self.quant
+        w_ih, w_hh = getattr(self, f"weight_ih{name}"), getattr(self, f"weight_hh{name}")
+        bias = getattr(self, f"bias_ih{name}") + getattr(self, f"bias_hh{name}")
+        wq_ih, wq_hh = WeightQuant(w_ih, q.weight_bits), WeightQuant(w_hh, q.weight_bits)
+        surrogate = {"w_ih": wq_ih.fake, "w_hh": wq_hh.fake, "bias": bias}
+        ln = {}
+        if q.layer_norm:
+            gate_eps = ln_eps_on_grid(GATE_FRAC)
+            zeros = torch.zeros(4 * self.hidden_size, dtype=torch.int64)
+            for key in ("ih", "hh"):
+                gamma = getattr(self, f"ln_{key}_weight{name}")
+                surrogate[f"ln_{key}"] = gamma
+                ln[f"ln_{key}"] = IntLayerNormParams(_q12(gamma), zeros, GATE_FRAC, GATE_FRAC, gate_eps)
+            gamma, beta = getattr(self, f"ln_cell_weight{name}"), getattr(self, f"ln_cell_bias{name}")
+            surrogate["ln_cell"] = (gamma, beta)
+            ln["ln_cell"] = IntLayerNormParams(_q12(gamma), _q12(beta), q.cell_frac, GATE_FRAC, ln_eps_on_grid(q.cell_frac))
+        direction = IntLSTMDirection(
+            w_ih=wq_ih.q_int8,
+            w_ih_m0=wq_ih.m0,
+            w_ih_exp=wq_ih.exp,
+            w_hh=wq_hh.q_int8,
+            w_hh_m0=wq_hh.m0,
+            w_hh_exp=wq_hh.exp,
+            bias_acc=None if q.layer_norm else bias_to_acc(bias, fmt.in_frac, wq_ih.scale),
+            bias_q12=_q12(bias) if q.layer_norm else None,
+            **ln,
+        )
+        return direction, surrogate
+
+    def export(self, in_frac: int) -> IntLSTM:
+        fmts = self.formats(in_frac)
+        dirs_per_layer = 2 if self.bidirectional else 1
+        names = self._direction_names()
+        layers = [
+            [self._integer_direction(names[layer * dirs_per_layer + d], fmts[layer])[0] for d in range(dirs_per_layer)]
+            for layer in range(self.num_layers)
+        ]
+        acts = lstm_activations(self.quant.pwl_segments, self.quant.cell_frac, self.quant.layer_norm)
+        return IntLSTM(layers=layers, formats=fmts, acts=acts.cell)
+
+    def forward(self, x: Tensor, hx=None, in_frac: int | None = None, lengths: Tensor | None = None):
+        """x (B, T, I) -> (out (B, T, D*H), (h_n, c_n) (L*D, B, H)), like ``nn.LSTM(batch_first=True)``.
+
+        In irnn mode ``in_frac`` is the input's grid (2^-in_frac) and ``lengths`` (B,) masks padding.
+        """
+        if not self.quant.integer_activations:
+            if lengths is not None:
+                packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+                out, state = super().forward(packed, hx)
+                out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+                return out, state
+            return super().forward(x, hx)
+        if in_frac is None:
+            raise ValueError("QuantLSTM in irnn mode needs the input grid: forward(x, in_frac=...)")
+        q = self.quant
+        batch = x.shape[0]
+        dirs_per_layer = 2 if self.bidirectional else 1
+        if hx is None:
+            zeros = x.new_zeros(self.num_layers * dirs_per_layer, batch, self.hidden_size)
+            hx = (zeros, zeros)
+        acts = lstm_activations(q.pwl_segments, q.cell_frac, q.layer_norm)
+        names = self._direction_names()
+        h_n, c_n = [], []
+        layer_in = x
+        for layer, fmt in enumerate(self.formats(in_frac)):
+            if layer > 0 and self.training and self.dropout > 0:
+                layer_in = F.dropout(layer_in, self.dropout, training=True)
+            layer_in = snap(layer_in, fmt.in_frac)
+            outs = []
+            for d in range(dirs_per_layer):
+                k = layer * dirs_per_layer + d
+                direction, surrogate = self._integer_direction(names[k], fmt)
+                xs = layer_in if d == 0 else reverse_padded(layer_in, lengths)
+                y, h, c = self._run_direction(direction, surrogate, fmt, acts, xs, hx[0][k], hx[1][k], lengths)
+                outs.append(y if d == 0 else reverse_padded(y, lengths))
+                h_n.append(h)
+                c_n.append(c)
+            layer_in = torch.cat(outs, dim=-1)
+        return layer_in, (torch.stack(h_n), torch.stack(c_n))
+
+    def _run_direction(self, d, surrogate, fmt, acts, xs, h0, c0, lengths):
+        batch, steps, _ = xs.shape
+        hidden = self.hidden_size
+        layer_norm = self.quant.layer_norm
+        with torch.no_grad():
+            acc = exact_matmul(to_grid(xs, fmt.in_frac).reshape(batch * steps, -1), d.w_ih)
+            x_proj_int = input_projection_from_acc(d, fmt, acc).reshape(batch, steps, -1)
+        if layer_norm:
+            raw = F.linear(xs, surrogate["w_ih"]).reshape(batch, steps, 4, hidden)
+            x_proj = (F.layer_norm(raw, (hidden,), eps=LN_EPS).reshape(batch, steps, -1) * surrogate["ln_ih"])
+        else:
+            x_proj = F.linear(xs, surrogate["w_ih"], surrogate["bias"])
+        h = snap(h0, fmt.h_frac)
+        c = snap(c0, fmt.cell_frac)
+        h_int, c_int = to_grid(h, fmt.h_frac), to_grid(c, fmt.cell_frac)
+        outputs = []
+        for t in range(steps):
+            with torch.no_grad():
+                gates_int = recurrent_gates(d, fmt, x_proj_int[:, t], h_int.to(torch.int8))
+                h_new_int, c_new_int, mid = cell_step(gates_int, c_int, acts.cell, fmt, d.ln_cell)
+            if layer_norm:
+                raw = F.linear(h, surrogate["w_hh"]).reshape(batch, 4, hidden)
+                h_proj = F.layer_norm(raw, (hidden,), eps=LN_EPS).reshape(batch, -1) * surrogate["ln_hh"]
+                gates_f = x_proj[:, t] + h_proj + surrogate["bias"]
+            else:
+                gates_f = x_proj[:, t] + F.linear(h, surrogate["w_hh"])
+            gates = ste(gates_f, gates_int.to(gates_f.dtype) * 2.0**-GATE_FRAC)
+            h_new, c_new = self._cell_surrogate(gates, c, gates_int, c_new_int, h_new_int, mid, acts, fmt, surrogate)
+            if lengths is not None:
+                live = (t < lengths).unsqueeze(1)
+                h_new, c_new = torch.where(live, h_new, h), torch.where(live, c_new, c)
+                h_new_int, c_new_int = torch.where(live, h_new_int, h_int), torch.where(live, c_new_int, c_int)
+            h, c, h_int, c_int = h_new, c_new, h_new_int, c_new_int
+            outputs.append(h)
+        return torch.stack(outputs, dim=1), h, c
+
+    def _cell_surrogate(self, gates, c, gates_int, c_new_int, h_new_int, mid, acts, fmt, surrogate):
+        """Float graph of the cell whose every value is replaced by the exact integer one (STE)."""
+        hidden = self.hidden_size
+        scale = 2.0**-PWL_OUT_FRAC
+        slope = acts.sigmoid_grad.slope(gates_int)
+        g_slice = slice(2 * hidden, 3 * hidden)
+        slope = torch.cat([slope[:, : 2 * hidden], acts.tanh_gate_grad.slope(gates_int[:, g_slice]), slope[:, 3 * hidden :]], 1)
+        exact = torch.cat([mid["sig"][:, : 2 * hidden], mid["g"], mid["sig"][:, 3 * hidden :]], 1)
+        act = ste(gates * slope, exact.to(gates.dtype) * scale)
+        i, f, g, o = act.chunk(4, dim=1)
+        c_new = ste(f * c + i * g, c_new_int.to(gates.dtype) * 2.0**-fmt.cell_frac)
+        if self.quant.layer_norm:
+            gamma, beta = surrogate["ln_cell"]
+            tanh_in = ste(F.layer_norm(c_new, (hidden,), gamma, beta, LN_EPS), mid["tanh_in"].to(gates.dtype) * 2.0**-GATE_FRAC)
+            t_slope = acts.tanh_cell_grad.slope(mid["tanh_in"])
+        else:
+            tanh_in = c_new
+            t_slope = acts.tanh_cell_grad.slope(c_new_int)
+        t = ste(tanh_in * t_slope, mid["t"].to(gates.dtype) * scale)
+        h_new = ste(o * t, h_new_int.to(gates.dtype) * 2.0**-fmt.h_frac)
+        return h_new, c_new
+
