@@ -81,9 +81,9 @@ def isqrt(n: Tensor) -> Tensor:
         rest = torch.where(big, rest >> step, rest)
     bit_length = bit_length + (rest > 0).to(torch.int64)
     x = torch.bitwise_left_shift(torch.ones_like(n), (bit_length + 1) // 2)  # >= sqrt(n)
-    x = torch.where(n == 0, torch.ones_like(n), x)
+    m = n.clamp_min(1)  # n = 0 is answered at the end; iterating on 1 keeps x >= 1
     while True:
-        y = (x + torch.div(n, x, rounding_mode="floor")) >> 1
+        y = (x + torch.div(m, x, rounding_mode="floor")) >> 1
         if not bool((y < x).any()):
             break
         x = torch.minimum(x, y)

@@ -1,13 +1,16 @@
 """Integer layer normalization (mean, variance and square root in integer arithmetic).
 
-    mean   = round(sum(x) / N)                       x: int at 2^-in_frac
-    var    = floor(sum((x - mean)^2) / N)            at 2^-2*in_frac
-    std_s  = isqrt(var * 2^(2P) + eps_s)             std * 2^P, P = STD_EXTRA_BITS
-    x_hat  = round((x - mean) * 2^(out_frac + P) / std_s)         Q.out_frac
+    P      = STD_EXTRA_BITS fractional bits carried below the input LSB
+    mean_s = round(sum(x) * 2^P / N)                 mean * 2^P
+    d      = x * 2^P - mean_s                        (x - mean) * 2^P
+    var_s  = floor(sum(d^2) / N) + eps_s             var * 2^2P
+    std_s  = isqrt(var_s)                            std * 2^P
+    x_hat  = round(d * 2^out_frac / std_s)           Q.out_frac
     y      = clamp(round(gamma_q * x_hat / 2^GAMMA_FRAC) + beta_q)   Q.out_frac, int16
 
-The extra P bits keep the square root precise when the spread is only a few LSB.
+The P extra bits keep the mean and the square root precise when the spread is only a few LSB.
 ``eps_s`` is the float epsilon on this grid: round(eps * 2^(2*in_frac + 2P)).
+Intermediates stay below 2^63 for int16 inputs and N < 2^14.
 """
 from __future__ import annotations
 
@@ -31,10 +34,9 @@ def layer_norm_int(
     """Normalise int64 ``x`` (..., N) over its last dim; gamma_q (N,) Q3.12, beta_q (N,) at out_frac."""
     n = x.shape[-1]
     total = x.sum(dim=-1, keepdim=True)
-    mean = rounded_div(total, torch.full_like(total, n))
-    centered = x - mean
-    var = torch.div((centered * centered).sum(dim=-1, keepdim=True), n, rounding_mode="floor")
-    std_s = isqrt((var << (2 * STD_EXTRA_BITS)) + eps_s)
-    x_hat = rounded_div(centered << (out_frac + STD_EXTRA_BITS), std_s)
+    mean_s = rounded_div(total << STD_EXTRA_BITS, torch.full_like(total, n))
+    centered = (x << STD_EXTRA_BITS) - mean_s
+    var_s = torch.div((centered * centered).sum(dim=-1, keepdim=True), n, rounding_mode="floor") + eps_s
+    x_hat = rounded_div(centered << out_frac, isqrt(var_s))
     y = rounding_right_shift(gamma_q * x_hat, GAMMA_FRAC_BITS) + beta_q
     return y.clamp(INT16_MIN, INT16_MAX)

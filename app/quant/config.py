@@ -9,6 +9,7 @@ MODES = ("float", "irnn", "denseshift", "irnn_denseshift")
 
 @dataclass
 class QuantConfig:
+    name: str = "float"  # the preset's name (conf/quant/<name>.yaml)
     mode: str = "float"  # float | irnn | denseshift | irnn_denseshift
     weight_bits: int = 8  # symmetric per-output-channel integer weights (irnn: 4..8)
     act_bits: int = 8  # activations and hidden state h (4..8); gates and cell are 16-bit

@@ -36,12 +36,29 @@ class PWLFit:
 
 
 def _fit_line(xs: torch.Tensor, ys: torch.Tensor) -> tuple[int, int]:
-    """Chord through the end points, shifted by the mean of its extreme errors; fixed-point rounded."""
+    """Near-minimax line for one segment, rounded to fixed point.
+
+    In general: the chord through the end points, shifted by the mean of its extreme errors.
+    A segment starting at x = 0 is pinned to (0, f(0)) so the mirrored table stays continuous
+    there (tanh(0) = 0, sigmoid(0) = 1/2 exactly); its slope minimises the max error (ternary
+    search: the max error is convex in the slope).
+    """
     x0, x1 = float(xs[0]), float(xs[-1])
     slope = 0.0 if x1 == x0 else float(ys[-1] - ys[0]) / (x1 - x0)
+    scale = 2.0**SLOPE_FRAC_BITS
+    if x0 == 0 and x1 > 0:
+        y0 = float(ys[0])
+        lo, hi = sorted((slope, float(ys[1] - ys[0])))
+        lo, hi = lo - abs(hi - lo), hi + abs(hi - lo)
+        for _ in range(60):
+            a, b = lo + (hi - lo) / 3, hi - (hi - lo) / 3
+            if (ys - y0 - a * xs).abs().max() <= (ys - y0 - b * xs).abs().max():
+                hi = b
+            else:
+                lo = a
+        return round((lo + hi) / 2 * scale), round(y0 * scale)
     resid = ys - slope * xs
     intercept = 0.5 * (float(resid.max()) + float(resid.min()))
-    scale = 2.0**SLOPE_FRAC_BITS
     return round(slope * scale), round(intercept * scale)
 
 

@@ -1,0 +1,77 @@
+"""The QAT LSTM computes exactly what the integer engine computes, and trains."""
+import pytest
+import torch
+
+from app.engine.guard import IntegerOnlyGuard
+from app.quant.config import QuantConfig
+from app.quant.lstm import QuantLSTM
+
+
+def _inputs(batch=3, steps=9, features=16, frac=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x_int = torch.randint(-127, 128, (batch, steps, features), generator=gen)
+    return x_int.float() * 2.0**-frac, x_int.to(torch.int8)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_qat_lstm_matches_integer_engine_bit_exact(bidirectional, layer_norm):
+    torch.manual_seed(0)
+    quant = QuantConfig(mode="irnn", layer_norm=layer_norm, pwl_segments=16)
+    lstm = QuantLSTM(16, 24, num_layers=2, bidirectional=bidirectional, quant=quant).eval()
+    x, x_int = _inputs()
+    lengths = torch.tensor([9, 6, 2]) if bidirectional else None
+    with torch.no_grad():
+        y, (h, c) = lstm(x, in_frac=6, lengths=lengths)
+    engine = lstm.export(in_frac=6)
+    with IntegerOnlyGuard() as guard:
+        y_int, (h_int, c_int) = engine(x_int, lengths=lengths)
+    assert guard.ops > 100
+    assert y_int.dtype == torch.int8 and c_int.dtype == torch.int16
+    assert torch.equal(y_int.long(), torch.round(y * 2**quant.h_frac).long())
+    assert torch.equal(h_int.long(), torch.round(h * 2**quant.h_frac).long())
+    assert torch.equal(c_int.long(), torch.round(c * 2**quant.cell_frac).long())
+
+
+def test_bidirectional_directions_share_quantization_formats():
+    lstm = QuantLSTM(8, 8, num_layers=2, bidirectional=True, quant=QuantConfig(mode="irnn"))
+    engine = lstm.export(in_frac=5)
+    assert all(len(layer) == 2 for layer in engine.layers)
+    assert engine.formats[0].in_frac == 5 and engine.formats[1].in_frac == engine.formats[0].h_frac
+    y, _ = engine(torch.zeros(1, 3, 8, dtype=torch.int8))
+    assert y.shape == (1, 3, 16) and y.dtype == torch.int8  # both directions concatenate as integers
+
+
+def test_qat_lstm_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    lstm = QuantLSTM(16, 24, num_layers=2, quant=QuantConfig(mode="irnn", layer_norm=True))
+    x, _ = _inputs()
+    x.requires_grad_(True)
+    y, _ = lstm(x, in_frac=6)
+    y.pow(2).sum().backward()
+    for name, param in lstm.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+
+
+def test_qat_lstm_state_dict_is_the_float_lstm_state_dict():
+    float_lstm = torch.nn.LSTM(16, 24, 2, batch_first=True)
+    qat = QuantLSTM(16, 24, num_layers=2, quant=QuantConfig(mode="irnn"))
+    qat.load_state_dict(float_lstm.state_dict())  # strict: same names and shapes
+
+
+def test_qat_lstm_output_tracks_the_float_lstm():
+    torch.manual_seed(0)
+    qat = QuantLSTM(16, 32, num_layers=1, quant=QuantConfig(mode="irnn")).eval()
+    float_lstm = torch.nn.LSTM(16, 32, 1, batch_first=True)
+    float_lstm.load_state_dict(qat.state_dict())
+    x, _ = _inputs(steps=20)
+    with torch.no_grad():
+        y_q, _ = qat(x, in_frac=6)
+        y_f, _ = float_lstm(x)
+    assert (y_q - y_f).abs().max() < 0.05  # a few int8 steps of h (2^-7)
+
+
+def test_layer_norm_needs_integer_activations():
+    with pytest.raises(ValueError, match="layer_norm"):
+        QuantLSTM(4, 4, quant=QuantConfig(mode="float", layer_norm=True))
