@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from app.engine.fixed_point import INT8_MAX, INT8_MIN, int_matmul, qrange, requantize
+from app.engine.fixed_point import qrange, requantize
 from app.engine.layers import IntEmbedding, IntLinear
 from app.quant.config import QuantConfig
 from app.quant.quantizers import PowerOfTwoObserver, WeightQuant, bias_to_acc, snap, ste, to_grid
@@ -19,11 +19,18 @@ LOGIT_FRAC = 16  # int32 logits at 2^-16
 
 
 def exact_matmul(x_int: Tensor, w_q: Tensor) -> Tensor:
-    """Exact int64 ``x_int @ w_q.T``. int8 inputs take ``torch._int_mm`` (as the engine does); inputs
-    outside int8 (only in training, after inverted dropout) take a float64 matmul, exact below 2^53."""
-    if int(x_int.min()) >= INT8_MIN and int(x_int.max()) <= INT8_MAX:
-        return int_matmul(x_int.to(torch.int8), w_q.to(torch.int8).t())
-    return torch.round(x_int.double() @ w_q.double().t()).long()
+    """Exact int64 ``x_int @ w_q.T`` for the simulation side of QAT.
+
+    Products of small integers summed in float32 are exact while every partial sum stays below
+    2^24, in float64 below 2^53: the simulation uses whichever float matmul is exact for the
+    bound ``max|x| * max|w| * K`` (float GEMMs are far faster than integer ones under autograd-free
+    training code), and the engine computes the same integers with integer kernels.
+    """
+    bound = float(x_int.abs().max()) * float(w_q.abs().max()) * x_int.shape[-1]
+    dtype = torch.float32 if bound < 2**24 else torch.float64
+    if bound >= 2**53:
+        raise OverflowError(f"accumulator bound {bound:.3g} exceeds exact float64 range")
+    return (x_int.to(dtype) @ w_q.to(dtype).t()).long()
 
 
 class QuantEmbedding(nn.Embedding):

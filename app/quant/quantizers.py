@@ -16,8 +16,12 @@ from app.engine.fixed_point import MULTIPLIER_BITS
 
 
 def ste(surrogate: Tensor, exact: Tensor) -> Tensor:
-    """Forward value ``exact``, gradient of ``surrogate`` (straight-through estimator)."""
-    return surrogate + (exact - surrogate).detach()
+    """Forward value ``exact``, gradient of ``surrogate`` (straight-through estimator).
+
+    Written as ``exact + (surrogate - surrogate)`` rather than ``surrogate + (exact - surrogate)``:
+    the latter can be off by one float ulp from ``exact``; ``s - s.detach()`` is exactly zero.
+    """
+    return exact.detach() + (surrogate - surrogate.detach())
 
 
 def round_half_up(x: Tensor) -> Tensor:

@@ -1,0 +1,208 @@
+"""Benchmarks: ratios measured side by side in one run (never timed assertions in tests).
+
+    python -m app.bench engine [--sizes small medium] [--out outputs/bench/engine.json]
+        next-token latency at batch 1 and throughput at batch 20 for the float nn.LSTM LM,
+        torch's dynamic int8 LSTM (quantize_dynamic, fbgemm/x86) and our integer engine.
+    python -m app.bench train [--size small]
+        training tokens/s of the float model and the irnn QAT model of the same configuration.
+
+Methods are interleaved per round (each round times every method once), and the median of
+the per-round ratios is reported, as in shared/research/env.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from app.models.lm import LSTMLanguageModel
+
+SIZES = {  # (embed = hidden, layers): the LM presets of conf/model
+    "small": 256,
+    "medium": 650,
+    "large": 1500,
+}
+VOCAB = 10_000
+
+
+class PlainLM(nn.Module):
+    """The float LM with stock torch layers, so that quantize_dynamic recognises them."""
+
+    def __init__(self, model: LSTMLanguageModel):
+        super().__init__()
+        emb, hid = model.embedding.weight.shape[1], model.hidden_dim
+        self.embedding = nn.Embedding(model.vocab_size, emb)
+        self.lstm = nn.LSTM(emb, hid, model.num_layers, batch_first=True)
+        self.decoder = nn.Linear(hid, model.vocab_size)
+        self.load_state_dict(model.state_dict(), strict=False)
+
+    def forward(self, tokens, state=None):
+        out, state = self.lstm(self.embedding(tokens), state)
+        return self.decoder(out), state
+
+
+def _models(hidden: int, calibration: torch.Tensor):
+    torch.manual_seed(0)
+    qat = LSTMLanguageModel(VOCAB, hidden, hidden, 2, 0.0, True, {"mode": "irnn"})
+    with torch.no_grad():
+        qat.train()
+        qat(calibration)  # sets the embedding observer (one batch of real-shaped tokens)
+    qat.eval()
+    float_model = PlainLM(qat).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dynamic = torch.ao.quantization.quantize_dynamic(PlainLM(qat), {nn.LSTM, nn.Linear}, dtype=torch.qint8).eval()
+    engine = qat.export_integer([str(i) for i in range(VOCAB)])
+    return float_model, dynamic, engine
+
+
+def _step_fns(float_model, dynamic, engine, batch: int, steps: int):
+    tokens = torch.randint(0, VOCAB, (batch, steps))
+
+    def run_float(model):
+        def fn():
+            state = None
+            for t in range(steps):
+                _, state = model(tokens[:, t : t + 1], state)
+        return fn
+
+    def run_engine():
+        state = None
+        for t in range(steps):
+            _, state = engine(tokens[:, t : t + 1], state)
+
+    return {"float nn.LSTM": run_float(float_model), "quantize_dynamic int8": run_float(dynamic), "integer engine": run_engine}
+
+
+def _time(fn, min_seconds: float = 0.3) -> float:
+    fn()
+    count, start = 0, time.perf_counter()
+    while True:
+        fn()
+        count += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return elapsed / count
+
+
+def bench_engine(sizes: list[str], rounds: int, out: Path) -> dict:
+    results = {"machine": _machine(), "rows": []}
+    for size in sizes:
+        hidden = SIZES[size]
+        float_model, dynamic, engine = _models(hidden, torch.randint(0, VOCAB, (20, 35)))
+        for batch, steps, label in ((1, 20, "latency_ms_per_token"), (20, 35, "tokens_per_s")):
+            fns = _step_fns(float_model, dynamic, engine, batch, steps)
+            per_round = {name: [] for name in fns}
+            with torch.inference_mode():
+                for _ in range(rounds):
+                    for name, fn in fns.items():
+                        time.sleep(0.05)
+                        per_round[name].append(_time(fn))
+            base = per_round["float nn.LSTM"]
+            for name, times in per_round.items():
+                seconds = statistics.median(times)
+                value = seconds / steps * 1e3 if batch == 1 else batch * steps / seconds
+                speedup = statistics.median(b / t for b, t in zip(base, times))
+                results["rows"].append(
+                    {"size": size, "hidden": hidden, "batch": batch, "method": name, label: value, "speedup_vs_float": speedup}
+                )
+    _print_engine(results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+    return results
+
+
+def _print_engine(results: dict) -> None:
+    print(f"\n{results['machine']}")
+    print(f"{'size':8} {'batch':>5} {'method':24} {'ms/token':>10} {'tokens/s':>10} {'x float':>8}")
+    for r in results["rows"]:
+        ms = f"{r['latency_ms_per_token']:.3f}" if "latency_ms_per_token" in r else ""
+        tps = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else ""
+        print(f"{r['size']:8} {r['batch']:>5} {r['method']:24} {ms:>10} {tps:>10} {r['speedup_vs_float']:>8.2f}")
+
+
+def bench_train(size: str, rounds: int, batch: int, steps: int, out: Path) -> dict:
+    hidden = SIZES[size]
+    tokens = torch.randint(0, VOCAB, (batch, steps + 1))
+    runs = {}
+    for mode in ("float", "irnn"):
+        torch.manual_seed(0)
+        model = LSTMLanguageModel(VOCAB, hidden, hidden, 2, 0.0, True, {"mode": mode}).train()
+        optim = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(model=model, optim=optim):
+            logits, _ = model(tokens[:, :-1])
+            loss = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+
+        runs[mode] = step
+    per_round = {mode: [] for mode in runs}
+    for _ in range(rounds):
+        for mode, fn in runs.items():
+            time.sleep(0.05)
+            per_round[mode].append(_time(fn, 1.0))
+    slowdown = statistics.median(q / f for f, q in zip(per_round["float"], per_round["irnn"]))
+    result = {
+        "machine": _machine(),
+        "size": size,
+        "batch": batch,
+        "bptt": steps,
+        "float_tokens_per_s": batch * steps / statistics.median(per_round["float"]),
+        "irnn_tokens_per_s": batch * steps / statistics.median(per_round["irnn"]),
+        "irnn_slowdown": slowdown,
+    }
+    print(f"\n{result['machine']}")
+    print(
+        f"train {size} batch {batch} x bptt {steps}: float {result['float_tokens_per_s']:.0f} tok/s, "
+        f"irnn QAT {result['irnn_tokens_per_s']:.0f} tok/s -> QAT is {slowdown:.2f}x slower"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return result
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m app.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    engine = sub.add_parser("engine", help="inference: float vs quantize_dynamic vs integer engine")
+    engine.add_argument("--sizes", nargs="+", default=["small", "medium"], choices=sorted(SIZES))
+    engine.add_argument("--rounds", type=int, default=5)
+    engine.add_argument("--out", type=Path, default=Path("outputs/bench/engine.json"))
+    train = sub.add_parser("train", help="training tokens/s: float vs irnn QAT")
+    train.add_argument("--size", default="small", choices=sorted(SIZES))
+    train.add_argument("--rounds", type=int, default=3)
+    train.add_argument("--batch", type=int, default=20)
+    train.add_argument("--bptt", type=int, default=35)
+    train.add_argument("--out", type=Path, default=Path("outputs/bench/train.json"))
+    args = parser.parse_args(argv)
+    if args.what == "engine":
+        bench_engine(args.sizes, args.rounds, args.out)
+    else:
+        bench_train(args.size, args.rounds, args.batch, args.bptt, args.out)
+
+
+if __name__ == "__main__":
+    main()

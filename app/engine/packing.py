@@ -1,0 +1,86 @@
+"""Dense storage of DenseShift weight codes: N-bit codes packed into bytes (integer ops only).
+
+Code layout (METHODS.md section 5): one N-bit code per weight ``w = s * 2^p``,
+
+    code = sign_bit << (N - 1) | exponent        sign_bit = 1 for s = -1, exponent p in [0, 2^(N-1) - 1]
+
+so 3-bit codes 0..3 are +1, +2, +4, +8 and 4..7 are -1, -2, -4, -8. Codes form a little-endian
+bit stream: code ``i`` occupies stream bits ``[i*N, (i+1)*N)`` and byte ``j`` holds stream bits
+``[8j, 8j+8)``. A group of ``lcm(N, 8) / N`` codes fills ``lcm(N, 8) / 8`` bytes exactly:
+
+    N = 2: 4 codes -> 1 byte;  N = 3: 8 codes -> 3 bytes;  N = 4: 2 codes -> 1 byte.
+
+The last group is padded with zero codes, so ``count`` codes take ``ceil(count / group) * bytes`` bytes
+(3-bit: 10.7x smaller than float32).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+CODE_BITS = (2, 3, 4)
+
+
+def _group(bits: int) -> tuple[int, int]:
+    """(codes, bytes) of one packing group for ``bits``-bit codes."""
+    if bits not in CODE_BITS:
+        raise ValueError(f"DenseShift codes are 2, 3 or 4 bits wide, got bits={bits}")
+    stream_bits = math.lcm(bits, 8)
+    return stream_bits // bits, stream_bits // 8
+
+
+def packed_size(count: int, bits: int) -> int:
+    """Bytes that ``count`` packed ``bits``-bit codes take."""
+    codes_per_group, bytes_per_group = _group(bits)
+    return -(-count // codes_per_group) * bytes_per_group
+
+
+def pack_codes(sign_bit: Tensor, exponent: Tensor, bits: int) -> Tensor:
+    """sign_bit: any shape, uint8/bool (1 = negative); exponent: same shape, integer in [0, 2^(bits-1) - 1]
+    -> (packed_size(numel, bits),) uint8, in flattened (row-major) order. The shape is the caller's to keep."""
+    codes_per_group, bytes_per_group = _group(bits)
+    if sign_bit.shape != exponent.shape:
+        raise ValueError(f"sign_bit {tuple(sign_bit.shape)} and exponent {tuple(exponent.shape)} differ in shape")
+    max_exponent = (1 << (bits - 1)) - 1
+    exponent = exponent.reshape(-1).to(torch.int64)
+    if exponent.numel() and (int(exponent.min()) < 0 or int(exponent.max()) > max_exponent):
+        raise ValueError(
+            f"exponents must lie in [0, {max_exponent}] for {bits}-bit codes, "
+            f"found [{int(exponent.min())}, {int(exponent.max())}]"
+        )
+    code = (sign_bit.reshape(-1).to(torch.int64) << (bits - 1)) | exponent
+    count = code.numel()
+    pad = -count % codes_per_group
+    code = torch.cat([code, code.new_zeros(pad)]).reshape(-1, codes_per_group)
+    # one int64 word per group (at most 24 bits used): OR of disjoint bit fields, no multiply
+    word = code.new_zeros(code.shape[0])
+    for i in range(codes_per_group):
+        word = word | (code[:, i] << (bits * i))
+    packed = torch.stack([(word >> (8 * j)) & 0xFF for j in range(bytes_per_group)], dim=1)
+    return packed.reshape(-1).to(torch.uint8)
+
+
+def unpack_codes(packed: Tensor, bits: int, count: int) -> tuple[Tensor, Tensor]:
+    """packed: (packed_size(count, bits),) uint8 -> (sign_bit (count,) uint8, exponent (count,) int64).
+
+    A byte count that does not match ``count`` codes of ``bits`` bits (e.g. 3-bit bytes read as 2-bit)
+    is a ValueError naming both sizes.
+    """
+    codes_per_group, bytes_per_group = _group(bits)
+    expected = packed_size(count, bits)
+    if packed.dtype != torch.uint8 or packed.numel() != expected:
+        raise ValueError(
+            f"packed DenseShift weights: {count} codes of {bits} bits need {expected} uint8 bytes, "
+            f"found {packed.numel()} {packed.dtype} values (wrong bit width or count?)"
+        )
+    byte = packed.reshape(-1, bytes_per_group).to(torch.int64)
+    word = byte.new_zeros(byte.shape[0])
+    for j in range(bytes_per_group):
+        word = word | (byte[:, j] << (8 * j))
+    mask = (1 << bits) - 1
+    code = torch.stack([(word >> (bits * i)) & mask for i in range(codes_per_group)], dim=1).reshape(-1)[:count]
+    sign_bit = (code >> (bits - 1)).to(torch.uint8)
+    exponent = code & ((1 << (bits - 1)) - 1)
+    return sign_bit, exponent

@@ -1,0 +1,232 @@
+"""DenseShift weights (Li et al., ICCV 2023): zero-free power-of-two weights by sign-scale decomposition.
+
+A weight of shape (C, ...) with N bits takes the values ``alpha[c] * s * 2^p`` with ``s`` in {-1, +1} and
+``p`` in {0 .. L}, L = 2^(N-1) - 1: 2-bit {+-1, +-2}, 3-bit {+-1, +-2, +-4, +-8}, 4-bit {+-1 .. +-128}
+(times alpha). There is no zero and all 2^N codes are used. Parametrization and backward follow the
+official 3-bit code (research/denseshift.md sections 1.2 and 6; METHODS.md section 5):
+
+- float latents ``sign`` (shape of the weight) and ``gates`` (L, *shape);
+- ``s = +1 if sign >= 0 else -1``, ``b_k = 1[gates[k-1] > 0]``, both with an identity straight-through gradient;
+- thermometer exponent ``S_1 = b_1``, ``S_k = (S_{k-1} + 1) * b_k``, ``p = S_L``: p counts the gates that are
+  on from the top one (``gates[L-1]``, "|w| >= 2") downwards;
+- forward ``s * 2^p``, backward as if the weight were ``s * sqrt(p + 1)`` (the official surrogate).
+
+``alpha`` (C,) is ours: the LSTMs have no BatchNorm to absorb the scale. The forward uses alpha rounded to
+the engine's 16-bit fixed point, so ``forward() == fixed_point_value(m0, exp)[c] * s * 2^p`` exactly, and at
+export alpha folds into the requantization multiplier.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from app.engine.shift import decode_weight
+from app.quant.quantizers import fixed_point_scale, fixed_point_value, ste
+
+DENSESHIFT_BITS = (2, 3, 4)
+LOW_VARIANCE_STD = 1e-3  # official code: every latent ~ N(0, 1e-3) after the usual init
+ALPHA_MIN = 1e-8  # alpha is clamped here before rounding: the engine's multiplier must be positive
+INITS = ("low_variance", "float")
+
+
+def check_bits(bits: int) -> int:
+    if bits not in DENSESHIFT_BITS:
+        raise ValueError(
+            f"quant.weight_bits={bits}: denseshift supports 2, 3 or 4 bits (zero-free codes +-2^p); pick one of these"
+        )
+    return bits
+
+
+def thermometer_exponent(on: Tensor) -> Tensor:
+    """on: (L, ...) bool gates b_1..b_L -> (...) int64 exponent S_L (S_1 = b_1, S_k = (S_{k-1} + 1) * b_k)."""
+    exponent = on[0].to(torch.int64)
+    for k in range(1, on.shape[0]):
+        exponent = torch.where(on[k], exponent + 1, 0)
+    return exponent
+
+
+class DenseShiftWeight(nn.Module):
+    """The sign-scale decomposition of one (C, ...) weight with ``bits`` in {2, 3, 4}.
+
+    Parameters: ``sign`` (C, ...) float, ``gates`` (L, C, ...) float, ``alpha`` (C,) float (positive scale).
+    Build with ``from_float`` or ``from_shape``; call the module to get the effective float weight.
+    """
+
+    def __init__(self, shape: tuple[int, ...] | torch.Size, bits: int):
+        super().__init__()
+        self.bits = check_bits(bits)
+        self.levels = (1 << (bits - 1)) - 1  # L gates; exponents 0..L
+        shape = tuple(shape)
+        self.sign = nn.Parameter(torch.zeros(shape))
+        self.gates = nn.Parameter(torch.zeros(self.levels, *shape))
+        self.alpha = nn.Parameter(torch.ones(shape[0]))
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.sign.shape)}, bits={self.bits}"
+
+    def latent_parameters(self) -> list[nn.Parameter]:
+        """The latents that take weight decay (official recipe: wd pulls them toward the 0 threshold,
+        which keeps them flippable). ``alpha`` is a scale, not a latent: leave it out of weight decay."""
+        return [self.sign, self.gates]
+
+    def channel_scale(self) -> tuple[Tensor, Tensor]:
+        """alpha as the engine stores it: (m0 (C,) int64 in [2^14, 2^15), exp (C,) int64), alpha ~= m0 * 2^-exp."""
+        return fixed_point_scale(self.alpha.detach().clamp_min(ALPHA_MIN))
+
+    @torch.no_grad()
+    def codes(self) -> tuple[Tensor, Tensor]:
+        """The discrete code: (sign_bit (C, ...) uint8, 1 where s = -1; exponent (C, ...) int64 in [0, L])."""
+        return (self.sign < 0).to(torch.uint8), thermometer_exponent(self.gates > 0)
+
+    def integer_weight(self) -> Tensor:
+        """(C, ...) int64 weight s * 2^p, the integer the engine multiplies by (with alpha in the requant)."""
+        return decode_weight(*self.codes())
+
+    def forward(self) -> Tensor:
+        """The effective (C, ...) float weight ``alpha_q[c] * s * 2^p``, exact.
+
+        Gradients (research/denseshift.md 1.2, from the official dsconv2d.py): identity STE through the
+        binarizers, then as if the weight were ``s * sqrt(S_L + 1)``. With g = alpha_q[c] * dL/d(output):
+        dL/dsign = g * sqrt(S_L + 1), dL/dS_L = g * s / (2 sqrt(S_L + 1)), and each gate gets dL/dS_L times
+        dS_L/db_k from the recursion, which is zero unless every gate above it is on. alpha gets
+        dL/d(output) * s * 2^p summed over the channel. The latents' gradients carry the factor alpha_q (chain
+        rule; the official layer has no alpha): SGD step sizes on latents scale with alpha, Adam's do not.
+        """
+        on = (self.gates > 0).to(self.gates.dtype)
+        b = ste(self.gates, on)  # value b_k in {0, 1}, gradient 1 to gates
+        exponent = b[0]
+        for k in range(1, self.levels):
+            exponent = (exponent + 1) * b[k]  # float, exact small integers; carries the recursion's gradient
+        s = ste(self.sign, torch.where(self.sign >= 0, 1.0, -1.0).to(self.sign.dtype))
+        exact = s.detach() * torch.exp2(exponent.detach())
+        weight = ste(s * torch.sqrt(exponent + 1), exact)
+        m0, exp = self.channel_scale()
+        alpha = ste(self.alpha, fixed_point_value(m0, exp).to(self.alpha.dtype))
+        return alpha.reshape(-1, *([1] * (weight.dim() - 1))) * weight
+
+    @classmethod
+    def from_float(cls, weight: Tensor, bits: int, init: str = "low_variance") -> "DenseShiftWeight":
+        """A DenseShift weight standing in for the float ``weight`` (C, ...).
+
+        init="low_variance" (official): every latent ~ N(0, 1e-3), so the codes are random (each gate a fair
+        coin) and every gate is one small step from flipping. The codes carry no information about ``weight``,
+        so only its magnitude can be kept: alpha[c] = rms(weight[c]) / rms(s * 2^p over channel c), which keeps
+        each output's variance what the float init chose (for an LSTM without BN that sets the gate
+        pre-activation scale). Matching mean |w| instead misses the rms by 0.91x (2-bit) to 2.7x (4-bit) for a
+        uniform float init, because the random codes' 2^p is heavy-tailed; max|w| / 2^L undershoots it (0.19x at 4-bit).
+
+        init="float" (ours, for fine-tuning a float model): alpha[c] minimises the channel's L2 error over a
+        grid (``_best_alpha``); ``sign = weight``; the gate deciding "p >= j + 1" (``gates[L-1-j]``) is set to
+        ``|w| - alpha * 1.5 * 2^j``: positive exactly when 2^(j+1) is nearer to |w| / alpha than 2^j, so p is the
+        nearest power of two, and each latent's distance from its threshold is the float weight's distance
+        from that decision boundary, in weight units.
+        """
+        check_bits(bits)
+        if init not in INITS:
+            raise ValueError(f"DenseShift init={init!r} is unknown; choose one of {', '.join(INITS)}")
+        weight = weight.detach()
+        module = cls(weight.shape, bits).to(device=weight.device, dtype=weight.dtype)
+        channel = weight.reshape(weight.shape[0], -1)
+        with torch.no_grad():
+            if init == "low_variance":
+                module.sign.normal_(0.0, LOW_VARIANCE_STD)
+                module.gates.normal_(0.0, LOW_VARIANCE_STD)
+                code = module.integer_weight().to(weight.dtype).reshape(weight.shape[0], -1)
+                alpha = _rms(channel) / _rms(code)
+            else:
+                alpha = _best_alpha(channel, module.levels)
+                scale = alpha.reshape(-1, *([1] * (weight.dim() - 1)))
+                module.sign.copy_(weight)
+                for j in range(module.levels):
+                    module.gates[module.levels - 1 - j].copy_(weight.abs() - scale * (1.5 * 2.0**j))
+            module.alpha.copy_(alpha.clamp_min(ALPHA_MIN))
+        return module
+
+    @classmethod
+    def from_shape(
+        cls, shape: tuple[int, ...] | torch.Size, bits: int, init: str = "low_variance"
+    ) -> "DenseShiftWeight":
+        """For training from scratch: ``from_float`` of a weight with nn.Linear's default init,
+        U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5)), which sets alpha."""
+        check_bits(bits)
+        weight = torch.empty(shape)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        return cls.from_float(weight, bits, init)
+
+
+def _rms(x: Tensor) -> Tensor:
+    """(C, K) -> (C,) root mean square per row."""
+    return x.pow(2).mean(dim=1).sqrt()
+
+
+def nearest_code_magnitude(ratio: Tensor, levels: int) -> Tensor:
+    """|w| / alpha -> the nearest of 2^0 .. 2^levels (ties go down): p counts the thresholds 1.5 * 2^j passed."""
+    exponent = torch.zeros_like(ratio)
+    for j in range(levels):
+        exponent = exponent + (ratio > 1.5 * 2.0**j).to(ratio.dtype)
+    return torch.exp2(exponent)
+
+
+def _best_alpha(channel: Tensor, levels: int, steps_per_octave: int = 8) -> Tensor:
+    """(C, K) float weights -> (C,) alpha minimising sum_k (|w_k| - alpha * nearest 2^p)^2 per channel.
+
+    Grid search over alpha = max|w| / 2^levels * 2^(i / steps_per_octave), i from 3 octaves below to 1 above
+    (the float init picks the best candidate per channel; a 1/8-octave grid is within 4.4% of the optimum's
+    alpha, far below the rounding error of 2^N levels).
+    """
+    magnitude = channel.abs()
+    top = magnitude.amax(dim=1).clamp_min(ALPHA_MIN) / 2.0**levels
+    best_alpha = top.clone()
+    best_error = torch.full_like(top, math.inf)
+    for i in range(-3 * steps_per_octave, steps_per_octave + 1):
+        alpha = top * 2.0 ** (i / steps_per_octave)
+        approx = alpha.unsqueeze(1) * nearest_code_magnitude(magnitude / alpha.unsqueeze(1), levels)
+        error = (magnitude - approx).pow(2).sum(dim=1)
+        better = error < best_error
+        best_alpha = torch.where(better, alpha, best_alpha)
+        best_error = torch.where(better, error, best_error)
+    return best_alpha
+
+
+class FreezingTracker:
+    """The weight-freezing metric (METHODS.md section 5, ours: the paper's definition is unavailable).
+
+    Per named layer, remembers the discrete code at the last call; ``update`` at each epoch end returns the
+    fraction of weights whose code did not change since the previous call ("freeze", 1.0 = fully frozen)
+    and the fraction whose sign flipped ("sign_flip"). The first call for a layer only records its code;
+    call ``update`` once before training to get metrics for the first epoch.
+    """
+
+    def __init__(self):
+        self._last: dict[str, tuple[Tensor, Tensor]] = {}
+        self._metrics: dict[str, float] = {}
+
+    def update(self, name: str, codes: tuple[Tensor, Tensor]) -> dict[str, float]:
+        """codes: (sign_bit, exponent) as from ``DenseShiftWeight.codes()`` -> {"freeze": f, "sign_flip": f},
+        or {} on a layer's first call."""
+        # compact copies (1 byte each per weight): the large LM's LSTMs hold ~10^8 weights
+        sign_bit = codes[0].detach().to(torch.bool, copy=True)
+        exponent = codes[1].detach().to(torch.uint8, copy=True)
+        previous = self._last.get(name)
+        self._last[name] = (sign_bit, exponent)
+        if previous is None:
+            return {}
+        if previous[0].shape != sign_bit.shape:
+            raise ValueError(f"layer {name!r} changed shape from {tuple(previous[0].shape)} to {tuple(sign_bit.shape)}")
+        flipped = sign_bit != previous[0]
+        unchanged = ~flipped & (exponent == previous[1])
+        metrics = {
+            "freeze": unchanged.double().mean().item(),
+            "sign_flip": flipped.double().mean().item(),
+        }
+        for key, value in metrics.items():
+            self._metrics[f"{key}/{name}"] = value
+        return metrics
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """{"freeze/<name>": ..., "sign_flip/<name>": ...} from the ``update`` calls since the last call
+        of this method (it resets them, so a layer that was not updated this epoch is not reported)."""
+        metrics, self._metrics = self._metrics, {}
+        return metrics
