@@ -145,7 +145,10 @@ def read_metadata(path: str | Path) -> dict:
 def load_integer_checkpoint(path: str | Path) -> tuple[Any, dict]:
     """Return (engine object, metadata). Raises IntegerCheckpointError with one clear line on bad files."""
     meta = read_metadata(path)
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise IntegerCheckpointError(f"{path} is damaged (tensors unreadable: {exc}); export it again") from None
     model = _unpack(meta["model"], tensors)
     if isinstance(model, IntegerLanguageModel) and meta.get("vocab") is not None:
         model.vocab = meta["vocab"]
