@@ -75,3 +75,36 @@ def test_qat_lstm_output_tracks_the_float_lstm():
 def test_layer_norm_needs_integer_activations():
     with pytest.raises(ValueError, match="layer_norm"):
         QuantLSTM(4, 4, quant=QuantConfig(mode="float", layer_norm=True))
+
+
+def test_fused_cell_backward_equals_the_straight_through_graph():
+    """The fused cell's hand-written backward == autograd through the STE/PWL-slope graph."""
+    from app.engine.lstm import LSTMFormat, cell_step
+    from app.quant.activations import lstm_activations
+    from app.quant.lstm import _IntegerCellFunction, _gate_slopes, _gate_values
+    from app.quant.quantizers import ste
+
+    gen = torch.Generator().manual_seed(3)
+    hidden = 8
+    fmt = LSTMFormat(in_frac=6, h_frac=7, h_bits=8, cell_frac=11)
+    acts = lstm_activations(16, 11, False)
+    gates_int = torch.randint(-20000, 20000, (5, 4 * hidden), generator=gen)
+    c_int = torch.randint(-8000, 8000, (5, hidden), generator=gen)
+    h_int, c_new_int, mid = cell_step(gates_int, c_int, acts.cell, fmt, None)
+    upstream_h, upstream_c = torch.randn(5, hidden, generator=gen), torch.randn(5, hidden, generator=gen)
+
+    gates = (gates_int.float() / 2**12).requires_grad_(True)
+    c = (c_int.float() / 2**11).requires_grad_(True)
+    h_new, c_new = _IntegerCellFunction.apply(gates, c, gates_int, c_new_int, h_int, mid, acts, fmt)
+    torch.autograd.backward([h_new, c_new], [upstream_h, upstream_c])
+    fused = (gates.grad.clone(), c.grad.clone())
+
+    gates.grad = c.grad = None
+    act = ste(gates * _gate_slopes(mid, acts, hidden), _gate_values(mid, hidden, gates.dtype))
+    i, f, g, o = act.chunk(4, dim=1)
+    c_ref = ste(f * c + i * g, c_new_int.float() / 2**11)
+    t = ste(c_ref * acts.tanh_cell_grad.slope(c_new_int), mid["t"].float() / 2**15)
+    h_ref = ste(o * t, h_int.float() / 2**7)
+    torch.autograd.backward([h_ref, c_ref], [upstream_h, upstream_c])
+    assert torch.equal(h_ref, h_new) and torch.equal(c_ref, c_new)
+    assert torch.allclose(gates.grad, fused[0], atol=1e-6) and torch.allclose(c.grad, fused[1], atol=1e-6)

@@ -8,6 +8,8 @@ Conventions (METHODS.md section 1):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -36,15 +38,33 @@ def saturate(x: Tensor, lo: int, hi: int) -> Tensor:
     return x.clamp(lo, hi)
 
 
-def requantize(acc: Tensor, m0: Tensor, shift: Tensor, lo: int, hi: int) -> Tensor:
-    """``clamp(round(acc * m0 * 2^-shift))``: the one requantization used everywhere.
+@dataclass(frozen=True)
+class Requantizer:
+    """``clamp(round(acc * m0 * 2^-shift))`` with the per-channel constants prepared once.
 
-    acc: (..., C) int64 accumulator; m0: (C,) int64 multiplier in [2^14, 2^15); shift: (C,) int64 >= 1.
+    m0: (C,) int64 multiplier in [2^14, 2^15); shift: (C,) int64 >= 1; acc: (..., C) int64.
     acc * m0 stays below 2^63 for any int32 accumulator.
     """
-    if bool((shift < 1).any()):
-        raise ValueError("requantize needs right shifts >= 1: the output grid is too coarse for this scale")
-    return rounding_right_shift(acc * m0, shift).clamp(lo, hi)
+
+    m0: Tensor
+    shift: Tensor
+    half: Tensor  # 2^(shift - 1): round half up
+    lo: int
+    hi: int
+
+    @classmethod
+    def build(cls, m0: Tensor, shift: Tensor, lo: int, hi: int) -> "Requantizer":
+        if bool((shift < 1).any()):
+            raise ValueError("requantize needs right shifts >= 1: the output grid is too coarse for this scale")
+        return cls(m0, shift, torch.bitwise_left_shift(torch.ones_like(shift), shift - 1), lo, hi)
+
+    def __call__(self, acc: Tensor) -> Tensor:
+        return ((acc * self.m0 + self.half) >> self.shift).clamp(self.lo, self.hi)
+
+
+def requantize(acc: Tensor, m0: Tensor, shift: Tensor, lo: int, hi: int) -> Tensor:
+    """``clamp(round(acc * m0 * 2^-shift))``: the one requantization used everywhere (see Requantizer)."""
+    return Requantizer.build(m0, shift, lo, hi)(acc)
 
 
 def shift_round(x: Tensor, shift: int) -> Tensor:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
 
-from app.engine.fixed_point import int_matmul, qrange, requantize, shift_round
+from app.engine.fixed_point import Requantizer, int_matmul, qrange, requantize, shift_round
 
 
 @dataclass
@@ -56,8 +57,12 @@ class IntLinear:
         """Bias, requantization and saturation of an exact (M, N) int64 accumulator W x."""
         if self.bias_acc is not None:
             acc = acc + self.bias_acc
+        return self.requantizer(acc)
+
+    @cached_property
+    def requantizer(self) -> Requantizer:
         lo, hi = qrange(self.out_bits)
-        return requantize(acc, self.m0, self.exp + (self.in_frac - self.out_frac), lo, hi)
+        return Requantizer.build(self.m0, self.exp + (self.in_frac - self.out_frac), lo, hi)
 
 
 def residual_add(a: Tensor, a_frac: int, b: Tensor, b_frac: int, out_frac: int, out_bits: int) -> Tensor:

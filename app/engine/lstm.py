@@ -25,6 +25,7 @@ from app.engine.fixed_point import (
     INT16_MIN,
     INT32_MAX,
     INT32_MIN,
+    Requantizer,
     int_matmul,
     qrange,
     requantize,
@@ -113,15 +114,18 @@ def input_projection_from_acc(d: IntLSTMDirection, fmt: LSTMFormat, acc: Tensor)
     return _gate_layer_norm(requantize(acc, d.w_ih_m0, shift, INT16_MIN, INT16_MAX), d.ln_ih)
 
 
-def recurrent_gates(d: IntLSTMDirection, fmt: LSTMFormat, x_proj: Tensor, h_q: Tensor) -> Tensor:
+def recurrent_requantizer(d: IntLSTMDirection, fmt: LSTMFormat) -> Requantizer:
+    """W_h h accumulator -> Q3.12 (int32 range before the sum, int16 before a layer norm)."""
+    lo, hi = (INT16_MIN, INT16_MAX) if d.ln_hh is not None else (INT32_MIN, INT32_MAX)
+    return Requantizer.build(d.w_hh_m0, d.w_hh_exp + (fmt.h_frac - GATE_FRAC), lo, hi)
+
+
+def recurrent_gates(d: IntLSTMDirection, requant_h: Requantizer, x_proj: Tensor, h_q: Tensor) -> Tensor:
     """gates_q12 (B, 4H) from the step's input projection and h (B, H) int8."""
-    acc = int_matmul(h_q, d.w_hh.t())
-    shift = d.w_hh_exp + (fmt.h_frac - GATE_FRAC)
+    h_proj = requant_h(int_matmul(h_q, d.w_hh.t()))
     if d.ln_hh is None:
-        h_proj = requantize(acc, d.w_hh_m0, shift, INT32_MIN, INT32_MAX)
         return (x_proj + h_proj).clamp(INT16_MIN, INT16_MAX)
-    h_proj = _gate_layer_norm(requantize(acc, d.w_hh_m0, shift, INT16_MIN, INT16_MAX), d.ln_hh)
-    return (x_proj + h_proj + d.bias_q12).clamp(INT16_MIN, INT16_MAX)
+    return (x_proj + _gate_layer_norm(h_proj, d.ln_hh) + d.bias_q12).clamp(INT16_MIN, INT16_MAX)
 
 
 def cell_step(
@@ -143,7 +147,7 @@ def cell_step(
         t_q15 = acts.luts["tanh_gate"](tanh_in)
     h_lo, h_hi = qrange(fmt.h_bits)
     h_new = rounding_right_shift(o_q15 * t_q15, 2 * PWL_OUT_FRAC - fmt.h_frac).clamp(h_lo, h_hi)
-    return h_new, c_new, {"sig": sig, "g": g_q15, "tanh_in": tanh_in, "t": t_q15}
+    return h_new, c_new, {"gates": gates_q12, "sig": sig, "g": g_q15, "tanh_in": tanh_in, "t": t_q15}
 
 
 def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -172,10 +176,11 @@ def run_direction(
     """
     batch, steps, _ = x_q.shape
     x_proj = input_projection(d, fmt, x_q.reshape(batch * steps, -1)).reshape(batch, steps, -1)
+    requant_h = recurrent_requantizer(d, fmt)
     h, c = h0, c0
     outputs = []
     for t in range(steps):
-        gates = recurrent_gates(d, fmt, x_proj[:, t], h.to(torch.int8))
+        gates = recurrent_gates(d, requant_h, x_proj[:, t], h.to(torch.int8))
         h_new, c_new, _ = cell_step(gates, c, acts, fmt, d.ln_cell)
         if lengths is not None:
             live = (t < lengths).unsqueeze(1)

@@ -70,6 +70,10 @@ class QuantLinear(nn.Linear):
     """Linear layer with int8 per-channel weights and an int32-accumulator bias.
 
     ``out_frac``/``out_bits`` give the output grid; the default is the LM's int32 logits at 2^-16.
+    ``exact_in_training=False`` is for a final layer whose output leaves the engine (logits): while
+    training it returns the float surrogate on the same exact inputs and quantized weights, which
+    differs from the int32 result by its last rounding (2^-out_frac) and skips integer work on the
+    (tokens x vocabulary) output; in eval it is exact like every other layer.
     """
 
     def __init__(
@@ -80,11 +84,13 @@ class QuantLinear(nn.Linear):
         quant: QuantConfig | None = None,
         out_frac: int = LOGIT_FRAC,
         out_bits: int = 32,
+        exact_in_training: bool = True,
     ):
         super().__init__(in_features, out_features, bias=bias)
         self.quant = quant or QuantConfig()
         self.out_frac = out_frac
         self.out_bits = out_bits
+        self.exact_in_training = exact_in_training
 
     def forward(self, x: Tensor, in_frac: int | None = None) -> Tensor:
         if not self.quant.integer_activations:
@@ -94,6 +100,8 @@ class QuantLinear(nn.Linear):
         x = snap(x, in_frac)
         wq = WeightQuant(self.weight, self.quant.weight_bits)
         surrogate = F.linear(x, wq.fake, self.bias)
+        if self.training and not self.exact_in_training:
+            return surrogate
         with torch.no_grad():
             layer = self._integer_layer(wq, in_frac)
             acc = exact_matmul(to_grid(x, in_frac).reshape(-1, x.shape[-1]), layer.w_q)
