@@ -25,7 +25,7 @@ from torch import nn
 from app.models.lm import LSTMLanguageModel
 
 SIZES = {  # (embed = hidden, layers): the LM presets of conf/model
-    "small": 256,
+    "small": 200,
     "medium": 650,
     "large": 1500,
 }

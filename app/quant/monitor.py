@@ -1,0 +1,71 @@
+"""Quantization bookkeeping shared by every task: per-epoch statistics, freezing, fine-tune init."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from app.engine.lstm import GATE_FRAC, PWL_OUT_FRAC
+from app.quant.config import QuantConfig
+from app.quant.pwl import fit_pwl
+from app.quant.quantizers import PowerOfTwoObserver
+
+
+def observers(model: nn.Module) -> dict[str, PowerOfTwoObserver]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, PowerOfTwoObserver)}
+
+
+def freeze_observers(model: nn.Module) -> None:
+    """Stop updating activation ranges (the grids, and so the integer model, stop moving)."""
+    for observer in observers(model).values():
+        observer.frozen.fill_(True)
+
+
+def epoch_metrics(model: nn.Module, quant: QuantConfig) -> dict[str, Any]:
+    """Activation ranges, saturation rate per quantizer (since the last call), PWL max error in output LSB."""
+    if not quant.integer_activations:
+        return {}
+    metrics: dict[str, Any] = {}
+    for name, observer in observers(model).items():
+        key = name.removesuffix(".observer")
+        metrics[f"{key}.range"] = round(float(observer.running_max), 5)
+        metrics[f"{key}.frac_bits"] = observer.frac
+        metrics[f"{key}.saturation"] = round(observer.pop_saturation_rate(), 6)
+        metrics[f"{key}.frozen"] = bool(observer.frozen)
+    cell_frac = GATE_FRAC if quant.layer_norm else quant.cell_frac
+    for kind, in_frac in (("sigmoid", GATE_FRAC), ("tanh", GATE_FRAC), ("tanh_cell", cell_frac)):
+        fit = fit_pwl(kind.removesuffix("_cell"), in_frac, PWL_OUT_FRAC, quant.pwl_segments)
+        metrics[f"pwl.{kind}.max_error_lsb"] = round(fit.max_error_lsb, 2)
+    return metrics
+
+
+def load_init_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> dict[str, list[str]]:
+    """Initialise ``model`` from a float (or QAT) Lightning checkpoint's weights, for fine-tuning.
+
+    Layer-norm gains and observer buffers that a float model lacks keep their defaults; every weight
+    the checkpoint has must fit. Returns the missing and unexpected keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"quant.init_from={path} does not exist: point it at a train.py checkpoint (.ckpt)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        state = checkpoint["state_dict"]
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise ValueError(f"quant.init_from={path} is not a readable train.py checkpoint ({type(exc).__name__}: {exc})") from None
+    state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise ValueError(
+            f"quant.init_from={path} has weights of other shapes ({mismatched[0]}: {tuple(state[mismatched[0]].shape)} "
+            f"vs {tuple(own[mismatched[0]].shape)}): use the same model preset as the float run"
+        )
+    result = model.load_state_dict(state, strict=False)
+    allowed = ("ln_", "observer.")
+    missing = [k for k in result.missing_keys if not any(part in k for part in allowed)]
+    if missing:
+        raise ValueError(f"quant.init_from={path} lacks weights {missing[:3]}: it is not a checkpoint of this model")
+    return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}

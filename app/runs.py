@@ -1,0 +1,147 @@
+"""What train.py and evaluate.py share: the run directory's files and checks.
+
+A run directory holds `config.yaml` (resolved config), `checkpoints/{best,last}.ckpt` (written
+atomically), `epochs.jsonl` (one line per epoch), `tensorboard/` and `metrics.json` (METRIC_FIELDS).
+"""
+
+import io
+import json
+import shlex
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from app.errors import UserInputError
+from app.files import write_bytes_atomic, write_text_atomic
+
+METRICS_FILE = "metrics.json"
+# metrics.json has exactly these keys, from train.py and from evaluate.py (null where one does not apply).
+METRIC_FIELDS = (
+    "command", "task", "quant", "model", "data", "checkpoint",
+    "val_ppl", "val_loss", "val_tokens", "test_ppl", "test_loss", "test_tokens",
+    "params", "epochs", "wall_time_s", "train_tokens_per_s", "eval_tokens_per_s", "quant_metrics",
+)  # fmt: skip
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written beside the target and renamed over it: an interrupted save never leaves a torn file.
+
+    (Lightning's own writer goes through an fsspec transaction whose temp file lives in the system temp
+    folder, so the final move may be a copy.)
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_bytes_atomic(path, buffer.getvalue())
+
+
+def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
+    """Load a checkpoint written by train.py onto the CPU; `key` names the config key that passed it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(
+            f"{key}={path} does not exist: pass a checkpoint written by train.py (<run>/checkpoints/last.ckpt)"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for a bad file: all mean "unreadable"
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserInputError(
+            f"{key}={path} is not a readable checkpoint ({reason}): pass a .ckpt written by train.py"
+        ) from err
+    if not isinstance(checkpoint, dict) or "task" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise UserInputError(f"{key}={path} was not written by train.py (no task / hyper-parameters in it)")
+    return checkpoint
+
+
+def check_resumable(checkpoint: Mapping[str, Any], current: Mapping[str, Any], ckpt_path: str) -> None:
+    """Refuse to resume when the checkpoint's model, quant or vocabulary differs from this run's.
+
+    current: {"model": ..., "quant": ..., "vocab_sha256": ...}, compared key by key with the
+    checkpoint's hyper-parameters (model_cfg, quant_cfg, vocab_sha256).
+    """
+    hparams = checkpoint["hyper_parameters"]
+    saved = _flatten({
+        "model": hparams.get("model_cfg"),
+        "quant": hparams.get("quant_cfg"),
+        "vocab_sha256": hparams.get("vocab_sha256"),
+    })
+    wanted = _flatten(dict(current))
+    differing = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
+    if differing:
+        key = differing[0]
+        raise UserInputError(
+            f"cannot resume from ckpt_path={ckpt_path}: it was trained with {key}={saved.get(key)!r}, this run has "
+            f"{key}={wanted.get(key)!r} ({len(differing)} differing: {', '.join(differing)}); "
+            "run with the checkpoint's settings (its run's config.yaml), or drop ckpt_path to start afresh"
+        )
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def run_dir() -> Path:
+    """This run's directory: the one Hydra made (`hydra.runtime.output_dir`), else `hydra.run.dir` (compose API)."""
+    hydra_cfg = HydraConfig.get()
+    return Path(OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None) or hydra_cfg.run.dir)
+
+
+def command_line(script: str) -> str:
+    """The command that started this run, as `python <script> <overrides>`."""
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
+    return shlex.join(["python", script, *overrides])
+
+
+@rank_zero_only
+def write_run_config(directory: Path, cfg: DictConfig) -> None:
+    config = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # compose API keeps `hydra`
+    write_text_atomic(directory / "config.yaml", OmegaConf.to_yaml(config, resolve=True))
+
+
+def evaluate_splits(
+    trainer: L.Trainer, task: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: str | None
+) -> dict[str, Any]:
+    """Valid and test loss/perplexity over the whole splits: the val_* / test_* fields of metrics.json."""
+    # Each returns [] when its split is switched off (limit_*_batches=0): those fields are then null.
+    val = (trainer.validate(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False) or [{}])[0]
+    test = (trainer.test(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False) or [{}])[0]
+    return {
+        "val_ppl": val.get("val/ppl"),
+        "val_loss": val.get("val/loss"),
+        "val_tokens": _int_or_none(val.get("val/tokens")),
+        "test_ppl": test.get("test/ppl"),
+        "test_loss": test.get("test/loss"),
+        "test_tokens": _int_or_none(test.get("test/tokens")),
+        "eval_tokens_per_s": test.get("test/tokens_per_s"),
+    }
+
+
+def _int_or_none(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def write_metrics(directory: Path, metrics: Mapping[str, Any]) -> None:
+    """Write metrics.json (its keys must be exactly METRIC_FIELDS) and print the headline numbers."""
+    if set(metrics) != set(METRIC_FIELDS):
+        raise ValueError(f"metrics.json fields {sorted(metrics)} differ from METRIC_FIELDS")
+    ordered = {field: metrics[field] for field in METRIC_FIELDS}
+    write_text_atomic(directory / METRICS_FILE, json.dumps(ordered, indent=2) + "\n")
+    val, test = (metrics[key] for key in ("val_ppl", "test_ppl"))
+    print(f"val ppl {val if val is None else f'{val:.2f}'} | test ppl {test if test is None else f'{test:.2f}'}"
+          f" | {directory / METRICS_FILE}")

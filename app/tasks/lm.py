@@ -1,0 +1,231 @@
+"""LightningModule for word-level language modelling: truncated BPTT, token-weighted perplexity.
+
+Truncated BPTT by hand (Lightning 2 has no `truncated_bptt_steps`): the datamodule serves contiguous
+`bptt`-column windows in order, and the LSTM state left by one window, detached, starts the next.
+Perplexity is exp(sum of token NLL / number of tokens) over the whole split, with the sums all-reduced
+across DDP ranks, not a mean of per-batch perplexities.
+"""
+
+import functools
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from app.errors import UserInputError
+from app.models.lm import LSTMState, build_lm
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+LR_SCHEDULERS = ("none", "exponential", "plateau")
+EPOCHS_FILE = "epochs.jsonl"  # one JSON line per training epoch, in the run directory
+
+
+def hold_then_decay(epoch: int, hold_epochs: int, gamma: float) -> float:
+    """LR factor after `epoch` finished epochs: 1 for the first `hold_epochs`, then x gamma per epoch (Zaremba)."""
+    return gamma ** max(epoch + 1 - hold_epochs, 0)
+
+
+class LanguageModelTask(L.LightningModule):
+    """Trains and evaluates `LSTMLanguageModel` (built by `build_lm`). Config: `conf/task/lm.yaml`."""
+
+    name = "lm"
+
+    def __init__(
+        self,
+        model_cfg: Mapping[str, Any],
+        quant_cfg: Mapping[str, Any],
+        vocab_size: int,
+        optimizer: Mapping[str, Any],
+        lr_scheduler: Mapping[str, Any],
+        grad_clip_norm: float | None,
+        vocab_sha256: str | None = None,
+    ) -> None:
+        """model_cfg / quant_cfg: the `model` and `quant` configs; vocab_sha256 identifies the vocabulary.
+
+        optimizer: `name` (sgd, adam, adamw) plus that optimizer's keyword arguments.
+        lr_scheduler: `name: none`; `name: exponential, hold_epochs, gamma` (Zaremba: keep the LR for
+        `hold_epochs` epochs, then multiply it by gamma each epoch); `name: plateau, factor, patience`
+        (multiply by `factor` when val loss has not improved for `patience` epochs).
+        """
+        super().__init__()
+        if optimizer["name"] not in OPTIMIZERS:
+            raise UserInputError(
+                f"task.module.optimizer.name={optimizer['name']!r} is unknown: choose one of {', '.join(OPTIMIZERS)}"
+            )
+        if lr_scheduler["name"] not in LR_SCHEDULERS:
+            raise UserInputError(
+                f"task.module.lr_scheduler.name={lr_scheduler['name']!r} is unknown: "
+                f"choose one of {', '.join(LR_SCHEDULERS)}"
+            )
+        self.save_hyperparameters()
+        self.model = build_lm(model_cfg, quant_cfg, vocab_size)
+        self._train_state: LSTMState | None = None
+        self._eval_state: LSTMState | None = None
+        # Per stage (train, val, test) of the current epoch: float64 [sum of token NLL, token count],
+        # when the epoch started, and seconds spent in its batches (so validation time is not training time).
+        self._totals: dict[str, Tensor] = {}
+        self._started_at: dict[str, float] = {}
+        self._seconds: dict[str, float] = {}
+        self._epoch_lr = 0.0
+
+    def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        return self.model(tokens, state)
+
+    def quant_epoch_metrics(self) -> dict[str, Any]:
+        """Per-epoch quantization statistics (logged and written to epochs.jsonl); none for a float model."""
+        return {}
+
+    # ---- steps -------------------------------------------------------------------------------------
+
+    def _nll(
+        self, stage: str, batch: tuple[Tensor, Tensor], state: LSTMState | None
+    ) -> tuple[Tensor, Tensor, LSTMState]:
+        """Sum of token NLL and number of real tokens over one window (added to the stage's totals), new state."""
+        inputs, targets = batch
+        logits, new_state = self.model(inputs, state)
+        # Padded targets hold IGNORE_INDEX = -100, cross_entropy's default ignore_index.
+        nll_sum = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+        tokens = (targets != -100).sum()
+        self._totals[stage] += torch.stack([nll_sum.detach().double(), tokens.double()])
+        return nll_sum, tokens, new_state
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        nll_sum, tokens, state = self._nll("train", batch, self._train_state)
+        self._train_state = (state[0].detach(), state[1].detach())  # truncate backprop at the window edge
+        loss = nll_sum / tokens
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        _, _, self._eval_state = self._nll("val", batch, self._eval_state)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        _, _, self._eval_state = self._nll("test", batch, self._eval_state)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # The clip norm is part of the task recipe (task.module.grad_clip_norm), not a Trainer setting.
+        if self.hparams.grad_clip_norm:
+            self.clip_gradients(optimizer, self.hparams.grad_clip_norm, gradient_clip_algorithm="norm")
+
+    def configure_optimizers(self) -> Any:
+        settings = dict(self.hparams.optimizer)
+        optimizer_class = OPTIMIZERS[settings.pop("name")]
+        try:
+            optimizer = optimizer_class(self.parameters(), **settings)
+        except TypeError as err:
+            raise UserInputError(f"task.module.optimizer={dict(self.hparams.optimizer)}: {err}") from err
+        schedule = dict(self.hparams.lr_scheduler)
+        if schedule["name"] == "exponential":
+            decay = functools.partial(hold_then_decay, hold_epochs=schedule["hold_epochs"], gamma=schedule["gamma"])
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        if schedule["name"] == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=schedule["factor"], patience=schedule["patience"]
+            )
+            # strict=False: a run without validation (limit_val_batches=0) keeps its LR instead of failing.
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch", "strict": False},
+            }
+        return optimizer
+
+    # ---- loop bookkeeping: state resets, whole-split sums, throughput ------------------------------
+
+    def _start_loop(self, stage: str) -> None:
+        self._totals[stage] = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self._started_at[stage] = time.perf_counter()
+        self._seconds[stage] = 0.0
+
+    def _batch_done(self, stage: str) -> None:
+        self._seconds[stage] = time.perf_counter() - self._started_at[stage]
+
+    def _finish_loop(self, stage: str) -> dict[str, float]:
+        """Log `<stage>/loss, ppl, tokens, tokens_per_s` over the whole split (all ranks) and return them."""
+        nll_sum, tokens = self.trainer.strategy.reduce(self._totals[stage], reduce_op="sum").tolist()
+        if tokens == 0:
+            return {}
+        seconds = torch.tensor(self._seconds[stage], device=self.device)
+        seconds = self.trainer.strategy.reduce(seconds, reduce_op="max").item()
+        loss = nll_sum / tokens
+        metrics = {
+            f"{stage}/loss": loss,
+            f"{stage}/ppl": math.exp(loss),
+            f"{stage}/tokens": tokens,
+            f"{stage}/tokens_per_s": tokens / max(seconds, 1e-9),
+        }
+        for name, value in metrics.items():
+            self.log(name, value, prog_bar=name == "val/ppl")
+        return metrics
+
+    def on_train_epoch_start(self) -> None:
+        self._train_state = None
+        # Epoch-interval schedulers step right after the last batch, before on_train_epoch_end: read the LR now.
+        self._epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self._start_loop("train")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._batch_done("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_state = None
+        self._start_loop("val")
+
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._batch_done("val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_loop("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_state = None
+        self._start_loop("test")
+
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._batch_done("test")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_loop("test")
+
+    def on_train_epoch_end(self) -> None:
+        train = self._finish_loop("train")
+        quant = self.quant_epoch_metrics()
+        self.log_dict({f"quant/{key}": value for key, value in quant.items() if isinstance(value, (int, float))})
+        val_ppl = self.trainer.callback_metrics.get("val/ppl")
+        record = {
+            "epoch": self.current_epoch,
+            "train_ppl": train.get("train/ppl"),
+            "val_ppl": None if val_ppl is None else float(val_ppl),
+            "lr": self._epoch_lr,
+            "train_tokens_per_s": train.get("train/tokens_per_s"),
+            "train_seconds": self._seconds["train"],
+            "quant": quant,
+        }
+        self.log("lr", record["lr"])
+        if self.trainer.is_global_zero:
+            self.print(
+                f"epoch {record['epoch']}: train ppl {_fmt(record['train_ppl'])} | val ppl {_fmt(record['val_ppl'])}"
+                f" | lr {record['lr']:.4g} | {_fmt(record['train_tokens_per_s'], '.0f')} tokens/s"
+                f" | {record['train_seconds']:.0f} s" + "".join(f" | {k} {v}" for k, v in quant.items())
+            )
+            with open(Path(self.trainer.default_root_dir) / EPOCHS_FILE, "a") as epochs_file:
+                epochs_file.write(json.dumps(record, default=str) + "\n")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["task"] = self.name  # evaluate.py picks the task class by this key
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "n/a" if value is None else format(value, spec)

@@ -1,0 +1,86 @@
+"""Re-evaluate a checkpoint: `python evaluate.py ckpt=<run>/checkpoints/best.ckpt data=ptb` (README "Evaluating").
+
+Writes metrics.json (the same fields as train.py's) into outputs/evals/<data>/<time>/.
+"""
+
+import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
+import sys
+import time
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning import seed_everything
+from omegaconf import DictConfig, OmegaConf
+
+from app.config import register_resolvers
+from app.errors import UserInputError
+from app.runs import command_line, evaluate_splits, read_checkpoint, run_dir, write_metrics
+from app.tasks.lm import LanguageModelTask
+
+register_resolvers()
+
+# The LightningModule that trained each task; a checkpoint names its task under "task".
+TASKS: dict[str, type[L.LightningModule]] = {LanguageModelTask.name: LanguageModelTask}
+
+
+def load_task(checkpoint: dict[str, Any], ckpt_path: str) -> L.LightningModule:
+    """Rebuild the trained module from a train.py checkpoint (hyper-parameters + weights)."""
+    if checkpoint["task"] not in TASKS:
+        raise UserInputError(
+            f"ckpt={ckpt_path} is for task {checkpoint['task']!r}; evaluate.py knows {', '.join(sorted(TASKS))}"
+        )
+    task = TASKS[checkpoint["task"]](**checkpoint["hyper_parameters"])
+    task.load_state_dict(checkpoint["state_dict"])
+    return task
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Valid and test perplexity of `cfg.ckpt` on `cfg.data`; returns (and writes) metrics.json."""
+    started = time.perf_counter()
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise UserInputError("no checkpoint given: pass ckpt=<run>/checkpoints/best.ckpt")
+    seed_everything(cfg.seed, verbose=False)
+    checkpoint = read_checkpoint(cfg.ckpt, "ckpt")
+    task = load_task(checkpoint, cfg.ckpt)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    if task.hparams.vocab_sha256 != datamodule.vocab_sha256:
+        raise UserInputError(
+            f"ckpt={cfg.ckpt} was trained with another vocabulary than data={cfg.data.name} has: "
+            "evaluate it on the data it was trained on (its run's config.yaml, key data.name)"
+        )
+    directory = run_dir()
+    trainer = instantiate(cfg.trainer, default_root_dir=directory, logger=False, enable_checkpointing=False)
+    hparams = checkpoint["hyper_parameters"]
+    metrics = {
+        "command": command_line("evaluate.py"),
+        "task": checkpoint["task"],
+        "quant": hparams["quant_cfg"]["name"],
+        "model": hparams["model_cfg"]["name"],
+        "data": cfg.data.name,
+        "checkpoint": str(cfg.ckpt),
+        **evaluate_splits(trainer, task, datamodule, ckpt_path=None),
+        "params": sum(parameter.numel() for parameter in task.parameters()),
+        "epochs": checkpoint["epoch"] + 1,
+        "wall_time_s": time.perf_counter() - started,
+        "train_tokens_per_s": None,
+        "quant_metrics": task.quant_epoch_metrics(),
+    }
+    if trainer.is_global_zero:
+        write_metrics(directory, metrics)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

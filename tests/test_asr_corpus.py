@@ -1,0 +1,105 @@
+"""data_scripts/: the synthetic TTS corpus (held-out voices and sentences) and the real-set manifests + tokenizer.
+
+These need espeak-ng, flite, festival (+ its kal voice) and sox from Debian main; `.ci/run` installs them.
+A missing tool fails the test with the install command: it is never skipped.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from app.data.manifest import read_manifest
+from app.data.text import Tokenizer, normalize_text
+from tests.conftest import ROOT, run_script
+
+DATA_ROOT = Path(os.environ.get("QRNN_DATA_ROOT", ROOT.parent / "shared" / "data"))
+INSTALL = "apt-get install -y espeak-ng sox flite festival festvox-kallpc16k"
+
+
+def _require_tts_tools() -> None:
+    missing = [program for program in ("espeak-ng", "sox", "flite", "festival") if shutil.which(program) is None]
+    if not Path("/usr/share/festival/voices/english/kal_diphone").is_dir():
+        missing.append("festvox-kallpc16k (festival's kal voice)")
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: run `{INSTALL}` (Debian main; .ci/run does this)")
+
+
+def _run_script(script: str, *args: str) -> str:
+    result = run_script(f"data_scripts/{script}", *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    """A 30-utterance corpus from PTB valid text, every engine present, made once for this module."""
+    _require_tts_tools()
+    out = tmp_path_factory.mktemp("asr") / "synth"
+    args = [
+        "--text", str(DATA_ROOT / "ptb" / "ptb.valid.txt"), "--out", str(out), "--train", "18", "--valid", "4",
+        "--test", "8", "--shares", "espeak=0.5,flite=0.25,festival=0.25", "--word-vocab", "500",
+    ]  # fmt: skip
+    _run_script("synthesize_corpus.py", *args)
+    return out, args
+
+
+def _rows(corpus: Path, split: str) -> list[dict]:
+    return [json.loads(line) for line in (corpus / f"{split}.jsonl").read_text().splitlines()]
+
+
+def test_synthetic_corpus_is_16khz_with_held_out_voices_and_sentences(tiny_corpus):
+    corpus, _ = tiny_corpus
+    rows = {split: _rows(corpus, split) for split in ("train", "valid", "test")}
+    assert {split: len(r) for split, r in rows.items()} == {"train": 18, "valid": 4, "test": 8}
+    for split_rows in rows.values():
+        for row in split_rows:
+            info = sf.info(str(corpus / row["audio"]))
+            assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+            assert 0.2 < info.frames / info.samplerate == pytest.approx(row["duration"], abs=1e-3)
+            assert row["text"] == normalize_text(row["text"]) and row["text"]
+    assert {row["engine"] for row in rows["train"]} == {"espeak", "flite", "festival"}
+    assert {row["kind"] for row in rows["train"]} == {"sentence", "digits", "yesno"}
+    train_speakers = {row["speaker"] for row in rows["train"]}
+    train_texts = {row["text"] for row in rows["train"]}
+    for split in ("valid", "test"):
+        assert not train_speakers & {row["speaker"] for row in rows[split]}  # held-out voices
+        assert not train_texts & {row["text"] for row in rows[split]}  # held-out sentences
+    meta = json.loads((corpus / "meta.json").read_text())
+    assert meta["utterances"] == {"train": 18, "valid": 4, "test": 8} and meta["synthesis_seconds"]
+    # the loader reads it as is: nothing skipped, nothing resampled
+    assert len(read_manifest(corpus / "test.jsonl", "synth_test", corpus.parent / "cache", 16000, 20.0)) == 8
+
+
+def test_synthesis_with_the_same_arguments_is_a_no_op(tiny_corpus):
+    corpus, args = tiny_corpus
+    assert "is up to date" in _run_script("synthesize_corpus.py", *args)
+
+
+def test_prepare_asr_writes_real_set_manifests_and_a_tokenizer(tiny_corpus):
+    corpus, _ = tiny_corpus
+    out = corpus.parent
+    output = _run_script(
+        "prepare_asr.py",
+        "--data-root",
+        str(DATA_ROOT),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(out / "cache"),
+        "--vocab-size",
+        "60",
+    )
+    assert "fsdd test 300, valid 300, train 2400; yesno 60; pocketsphinx 11" in output
+    counts = {path.relative_to(out).as_posix(): len(path.read_text().splitlines()) for path in out.glob("*/*.jsonl")}
+    assert {k: v for k, v in counts.items() if not k.startswith("synth/")} == {
+        "fsdd/train.jsonl": 2400, "fsdd/valid.jsonl": 300, "fsdd/test.jsonl": 300,
+        "yesno/test.jsonl": 60, "pocketsphinx/test.jsonl": 11,
+    }  # fmt: skip
+    tokenizer = Tokenizer(out / "tokenizer" / "spm.model")
+    assert tokenizer.vocab_size == 60
+    for row in _rows(corpus, "test"):
+        assert tokenizer.decode(tokenizer.encode(row["text"])) == row["text"]

@@ -1,0 +1,373 @@
+"""ASR manifests on the real recordings in shared/data, bad-input handling, LibriSpeech layout, batches.
+
+The real sets are shared/data's FSDD, yesno and pocketsphinx-testdata (QRNN_DATA_ROOT overrides where).
+"""
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hydra.utils import instantiate
+
+from app.data.asr import ASRDataModule, BucketBatchSampler, collate
+from app.data.audio import load_waveform
+from app.data.manifest import (
+    fsdd_utterances,
+    pocketsphinx_utterances,
+    read_manifest,
+    scan_librispeech,
+    write_manifest,
+    yesno_utterances,
+)
+from app.data.text import Tokenizer, normalize_text, train_tokenizer
+from app.errors import UserInputError
+from tests.conftest import ROOT, compose_config, run_script
+
+DATA_ROOT = Path(os.environ.get("QRNN_DATA_ROOT", ROOT.parent / "shared" / "data"))
+FSDD = DATA_ROOT / "fsdd" / "recordings"
+
+
+def _shared_tsv(name: str) -> dict[str, dict[str, str]]:
+    """shared/data's own manifest.tsv (generated independently), keyed by absolute audio path."""
+    with open(DATA_ROOT / name / "manifest.tsv", newline="") as file:
+        return {str((DATA_ROOT / row["path"]).resolve()): row for row in csv.DictReader(file, delimiter="\t")}
+
+
+def test_fsdd_manifests_follow_the_official_split_on_the_real_files():
+    splits = fsdd_utterances(DATA_ROOT / "fsdd")
+    assert {split: len(rows) for split, rows in splits.items()} == {"test": 300, "valid": 300, "train": 2400}
+    reference = _shared_tsv("fsdd")
+    for split, rows in splits.items():
+        assert len({u.speaker for u in rows}) == 6
+        for utterance in rows:
+            row = reference[utterance.audio]
+            assert utterance.text == row["transcript"] and utterance.speaker == row["speaker"]
+            assert utterance.sample_rate == 8000 and utterance.duration == pytest.approx(
+                float(row["duration_s"]), abs=1e-3
+            )
+            assert (row["split"] == "test") == (split == "test")  # valid + train = the official train split
+
+
+def test_yesno_and_pocketsphinx_manifests_on_the_real_files(tmp_path):
+    yesno = yesno_utterances(DATA_ROOT / "yesno")
+    reference = _shared_tsv("yesno")
+    assert len(yesno) == 60 and all(len(u.text.split()) == 8 for u in yesno)
+    assert all(u.text == reference[u.audio]["transcript"] for u in yesno)
+
+    pocketsphinx = pocketsphinx_utterances(DATA_ROOT / "pocketsphinx_testdata", tmp_path / "wav")
+    assert len(pocketsphinx) == 11
+    texts = {u.text for u in pocketsphinx}
+    assert {"he was not an ill disposed young man", "ten of clubs", "go forward ten meters"} <= texts
+    goforward = next(u for u in pocketsphinx if u.speaker == "goforward")
+    assert sf.info(goforward.audio).samplerate == 16000 and goforward.duration == pytest.approx(2.786, abs=1e-3)
+
+
+def test_manifest_round_trips_through_jsonl_and_csv(tmp_path, caplog):
+    utterances = fsdd_utterances(DATA_ROOT / "fsdd")["test"][:5]
+    write_manifest(tmp_path / "m.jsonl", utterances)
+    with open(tmp_path / "m.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["audio", "duration", "speaker", "text"])
+        writer.writeheader()
+        writer.writerows(
+            {"audio": u.audio, "duration": u.duration, "speaker": u.speaker, "text": u.text.upper()} for u in utterances
+        )
+    for name in ("m.jsonl", "m.csv"):
+        with caplog.at_level(logging.WARNING):
+            read = read_manifest(tmp_path / name, "fsdd_sample", tmp_path / "cache", 16000, 20.0)
+        assert read == utterances  # the CSV's upper-case text is normalized on reading
+        assert "5 of 5 files are 8000 Hz, resampled to 16000 Hz" in caplog.text  # one line for the set
+        caplog.clear()
+
+
+def _write_wav(path: Path, seconds: float, rate: int = 16000) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate, subtype="PCM_16")
+    return path
+
+
+def test_bad_input_is_named_in_one_line_each_and_the_rest_is_kept(tmp_path, caplog):
+    cards = DATA_ROOT / "pocketsphinx_testdata" / "cards"
+    good = [cards / "001.wav", cards / "003.wav"]  # 16 kHz: no resampling line for them
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" + os.urandom(200))
+    empty = tmp_path / "empty.wav"
+    sf.write(str(empty), np.zeros(0, dtype=np.float32), 16000)
+    untranscribed = _write_wav(tmp_path / "untranscribed.wav", 0.5)
+    latin1 = _write_wav(tmp_path / "latin1.wav", 0.5)
+    cd_rate = _write_wav(tmp_path / "cd_rate.wav", 0.5, rate=44100)
+    too_long = _write_wav(tmp_path / "too_long.wav", 3.0)
+    rows = [
+        {"audio": str(good[0]), "duration": 1.1, "speaker": "cards", "text": "ten of clubs"},
+        {"audio": str(corrupt), "duration": 1.0, "speaker": "x", "text": "corrupt"},
+        {"audio": str(empty), "duration": 0.0, "speaker": "x", "text": "empty"},
+        {"audio": str(tmp_path / "missing.wav"), "duration": 1.0, "speaker": "x", "text": "missing"},
+        {"audio": str(untranscribed), "duration": 0.5, "speaker": "x", "text": ""},
+        {"audio": str(cd_rate), "duration": 0.5, "speaker": "x", "text": "resampled"},
+        {"audio": str(too_long), "duration": 3.0, "speaker": "x", "text": "too long"},
+        {"audio": str(good[1]), "duration": 1.5, "speaker": "cards", "text": "seven of clubs"},
+    ]
+    manifest = tmp_path / "bad.jsonl"
+    lines = [json.dumps(row).encode() for row in rows]
+    lines.insert(5, b'{"audio": "%s", "duration": 0.5, "speaker": "x", "text": "caf\xe9"}' % str(latin1).encode())
+    manifest.write_bytes(b"\n".join(lines) + b"\n")
+
+    with caplog.at_level(logging.WARNING):
+        utterances = read_manifest(manifest, "bad", tmp_path / "cache", 16000, max_duration_s=2.0)
+
+    assert [Path(u.audio).name for u in utterances] == ["001.wav", "cd_rate.wav", "003.wav"]
+    assert utterances[1].sample_rate == 44100  # kept: the loader resamples it
+    messages = [record.getMessage() for record in caplog.records]
+    expected = {
+        "corrupt.wav": "corrupt audio",
+        "empty.wav": "empty audio",
+        "missing.wav": "audio file not found",
+        "untranscribed.wav": "missing transcript",
+        "bad.jsonl:6": "non-UTF-8 transcript",
+        "too_long.wav": "longer than max_duration_s=2",
+        "cd_rate.wav": "44100 Hz, resampled to 16000 Hz",
+    }
+    for name, reason in expected.items():
+        assert sum(name in message and reason in message for message in messages) == 1, (name, messages)
+    assert len(messages) == len(expected)
+    assert all("\n" not in message for message in messages)
+    assert load_waveform(utterances[1].audio, 16000).numel() == 8000
+
+
+def test_missing_manifest_names_the_command_that_builds_it(tmp_path):
+    with pytest.raises(UserInputError, match="synthesize_corpus.py"):
+        read_manifest(tmp_path / "nope.jsonl", "synth", tmp_path / "cache", 16000, 20.0)
+
+
+def _librispeech_subset(root: Path, takes: range, with_problems: bool = False) -> Path:
+    """A LibriSpeech-layout subset built from real FSDD recordings: speaker/chapter/<id>.flac + trans.txt."""
+    for speaker_number, speaker in enumerate(("jackson", "theo"), start=100):
+        chapter = root / str(speaker_number) / "7"
+        chapter.mkdir(parents=True)
+        lines = []
+        for utterance_number, take in enumerate(takes):
+            digit = (take + speaker_number) % 10
+            utterance_id = f"{speaker_number}-7-{utterance_number:04d}"
+            wave = load_waveform(FSDD / f"{digit}_{speaker}_{take}.wav", 16000).numpy()
+            sf.write(str(chapter / f"{utterance_id}.flac"), wave, 16000, format="FLAC", subtype="PCM_16")
+            lines.append(f"{utterance_id} {normalize_text(str(digit)).upper()}".encode())
+        if with_problems and speaker_number == 100:
+            lines[1] = lines[1][:-1] + b"\xff\xfe"  # not UTF-8
+            lines.pop(2)  # its flac has no transcript line
+        (chapter / f"{speaker_number}-7.trans.txt").write_bytes(b"\n".join(lines) + b"\n")
+    return root
+
+
+def test_librispeech_layout_tree_is_scanned_with_bad_lines_named(tmp_path):
+    subset = _librispeech_subset(tmp_path / "LibriSpeech" / "dev-clean", range(0, 4), with_problems=True)
+    utterances, rejected = scan_librispeech(subset)
+    assert len(utterances) == 6 and {u.speaker for u in utterances} == {"100", "101"}
+    assert all(
+        u.text in {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"} for u in utterances
+    )
+    assert sorted(reason for _, reason in rejected) == ["missing transcript", "non-UTF-8 transcript"]
+    assert any("100-7.trans.txt:2 (100-7-0001)" in item for item, _ in rejected)
+    assert any(item.endswith("100-7-0002.flac") for item, _ in rejected)
+
+
+def test_prepare_librispeech_writes_a_manifest_per_subset(tmp_path):
+    _librispeech_subset(tmp_path / "LibriSpeech" / "dev-clean", range(0, 3), with_problems=True)
+    script = "data_scripts/prepare_librispeech.py"
+    result = run_script(script, str(tmp_path / "LibriSpeech"), "--out", str(tmp_path / "out"), "--vocab-size", "0")
+    assert result.returncode == 0, result.stderr
+    assert "dev-clean: 4 utterances" in result.stdout and "2 skipped" in result.stdout
+    assert "non-UTF-8 transcript" in result.stderr and "missing transcript" in result.stderr
+    assert len((tmp_path / "out" / "dev-clean.jsonl").read_text().splitlines()) == 4
+
+
+def _tokenizer(directory: Path) -> Path:
+    texts = [normalize_text(str(digit)) for digit in range(10)] * 20 + ["yes no yes", "no yes", "the market said"] * 20
+    return train_tokenizer(texts, directory / "spm", vocab_size=40)
+
+
+def _real_manifests(root: Path) -> None:
+    """Small copies of the real sets, laid out as data_scripts/ writes them under paths.asr_root."""
+    fsdd = fsdd_utterances(DATA_ROOT / "fsdd")
+    write_manifest(root / "synth" / "train.jsonl", fsdd["train"][::40])  # stands in for the synthetic corpus
+    write_manifest(root / "synth" / "valid.jsonl", fsdd["valid"][::60])
+    write_manifest(root / "synth" / "test.jsonl", fsdd["test"][1::60])
+    write_manifest(root / "fsdd" / "train.jsonl", fsdd["train"][1::40])
+    write_manifest(root / "fsdd" / "valid.jsonl", fsdd["valid"][1::60])
+    write_manifest(root / "fsdd" / "test.jsonl", fsdd["test"][::60])
+    write_manifest(root / "yesno" / "test.jsonl", yesno_utterances(DATA_ROOT / "yesno")[:3])
+    write_manifest(
+        root / "pocketsphinx" / "test.jsonl",
+        pocketsphinx_utterances(DATA_ROOT / "pocketsphinx_testdata", root / "pocketsphinx" / "wav"),
+    )
+    _tokenizer(root / "tokenizer")
+    _tokenizer(root / "librispeech" / "tokenizer")
+
+
+def _compose(data: str, overrides: list[str]):
+    return compose_config("train", [f"data={data}", "seed=7", *overrides])
+
+
+@pytest.fixture(scope="module")
+def asr_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("asr")
+    _real_manifests(root)
+    return root
+
+
+def _check_batch(batch, tokenizer: Tokenizer, bos_eos: bool = False, augmented: bool = False) -> None:
+    feats, feat_lens, mask, tokens, token_lens = (
+        batch[k] for k in ("feats", "feat_lens", "feat_mask", "tokens", "token_lens")
+    )
+    size = len(batch["texts"])
+    assert feats.dtype == torch.float32 and feats.shape[0] == size and feats.shape[2] == 80
+    assert feat_lens.dtype == torch.int64 and feat_lens.max() == feats.shape[1]
+    assert torch.equal(mask, torch.arange(feats.shape[1]) < feat_lens[:, None])
+    assert (feats[~mask] == 0).all()
+    assert augmented or (feats[mask].abs().sum(-1) > 0).all()  # SpecAugment may zero whole real frames
+    assert tokens.dtype == torch.int64 and token_lens.max() == tokens.shape[1]
+    for row, length, text in zip(tokens, token_lens, batch["texts"]):
+        assert (row[length:] == tokenizer.pad_id).all() and (row[:length] != tokenizer.pad_id).all()
+        ids = tokenizer.encode(text)
+        assert row[:length].tolist() == ([tokenizer.bos_id, *ids, tokenizer.eos_id] if bos_eos else ids)
+        assert tokenizer.decode(row.tolist()) == text
+
+
+def test_asr_synth_config_builds_train_val_and_test_loaders(asr_root):
+    cfg = _compose(
+        "asr_synth", [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0"]
+    )
+    datamodule = instantiate(cfg.data)
+    assert isinstance(datamodule, ASRDataModule)
+    datamodule.setup("fit")
+    assert datamodule.vocab_size == 40 and datamodule.feature_dim == 80
+    assert datamodule.val_names == ["synth", "fsdd"] and datamodule.test_names == [
+        "synth",
+        "fsdd",
+        "yesno",
+        "pocketsphinx",
+    ]
+    train_batches = list(datamodule.train_dataloader())
+    assert sum(len(batch["texts"]) for batch in train_batches) == 120  # synth + fsdd train, each utterance once
+    for batch in train_batches:
+        _check_batch(batch, datamodule.tokenizer, augmented=True)
+    tests = datamodule.test_dataloader()
+    assert list(tests) == datamodule.test_names
+    for name, loader in tests.items():
+        batches = list(loader)
+        assert sum(len(b["texts"]) for b in batches) == len(datamodule.utterances["test"][name])
+        for batch in batches:
+            _check_batch(batch, datamodule.tokenizer)
+    first = next(iter(tests["fsdd"]))["feats"]
+    assert torch.equal(first, next(iter(tests["fsdd"]))["feats"])  # evaluation features are reproducible
+
+
+def test_bos_eos_and_global_cmvn(asr_root):
+    cfg = _compose(
+        "asr_synth",
+        [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0",
+         "data.bos_eos=true", "data.cmvn=global", "data.spec_augment=null"],
+    )  # fmt: skip
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    mean, std = datamodule.cmvn_stats
+    assert mean.shape == std.shape == (80,) and (std > 0).all()
+    batch = next(iter(datamodule.val_dataloader()["synth"]))
+    _check_batch(batch, datamodule.tokenizer, bos_eos=True)
+
+
+def test_asr_librispeech_config_reads_librispeech_layout_directories(asr_root, tmp_path):
+    librispeech = tmp_path / "LibriSpeech"
+    for subset, takes in (("train-clean-100", range(10, 16)), ("dev-clean", range(5, 7)), ("test-clean", range(0, 3))):
+        _librispeech_subset(librispeech / subset, takes)
+    cfg = _compose(
+        "asr_librispeech",
+        [
+            f"+paths.asr_root={asr_root}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"paths.data_root={tmp_path}",
+            "data.num_workers=0",
+        ],
+    )
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    assert len(datamodule.utterances["train"]["train_clean_100"]) == 12
+    assert datamodule.test_names == ["test_clean", "fsdd", "yesno", "pocketsphinx"]
+    batch = next(iter(datamodule.train_dataloader()))
+    _check_batch(batch, datamodule.tokenizer, augmented=True)
+    assert next(iter(datamodule.test_dataloader()["test_clean"]))["speakers"][0] in {"100", "101"}
+
+
+def test_collate_pads_features_and_tokens_and_returns_lengths_and_masks():
+    items = [
+        {"feats": torch.ones(5, 80), "tokens": torch.tensor([7, 8, 9]), "text": "a", "speaker": "s", "audio": "x"},
+        {"feats": torch.full((2, 80), 2.0), "tokens": torch.tensor([4]), "text": "b", "speaker": "s", "audio": "y"},
+    ]
+    batch = collate(items, pad_id=0)
+    assert batch["feats"].shape == (2, 5, 80) and batch["feat_lens"].tolist() == [5, 2]
+    assert batch["feat_mask"].tolist() == [[True] * 5, [True, True, False, False, False]]
+    assert (batch["feats"][1, 2:] == 0).all() and (batch["feats"][1, :2] == 2).all()
+    assert batch["tokens"].tolist() == [[7, 8, 9], [4, 0, 0]] and batch["token_lens"].tolist() == [3, 1]
+
+
+def test_bucket_sampler_covers_every_utterance_within_the_duration_budget():
+    durations = [0.3 + (i * 37 % 100) / 10 for i in range(200)]
+    sampler = BucketBatchSampler(durations, batch_duration_s=30.0, max_batch_size=16, shuffle=True, seed=1)
+    epochs = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert sorted(i for batch in batches for i in batch) == list(range(200))
+        assert all(len(b) <= 16 and (len(b) == 1 or max(durations[i] for i in b) * len(b) <= 30.0) for b in batches)
+        epochs.append(batches)
+    assert epochs[0] != epochs[1]
+    ranks = [
+        BucketBatchSampler(durations, 30.0, 16, True, seed=1, rank=r, world_size=3, drop_uneven=True) for r in range(3)
+    ]
+    shards = [list(rank) for rank in ranks]
+    assert len({len(shard) for shard in shards}) == 1  # DDP ranks step in lockstep
+    indices = [i for shard in shards for batch in shard for i in batch]
+    assert len(indices) == len(set(indices))
+
+
+class _MeanFeatureModel(L.LightningModule):
+    """The smallest task: records which set each eval batch came from (Lightning's dataloader_idx)."""
+
+    def __init__(self, test_names: list[str]) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(80, 1)
+        self.test_names = test_names
+        self.seen: dict[str, int] = {}
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch["feats"].sum(1) / batch["feat_lens"][:, None]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        pass
+
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
+        name = self.test_names[dataloader_idx]
+        self.seen[name] = self.seen.get(name, 0) + len(batch["texts"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_trains_and_tests_every_named_set(asr_root):
+    cfg = _compose("asr_synth", [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}"])
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    model = _MeanFeatureModel(datamodule.test_names)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        use_distributed_sampler=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=datamodule)
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    assert model.seen == {name: len(datamodule.utterances["test"][name]) for name in datamodule.test_names}

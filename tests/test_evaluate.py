@@ -1,0 +1,47 @@
+"""evaluate.py: re-evaluating a checkpoint gives the same numbers and the same metrics.json fields."""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.errors import UserInputError
+from app.runs import METRIC_FIELDS
+from evaluate import evaluate
+from tests.conftest import compose_config
+
+
+
+def _eval_overrides(ptb_overrides: list[str]) -> list[str]:
+    return [o for o in ptb_overrides if not o.startswith(("model=", "trainer.limit_train"))]
+
+
+def test_evaluate_reproduces_the_runs_perplexity_and_writes_the_same_fields(
+    trained_run: tuple[Path, dict], ptb_overrides: list[str], tmp_path: Path
+) -> None:
+    run_dir, train_metrics = trained_run
+    best = run_dir / "checkpoints" / "best.ckpt"
+    metrics = evaluate(compose_config("evaluate", [*_eval_overrides(ptb_overrides), f"ckpt={best}"], tmp_path))
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(written) == list(METRIC_FIELDS) and written["command"].startswith("python evaluate.py ")
+    assert (written["task"], written["quant"], written["model"], written["data"]) == ("lm", "float", "tiny", "ptb")
+    assert metrics["val_ppl"] == pytest.approx(train_metrics["val_ppl"], rel=1e-5)
+    assert metrics["test_ppl"] == pytest.approx(train_metrics["test_ppl"], rel=1e-5)
+    assert metrics["params"] == train_metrics["params"] and metrics["epochs"] == 1
+
+
+def test_evaluate_refuses_data_with_another_vocabulary(
+    trained_run: tuple[Path, dict], ptb_overrides: list[str], toy_corpus: Callable[..., Path], tmp_path: Path
+) -> None:
+    best = trained_run[0] / "checkpoints" / "best.ckpt"
+    overrides = [*_eval_overrides(ptb_overrides), f"ckpt={best}", f"data.source={toy_corpus()}",
+                 "data.sha256=null", "data.expected_tokens=null", "data.expected_vocab_size=null",
+                 f"paths.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    with pytest.raises(UserInputError, match="trained with another vocabulary than data=ptb has"):
+        evaluate(compose_config("evaluate", overrides, tmp_path))
+
+
+def test_evaluate_without_a_checkpoint_says_how_to_pass_one(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match=r"pass ckpt=<run>/checkpoints/best.ckpt"):
+        evaluate(compose_config("evaluate", [], tmp_path))

@@ -1,0 +1,104 @@
+"""Train a model: `python train.py task=lm quant=float model=small data=ptb` (README "Training").
+
+Writes a run directory (app/runs.py): config.yaml, checkpoints/{best,last}.ckpt, epochs.jsonl,
+tensorboard/, metrics.json. `ckpt_path=<run>/checkpoints/last.ckpt` resumes that run in place.
+"""
+
+import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
+import sys
+import time
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from lightning import seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from app.config import register_resolvers
+from app.errors import UserInputError
+from app.runs import (
+    AtomicCheckpointIO,
+    check_resumable,
+    command_line,
+    evaluate_splits,
+    read_checkpoint,
+    run_dir,
+    write_metrics,
+    write_run_config,
+)
+
+register_resolvers()
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then evaluate the best checkpoint on valid and test; returns (and writes) metrics.json."""
+    started = time.perf_counter()
+    seed_everything(cfg.seed, workers=True, verbose=False)
+    directory = run_dir()
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    quant_cfg = OmegaConf.to_container(cfg.quant, resolve=True)
+    if cfg.ckpt_path:
+        current = {"model": model_cfg, "quant": quant_cfg, "vocab_sha256": datamodule.vocab_sha256}
+        check_resumable(read_checkpoint(cfg.ckpt_path, "ckpt_path"), current, cfg.ckpt_path)
+    task = instantiate(
+        cfg.task.module,
+        model_cfg=model_cfg,
+        quant_cfg=quant_cfg,
+        vocab_size=datamodule.vocab_size,
+        vocab_sha256=datamodule.vocab_sha256,
+        _convert_="all",
+    )
+    checkpoints = ModelCheckpoint(
+        dirpath=directory / "checkpoints",
+        filename="best",
+        monitor="val/ppl",
+        mode="min",
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    trainer = instantiate(
+        cfg.trainer,
+        default_root_dir=directory,
+        callbacks=[checkpoints],
+        logger=TensorBoardLogger(directory, name="tensorboard", version=""),
+        plugins=[AtomicCheckpointIO()],
+    )
+    write_run_config(directory, cfg)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    train_tokens_per_s = trainer.callback_metrics.get("train/tokens_per_s")
+    best = checkpoints.best_model_path or None  # None when nothing was saved (fast_dev_run): use the weights in memory
+    metrics = {
+        "command": command_line("train.py"),
+        "task": cfg.task.name,
+        "quant": cfg.quant.name,
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "checkpoint": best,
+        **evaluate_splits(trainer, task, datamodule, best),
+        "params": sum(parameter.numel() for parameter in task.parameters()),
+        "epochs": trainer.current_epoch,
+        "wall_time_s": time.perf_counter() - started,
+        "train_tokens_per_s": None if train_tokens_per_s is None else float(train_tokens_per_s),
+        "quant_metrics": task.quant_epoch_metrics(),
+    }
+    if trainer.is_global_zero:
+        write_metrics(directory, metrics)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
