@@ -10,14 +10,15 @@ from typing import Any
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
 from lightning import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
-from app.config import register_resolvers
+from app.config import build, register_resolvers
 from app.errors import UserInputError
 from app.runs import command_line, evaluate_splits, read_checkpoint, run_dir, write_metrics
+from app.engine.checkpoint import tensor_bytes
 from app.tasks.lm import LanguageModelTask
+from app.tasks.lm_integer import integer_split_metrics, load_integer_lm
 
 register_resolvers()
 
@@ -36,15 +37,24 @@ def load_task(checkpoint: dict[str, Any], ckpt_path: str) -> L.LightningModule:
     return task
 
 
+ENGINES = ("qat", "integer")
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Valid and test perplexity of `cfg.ckpt` on `cfg.data`; returns (and writes) metrics.json."""
     started = time.perf_counter()
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise UserInputError("no checkpoint given: pass ckpt=<run>/checkpoints/best.ckpt")
+    if cfg.engine not in ENGINES:
+        raise UserInputError(f"engine={cfg.engine!r} is unknown: choose one of {', '.join(ENGINES)}")
     seed_everything(cfg.seed, verbose=False)
+    if cfg.engine == "integer":
+        return evaluate_integer(cfg, started)
+    if str(cfg.ckpt).endswith(".safetensors"):
+        raise UserInputError(f"ckpt={cfg.ckpt} is an integer checkpoint: evaluate it with engine=integer")
     checkpoint = read_checkpoint(cfg.ckpt, "ckpt")
     task = load_task(checkpoint, cfg.ckpt)
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg.data)
     datamodule.prepare_data()
     if task.hparams.vocab_sha256 != datamodule.vocab_sha256:
         raise UserInputError(
@@ -52,7 +62,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "evaluate it on the data it was trained on (its run's config.yaml, key data.name)"
         )
     directory = run_dir()
-    trainer = instantiate(cfg.trainer, default_root_dir=directory, logger=False, enable_checkpointing=False)
+    trainer = build(cfg.trainer, default_root_dir=directory, logger=False, enable_checkpointing=False)
     hparams = checkpoint["hyper_parameters"]
     metrics = {
         "command": command_line("evaluate.py"),
@@ -67,9 +77,50 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "wall_time_s": time.perf_counter() - started,
         "train_tokens_per_s": None,
         "quant_metrics": task.quant_epoch_metrics(),
+        "engine": "qat" if task.model.quant.quantized else "float",
+        "integer": None,
     }
     if trainer.is_global_zero:
         write_metrics(directory, metrics)
+    return metrics
+
+
+def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
+    """Perplexity of an integer checkpoint on the integer-only engine (softmax outside the engine)."""
+    if str(cfg.ckpt).endswith(".ckpt"):
+        raise UserInputError(
+            f"engine=integer runs integer checkpoints; ckpt={cfg.ckpt} is a train.py checkpoint: pass its run's "
+            "model.int.safetensors (written by quant=irnn runs), or drop engine=integer"
+        )
+    datamodule = build(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    engine, meta = load_integer_lm(str(cfg.ckpt), datamodule.vocab)
+    split_metrics = {split: integer_split_metrics(engine, datamodule, split) for split in ("valid", "test")}
+    info = meta.get("info", {})
+    metrics = {
+        "command": command_line("evaluate.py"),
+        "task": meta["kind"],
+        "quant": info.get("quant", {}).get("name"),
+        "model": info.get("model"),
+        "data": cfg.data.name,
+        "checkpoint": str(cfg.ckpt),
+        "val_ppl": split_metrics["valid"]["ppl"],
+        "val_loss": split_metrics["valid"]["loss"],
+        "val_tokens": split_metrics["valid"]["tokens"],
+        "test_ppl": split_metrics["test"]["ppl"],
+        "test_loss": split_metrics["test"]["loss"],
+        "test_tokens": split_metrics["test"]["tokens"],
+        "params": None,
+        "epochs": None,
+        "wall_time_s": time.perf_counter() - started,
+        "train_tokens_per_s": None,
+        "eval_tokens_per_s": split_metrics["test"]["tokens_per_s"],
+        "quant_metrics": {},
+        "engine": "integer",
+        "integer": {"integer_param_bytes": tensor_bytes(str(cfg.ckpt)), "format_version": meta["version"]},
+    }
+    write_metrics(run_dir(), metrics)
     return metrics
 
 

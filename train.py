@@ -10,13 +10,12 @@ import time
 from typing import Any
 
 import hydra
-from hydra.utils import instantiate
 from lightning import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from app.config import register_resolvers
+from app.config import build, register_resolvers
 from app.errors import UserInputError
 from app.runs import (
     AtomicCheckpointIO,
@@ -28,6 +27,7 @@ from app.runs import (
     write_metrics,
     write_run_config,
 )
+from app.tasks.lm_integer import export_integer_lm, integer_split_metrics
 
 register_resolvers()
 
@@ -37,14 +37,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     seed_everything(cfg.seed, workers=True, verbose=False)
     directory = run_dir()
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg.data)
     datamodule.prepare_data()
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     quant_cfg = OmegaConf.to_container(cfg.quant, resolve=True)
     if cfg.ckpt_path:
         current = {"model": model_cfg, "quant": quant_cfg, "vocab_sha256": datamodule.vocab_sha256}
         check_resumable(read_checkpoint(cfg.ckpt_path, "ckpt_path"), current, cfg.ckpt_path)
-    task = instantiate(
+    task = build(
         cfg.task.module,
         model_cfg=model_cfg,
         quant_cfg=quant_cfg,
@@ -61,7 +61,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    trainer = instantiate(
+    trainer = build(
         cfg.trainer,
         default_root_dir=directory,
         callbacks=[checkpoints],
@@ -85,10 +85,38 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "wall_time_s": time.perf_counter() - started,
         "train_tokens_per_s": None if train_tokens_per_s is None else float(train_tokens_per_s),
         "quant_metrics": task.quant_epoch_metrics(),
+        "engine": "qat" if task.model.quant.quantized else "float",
+        "integer": None,
     }
+    if trainer.is_global_zero and task.model.quant.integer_activations:
+        limits = {"valid": trainer.num_val_batches[0], "test": trainer.num_test_batches[0]}
+        metrics["integer"] = export_and_check_integer(task, datamodule, directory, metrics, cfg, limits)
     if trainer.is_global_zero:
         write_metrics(directory, metrics)
     return metrics
+
+
+def export_and_check_integer(
+    task, datamodule, directory, metrics: dict[str, Any], cfg: DictConfig, limits: dict[str, int | float]
+) -> dict[str, Any]:
+    """Write the integer checkpoint of the best weights and evaluate it with the integer-only engine."""
+    info = {"quant": OmegaConf.to_container(cfg.quant, resolve=True), "model": cfg.model.name, "data": cfg.data.name,
+            "source_checkpoint": metrics["checkpoint"]}
+    sizes, engine = export_integer_lm(task.model, datamodule.vocab, directory, info)
+    result = dict(sizes)
+    for split, prefix in (("valid", "val"), ("test", "test")):
+        if metrics[f"{prefix}_ppl"] is None:
+            continue
+        split_metrics = integer_split_metrics(engine, datamodule, split, limits[split])
+        result[f"{prefix}_ppl"] = split_metrics["ppl"]
+        result[f"{prefix}_ppl_rel_diff_vs_qat"] = split_metrics["ppl"] / metrics[f"{prefix}_ppl"] - 1
+        result["eval_tokens_per_s"] = split_metrics["tokens_per_s"]
+    print(
+        f"integer checkpoint {sizes['integer_checkpoint']}: {sizes['integer_param_bytes']:,} bytes "
+        f"({100 * sizes['integer_size_ratio']:.1f}% of {sizes['float_param_bytes']:,} float bytes)"
+        + (f" | integer-engine test ppl {result['test_ppl']:.2f}" if "test_ppl" in result else "")
+    )
+    return result
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -1,9 +1,13 @@
-"""OmegaConf resolvers used by `conf/` (registered by the entry points and the tests before composing)."""
+"""OmegaConf resolvers used by `conf/` (registered by the entry points and the tests before composing), and `build`."""
 
 from pathlib import Path
+from typing import Any
 
-from hydra.utils import to_absolute_path
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate, to_absolute_path
 from omegaconf import OmegaConf
+
+from app.errors import UserInputError
 
 
 def run_dir_for(ckpt_path: str | None, new_run_dir: str) -> str:
@@ -21,3 +25,17 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("abspath", lambda path: to_absolute_path(str(path)))
     if not OmegaConf.has_resolver("run_dir_for"):
         OmegaConf.register_new_resolver("run_dir_for", run_dir_for)
+
+
+def build(config: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, except that a UserInputError raised by the built class surfaces as
+    itself (Hydra wraps it in an InstantiationException), so entry points print it as one line."""
+    try:
+        return instantiate(config, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, UserInputError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None

@@ -28,6 +28,7 @@ METRIC_FIELDS = (
     "command", "task", "quant", "model", "data", "checkpoint",
     "val_ppl", "val_loss", "val_tokens", "test_ppl", "test_loss", "test_tokens",
     "params", "epochs", "wall_time_s", "train_tokens_per_s", "eval_tokens_per_s", "quant_metrics",
+    "engine", "integer",
 )  # fmt: skip
 
 

@@ -32,6 +32,11 @@ def compose_config(config_name: str, overrides: Sequence[str], run_dir: Path | N
     return cfg
 
 
+def eval_overrides(ptb_overrides: Sequence[str]) -> list[str]:
+    """ptb_overrides for evaluate.py, which has no model group and does not train."""
+    return [o for o in ptb_overrides if not o.startswith(("model=", "trainer.limit_train"))]
+
+
 def run_script(*args: str, timeout: int = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a repo script (train.py, evaluate.py, ...) as a user would, from the repo root."""
     return subprocess.run(

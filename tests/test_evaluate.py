@@ -13,16 +13,12 @@ from tests.conftest import compose_config
 
 
 
-def _eval_overrides(ptb_overrides: list[str]) -> list[str]:
-    return [o for o in ptb_overrides if not o.startswith(("model=", "trainer.limit_train"))]
-
-
 def test_evaluate_reproduces_the_runs_perplexity_and_writes_the_same_fields(
     trained_run: tuple[Path, dict], ptb_overrides: list[str], tmp_path: Path
 ) -> None:
     run_dir, train_metrics = trained_run
     best = run_dir / "checkpoints" / "best.ckpt"
-    metrics = evaluate(compose_config("evaluate", [*_eval_overrides(ptb_overrides), f"ckpt={best}"], tmp_path))
+    metrics = evaluate(compose_config("evaluate", [*eval_overrides(ptb_overrides), f"ckpt={best}"], tmp_path))
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert list(written) == list(METRIC_FIELDS) and written["command"].startswith("python evaluate.py ")
     assert (written["task"], written["quant"], written["model"], written["data"]) == ("lm", "float", "tiny", "ptb")
@@ -35,7 +31,7 @@ def test_evaluate_refuses_data_with_another_vocabulary(
     trained_run: tuple[Path, dict], ptb_overrides: list[str], toy_corpus: Callable[..., Path], tmp_path: Path
 ) -> None:
     best = trained_run[0] / "checkpoints" / "best.ckpt"
-    overrides = [*_eval_overrides(ptb_overrides), f"ckpt={best}", f"data.source={toy_corpus()}",
+    overrides = [*eval_overrides(ptb_overrides), f"ckpt={best}", f"data.source={toy_corpus()}",
                  "data.sha256=null", "data.expected_tokens=null", "data.expected_vocab_size=null",
                  f"paths.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
     with pytest.raises(UserInputError, match="trained with another vocabulary than data=ptb has"):

@@ -64,20 +64,27 @@ def _narrowest(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
-def _pack(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+def _pack(obj: Any, prefix: str, tensors: dict[str, torch.Tensor], seen: dict[int, str] | None = None) -> Any:
+    """Turn an engine object into a JSON tree, moving its tensors into ``tensors``.
+
+    A tensor object reachable twice (tied embedding and output weights) is stored once.
+    """
+    seen = {} if seen is None else seen
     if isinstance(obj, torch.Tensor):
         if obj.is_floating_point():
             raise IntegerCheckpointError(f"{prefix} is a {obj.dtype} tensor: integer checkpoints hold integers only")
-        tensors[prefix] = _narrowest(obj)
-        return {"tensor": prefix, "dtype": str(obj.dtype).removeprefix("torch.")}
+        name = seen.setdefault(id(obj), prefix)
+        if name == prefix:
+            tensors[prefix] = _narrowest(obj)
+        return {"tensor": name, "dtype": str(obj.dtype).removeprefix("torch.")}
     if dataclasses.is_dataclass(obj):
         node = {"class": type(obj).__name__}
         for f in dataclasses.fields(obj):
             if f.init:
-                node[f.name] = _pack(getattr(obj, f.name), f"{prefix}.{f.name}", tensors)
+                node[f.name] = _pack(getattr(obj, f.name), f"{prefix}.{f.name}", tensors, seen)
         return node
     if isinstance(obj, (list, tuple)):
-        return [_pack(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+        return [_pack(v, f"{prefix}.{i}", tensors, seen) for i, v in enumerate(obj)]
     if obj is None or isinstance(obj, (int, str, bool)):
         return obj
     raise IntegerCheckpointError(f"cannot store {prefix} of type {type(obj).__name__}")

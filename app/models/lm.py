@@ -86,10 +86,14 @@ class LSTMLanguageModel(nn.Module):
                 f"quant.mode={self.quant.mode} has float activations: only integer-activation models "
                 "(quant=irnn) export to the integer engine"
             )
+        embedding = self.embedding.export()
+        decoder = self.decoder.export(in_frac=self.quant.h_frac)
+        if self.decoder.weight is self.embedding.weight:  # tied: one int8 matrix, stored once
+            decoder.w_q, decoder.m0, decoder.exp = embedding.w_q, embedding.m0, embedding.exp
         return IntegerLanguageModel(
-            embedding=self.embedding.export(),
+            embedding=embedding,
             lstm=self.lstm.export(in_frac=self.embedding.out_frac),
-            decoder=self.decoder.export(in_frac=self.quant.h_frac),
+            decoder=decoder,
             vocab=list(vocab),
         )
 

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from app.errors import UserInputError
 from app.models.lm import LSTMState, build_lm
+from app.quant import monitor
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 LR_SCHEDULERS = ("none", "exponential", "plateau")
@@ -65,7 +66,12 @@ class LanguageModelTask(L.LightningModule):
                 f"choose one of {', '.join(LR_SCHEDULERS)}"
             )
         self.save_hyperparameters()
-        self.model = build_lm(model_cfg, quant_cfg, vocab_size)
+        try:
+            self.model = build_lm(model_cfg, quant_cfg, vocab_size)
+            if self.model.quant.init_from:
+                monitor.load_init_weights(self.model, self.model.quant.init_from)
+        except (ValueError, FileNotFoundError) as err:
+            raise UserInputError(str(err)) from None
         self._train_state: LSTMState | None = None
         self._eval_state: LSTMState | None = None
         # Per stage (train, val, test) of the current epoch: float64 [sum of token NLL, token count],
@@ -79,8 +85,11 @@ class LanguageModelTask(L.LightningModule):
         return self.model(tokens, state)
 
     def quant_epoch_metrics(self) -> dict[str, Any]:
-        """Per-epoch quantization statistics (logged and written to epochs.jsonl); none for a float model."""
-        return {}
+        """Per-epoch quantization statistics (logged and written to epochs.jsonl); none for a float model.
+
+        Activation ranges and grids, saturation rate per quantizer since the last call, PWL max error.
+        """
+        return monitor.epoch_metrics(self.model, self.model.quant)
 
     # ---- steps -------------------------------------------------------------------------------------
 
@@ -172,6 +181,9 @@ class LanguageModelTask(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._train_state = None
+        freeze_at = self.model.quant.freeze_observers_epoch
+        if self.model.quant.integer_activations and 0 <= freeze_at <= self.current_epoch:
+            monitor.freeze_observers(self.model)
         # Epoch-interval schedulers step right after the last batch, before on_train_epoch_end: read the LR now.
         self._epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self._start_loop("train")

@@ -1,0 +1,100 @@
+"""quant=irnn end to end: QAT training, integer checkpoint export, integer-engine evaluation, parity."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.engine.checkpoint import load_integer_checkpoint
+from app.engine.guard import IntegerOnlyGuard
+from app.errors import UserInputError
+from evaluate import evaluate
+from tests.conftest import compose_config, eval_overrides
+from train import train
+
+
+@pytest.fixture(scope="module")
+def irnn_run(ptb_overrides: list[str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("irnn_run")
+    metrics = train(compose_config("train", [*ptb_overrides, "quant=irnn", "quant.pwl_segments=16"], run_dir))
+    return run_dir, metrics
+
+
+def test_irnn_run_exports_an_integer_checkpoint_that_matches_the_qat_model(irnn_run):
+    run_dir, metrics = irnn_run
+    assert metrics["engine"] == "qat" and metrics["quant"] == "irnn"
+    integer = metrics["integer"]
+    assert Path(integer["integer_checkpoint"]) == run_dir / "model.int.safetensors"
+    assert abs(integer["test_ppl_rel_diff_vs_qat"]) < 1e-3  # the issue's bound: 0.1% relative
+    assert abs(integer["val_ppl_rel_diff_vs_qat"]) < 1e-3
+    assert integer["integer_param_bytes"] < 0.5 * integer["float_param_bytes"]
+    quant = metrics["quant_metrics"]
+    assert quant["embedding.frac_bits"] >= 0 and 0 <= quant["embedding.saturation"] <= 1
+    assert quant["pwl.sigmoid.max_error_lsb"] < 60
+    epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
+    assert "embedding.range" in epochs[0]["quant"]
+
+
+def test_integer_engine_logits_equal_the_qat_simulation_on_real_ptb_text(irnn_run, ptb_overrides):
+    from app.data.lm import LMDataModule  # noqa: F401  (the datamodule the run used)
+    from hydra.utils import instantiate
+
+    run_dir, metrics = irnn_run
+    checkpoint = torch.load(metrics["checkpoint"], weights_only=False)
+    from evaluate import load_task
+
+    task = load_task(checkpoint, metrics["checkpoint"]).eval()
+    cfg = compose_config("train", [*ptb_overrides, "quant=irnn"])
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    engine, _ = load_integer_checkpoint(run_dir / "model.int.safetensors")
+    qat_state = int_state = None
+    for index, (inputs, _) in zip(range(3), datamodule.test_dataloader()):
+        with torch.no_grad():
+            logits, qat_state = task.model(inputs, qat_state)
+        with IntegerOnlyGuard():
+            logits_int, int_state = engine(inputs, int_state)
+        assert logits_int.dtype == torch.int32
+        assert torch.equal(logits_int.long(), torch.round(logits.double() * 2**engine.logit_frac).long()), index
+
+
+def test_evaluate_runs_the_integer_checkpoint_on_the_integer_engine(irnn_run, ptb_overrides, tmp_path):
+    run_dir, metrics = irnn_run
+    overrides = [*eval_overrides(ptb_overrides), f"ckpt={run_dir / 'model.int.safetensors'}", "engine=integer"]
+    cfg = compose_config("evaluate", overrides, tmp_path)
+    result = evaluate(cfg)
+    assert result["engine"] == "integer" and result["quant"] == "irnn"
+    assert result["test_tokens"] == 82_430  # the whole PTB test split
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["test_ppl"] == pytest.approx(result["test_ppl"])
+
+
+def test_evaluate_refuses_mismatched_engine_and_checkpoint(irnn_run, ptb_overrides, tmp_path):
+    run_dir, metrics = irnn_run
+    with pytest.raises(UserInputError, match="engine=integer runs integer checkpoints"):
+        overrides = [*eval_overrides(ptb_overrides), f"ckpt={metrics['checkpoint']}", "engine=integer"]
+        evaluate(compose_config("evaluate", overrides, tmp_path))
+    with pytest.raises(UserInputError, match="evaluate it with engine=integer"):
+        overrides = [*eval_overrides(ptb_overrides), f"ckpt={run_dir / 'model.int.safetensors'}"]
+        evaluate(compose_config("evaluate", overrides, tmp_path))
+
+
+def test_irnn_fine_tunes_from_a_float_checkpoint(trained_run, ptb_overrides, tmp_path):
+    float_ckpt = trained_run[0] / "checkpoints" / "best.ckpt"
+    metrics = train(compose_config("train", [*ptb_overrides, "quant=irnn", f"quant.init_from={float_ckpt}"], tmp_path))
+    assert metrics["integer"] is not None and metrics["test_ppl"] < 10_000
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("quant.init_from=/nonexistent/best.ckpt", "does not exist"),
+        ("quant.pwl_segments=7", "even number"),
+        ("quant.act_bits=3", "supported 4..8"),
+        ("+quant.bogus=1", "unknown quant config key"),
+    ],
+)
+def test_bad_quant_config_is_one_clear_error(ptb_overrides, tmp_path, override, message):
+    with pytest.raises(UserInputError, match=message):
+        train(compose_config("train", [*ptb_overrides, "quant=irnn", override], tmp_path))
