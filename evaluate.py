@@ -54,6 +54,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserInputError(f"ckpt={cfg.ckpt} is an integer checkpoint: evaluate it with engine=integer")
     checkpoint = read_checkpoint(cfg.ckpt, "ckpt")
     task = load_task(checkpoint, cfg.ckpt)
+    if cfg.pwl_segments is not None:
+        if not task.model.quant.integer_activations:
+            raise UserInputError(f"pwl_segments={cfg.pwl_segments} needs a quant=irnn checkpoint; {cfg.ckpt} has float activations")
+        task.model.quant.pwl_segments = int(cfg.pwl_segments)
+        try:
+            task.model.quant.validate()
+        except ValueError as err:
+            raise UserInputError(str(err)) from None
     datamodule = build(cfg.data)
     datamodule.prepare_data()
     if task.hparams.vocab_sha256 != datamodule.vocab_sha256:

@@ -59,7 +59,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ptb_overrides(cache_dir: Path) -> list[str]:
     """Overrides for a seconds-long PTB run: tiny model, a few batches, the session cache."""
     if not PTB_DIR.is_dir():
-        pytest.skip(f"PTB not found at {PTB_DIR} (set QRNN_DATA_ROOT)")
+        pytest.fail(f"PTB not found at {PTB_DIR}: set QRNN_DATA_ROOT to the folder holding ptb/")
     return [
         f"paths.data_root={PTB_DIR.parent}",
         f"paths.cache_dir={cache_dir}",

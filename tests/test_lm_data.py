@@ -28,7 +28,7 @@ def _datamodule(source: str | Path, cache_dir: Path, **overrides) -> LMDataModul
 
 def test_ptb_has_929589_train_tokens_and_a_10000_word_vocabulary(cache_dir: Path) -> None:
     if not PTB_DIR.is_dir():
-        pytest.skip(f"PTB not found at {PTB_DIR}")
+        pytest.fail(f"PTB not found at {PTB_DIR}: set QRNN_DATA_ROOT to the folder holding ptb/")
     datamodule = _datamodule(PTB_DIR, cache_dir, expected_tokens=None, expected_vocab_size=None)
     datamodule.prepare_data()
     assert datamodule.vocab_size == 10_000

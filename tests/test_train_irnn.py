@@ -98,3 +98,12 @@ def test_irnn_fine_tunes_from_a_float_checkpoint(trained_run, ptb_overrides, tmp
 def test_bad_quant_config_is_one_clear_error(ptb_overrides, tmp_path, override, message):
     with pytest.raises(UserInputError, match=message):
         train(compose_config("train", [*ptb_overrides, "quant=irnn", override], tmp_path))
+
+
+def test_evaluate_re_runs_a_qat_checkpoint_with_fewer_pwl_segments(irnn_run, ptb_overrides, tmp_path):
+    _, metrics = irnn_run
+    overrides = [*eval_overrides(ptb_overrides), f"ckpt={metrics['checkpoint']}", "pwl_segments=4"]
+    coarse = evaluate(compose_config("evaluate", overrides, tmp_path))
+    assert coarse["quant_metrics"]["pwl.sigmoid.max_error_lsb"] > 500  # 4 pieces: ~970 LSB of Q0.15
+    assert coarse["test_ppl"] != pytest.approx(metrics["test_ppl"], rel=1e-6)
+    assert "pwl_segments=4" in coarse["command"]

@@ -2,7 +2,8 @@
 
 File layout (format ``qrnn-speech-integer``, version 1):
 - tensors: every integer tensor of the engine objects, stored in the narrowest integer dtype that
-  holds its values (weights int8, multipliers int16, exponents int8, biases int32, ...);
+  holds its values (weights int8, multipliers int16, exponents int8, biases int32, ...); DenseShift
+  weights as packed N-bit codes (``ShiftCodes``: uint8, 3-bit: 8 weights in 3 bytes);
 - metadata ``qrnn_speech``: JSON with ``format``, ``version``, ``kind`` (e.g. ``lm``), ``model``
   (a tree: each node names its engine class and holds its integer fields, fixed-point formats
   ``*_frac`` and references ``{"tensor": name, "dtype": original dtype}``), ``vocab`` and ``info``
@@ -26,6 +27,7 @@ from app.engine.attention import IntAdditiveAttention
 from app.engine.layers import IntEmbedding, IntLinear
 from app.engine.lm import IntegerLanguageModel
 from app.engine.lstm import CellActivations, IntLayerNormParams, IntLSTM, IntLSTMDirection, LSTMFormat
+from app.engine.packing import ShiftCodes
 from app.engine.pwl import PWLTable
 
 FORMAT = "qrnn-speech-integer"
@@ -44,6 +46,7 @@ _CLASSES = {
         PWLTable,
         IntegerLanguageModel,
         IntAdditiveAttention,
+        ShiftCodes,
     )
 }
 _NARROW = (torch.int8, torch.int16, torch.int32, torch.int64)
@@ -67,7 +70,8 @@ def _narrowest(t: torch.Tensor) -> torch.Tensor:
 def _pack(obj: Any, prefix: str, tensors: dict[str, torch.Tensor], seen: dict[int, str] | None = None) -> Any:
     """Turn an engine object into a JSON tree, moving its tensors into ``tensors``.
 
-    A tensor object reachable twice (tied embedding and output weights) is stored once.
+    A tensor object reachable twice (tied embedding and output weights) is stored once. A weight a layer
+    was built from DenseShift codes (``layer.shift_codes``) is stored as those packed codes, not as int8.
     """
     seen = {} if seen is None else seen
     if isinstance(obj, torch.Tensor):
@@ -79,9 +83,10 @@ def _pack(obj: Any, prefix: str, tensors: dict[str, torch.Tensor], seen: dict[in
         return {"tensor": name, "dtype": str(obj.dtype).removeprefix("torch.")}
     if dataclasses.is_dataclass(obj):
         node = {"class": type(obj).__name__}
+        stored = getattr(obj, "shift_codes", {})
         for f in dataclasses.fields(obj):
             if f.init:
-                node[f.name] = _pack(getattr(obj, f.name), f"{prefix}.{f.name}", tensors, seen)
+                node[f.name] = _pack(stored.get(f.name, getattr(obj, f.name)), f"{prefix}.{f.name}", tensors, seen)
         return node
     if isinstance(obj, (list, tuple)):
         return [_pack(v, f"{prefix}.{i}", tensors, seen) for i, v in enumerate(obj)]

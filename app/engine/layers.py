@@ -7,7 +7,9 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from app.engine.fixed_point import Requantizer, int_matmul, qrange, requantize, shift_round
+from app.engine.fixed_point import Requantizer, qrange, requantize, shift_round
+from app.engine.packing import ShiftCodes, decode_weight_fields
+from app.engine.shift import weight_matmul
 
 
 @dataclass
@@ -17,13 +19,14 @@ class IntEmbedding:
     ``table`` = requant(w_q, m0, exp - out_frac) is precomputed once (integer ops), so a lookup is a gather.
     """
 
-    w_q: Tensor  # (V, E) int8
+    w_q: Tensor | ShiftCodes  # (V, E) int8 (DenseShift codes are decoded to int8 at construction)
     m0: Tensor  # (V,) int64
     exp: Tensor  # (V,) int64
     out_frac: int
     out_bits: int
 
     def __post_init__(self):
+        decode_weight_fields(self, "w_q")
         lo, hi = qrange(self.out_bits)
         self.table = requantize(
             self.w_q.to(torch.int64), self.m0.unsqueeze(1), (self.exp - self.out_frac).unsqueeze(1), lo, hi
@@ -39,7 +42,7 @@ class IntLinear:
     """y = requant(W x + b): int8 x at 2^-in_frac, int8 per-channel weights, int32 bias at the
     accumulator scale, output at 2^-out_frac saturated to out_bits (32 for logits)."""
 
-    w_q: Tensor  # (N, K) int8 row-major; used as w_q.t() (fast _int_mm layout)
+    w_q: Tensor | ShiftCodes  # (N, K) int8 row-major; used as w_q.t() (fast _int_mm layout); codes: decoded
     m0: Tensor  # (N,) int64
     exp: Tensor  # (N,) int64
     bias_acc: Tensor | None  # (N,) int64
@@ -47,10 +50,13 @@ class IntLinear:
     out_frac: int
     out_bits: int
 
+    def __post_init__(self):
+        decode_weight_fields(self, "w_q")
+
     def __call__(self, x_q: Tensor) -> Tensor:
         """x_q (..., K) int8 -> (..., N) int64."""
         shape = x_q.shape
-        acc = int_matmul(x_q.reshape(-1, shape[-1]), self.w_q.t())
+        acc = weight_matmul(x_q.reshape(-1, shape[-1]), self, "w_q")
         return self.from_accumulator(acc).reshape(*shape[:-1], -1)
 
     def from_accumulator(self, acc: Tensor) -> Tensor:

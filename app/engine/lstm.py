@@ -26,13 +26,14 @@ from app.engine.fixed_point import (
     INT32_MAX,
     INT32_MIN,
     Requantizer,
-    int_matmul,
     qrange,
     requantize,
     rounding_right_shift,
 )
 from app.engine.layernorm import layer_norm_int
+from app.engine.packing import ShiftCodes, decode_weight_fields
 from app.engine.pwl import LookupActivation, PWLTable
+from app.engine.shift import weight_matmul
 
 GATE_FRAC = 12  # Q3.12 gate pre-activations
 PWL_OUT_FRAC = 15  # Q0.15 sigmoid / tanh outputs
@@ -65,12 +66,13 @@ class IntLayerNormParams:
 
 @dataclass
 class IntLSTMDirection:
-    """Integer weights of one direction of one layer. Weights int8 (4H, I) / (4H, H), row-major."""
+    """Integer weights of one direction of one layer. Weights int8 (4H, I) / (4H, H), row-major
+    (given as DenseShift ``ShiftCodes``: decoded to int8 at construction, the codes kept for storage)."""
 
-    w_ih: Tensor
+    w_ih: Tensor | ShiftCodes
     w_ih_m0: Tensor  # (4H,) int64 per-channel multiplier: scale = m0 * 2^-exp
     w_ih_exp: Tensor
-    w_hh: Tensor
+    w_hh: Tensor | ShiftCodes
     w_hh_m0: Tensor
     w_hh_exp: Tensor
     bias_acc: Tensor | None  # (4H,) int64 at the W_x x accumulator scale (no layer norm)
@@ -78,6 +80,9 @@ class IntLSTMDirection:
     ln_ih: IntLayerNormParams | None = None  # per gate block, over H
     ln_hh: IntLayerNormParams | None = None
     ln_cell: IntLayerNormParams | None = None
+
+    def __post_init__(self):
+        decode_weight_fields(self, "w_ih", "w_hh")
 
     @property
     def hidden_size(self) -> int:
@@ -103,7 +108,7 @@ def _gate_layer_norm(x_q12: Tensor, ln: IntLayerNormParams) -> Tensor:
 
 def input_projection(d: IntLSTMDirection, fmt: LSTMFormat, x_q: Tensor) -> Tensor:
     """W_x x for all time steps at once: x_q (N, I) int8 -> (N, 4H) int64 (Q3.12, or int32-range pre-sum)."""
-    return input_projection_from_acc(d, fmt, int_matmul(x_q, d.w_ih.t()))
+    return input_projection_from_acc(d, fmt, weight_matmul(x_q, d, "w_ih"))
 
 
 def input_projection_from_acc(d: IntLSTMDirection, fmt: LSTMFormat, acc: Tensor) -> Tensor:
@@ -122,7 +127,7 @@ def recurrent_requantizer(d: IntLSTMDirection, fmt: LSTMFormat) -> Requantizer:
 
 def recurrent_gates(d: IntLSTMDirection, requant_h: Requantizer, x_proj: Tensor, h_q: Tensor) -> Tensor:
     """gates_q12 (B, 4H) from the step's input projection and h (B, H) int8."""
-    h_proj = requant_h(int_matmul(h_q, d.w_hh.t()))
+    h_proj = requant_h(weight_matmul(h_q, d, "w_hh"))
     if d.ln_hh is None:
         return (x_proj + h_proj).clamp(INT16_MIN, INT16_MAX)
     return (x_proj + _gate_layer_norm(h_proj, d.ln_hh) + d.bias_q12).clamp(INT16_MIN, INT16_MAX)

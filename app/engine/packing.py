@@ -12,13 +12,21 @@ bit stream: code ``i`` occupies stream bits ``[i*N, (i+1)*N)`` and byte ``j`` ho
 
 The last group is padded with zero codes, so ``count`` codes take ``ceil(count / group) * bytes`` bytes
 (3-bit: 10.7x smaller than float32).
+
+``ShiftCodes`` is one packed weight as the integer checkpoint stores it; engine layers given one decode it
+once to int8 (``decode_weight_fields``) and keep the codes for saving and for the shift kernel.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from app.engine.shift import decode_weight
 
 CODE_BITS = (2, 3, 4)
 
@@ -84,3 +92,41 @@ def unpack_codes(packed: Tensor, bits: int, count: int) -> tuple[Tensor, Tensor]
     sign_bit = (code >> (bits - 1)).to(torch.uint8)
     exponent = code & ((1 << (bits - 1)) - 1)
     return sign_bit, exponent
+
+
+@dataclass
+class ShiftCodes:
+    """A DenseShift weight ``s * 2^p`` of ``shape`` as stored: ``bits``-bit codes packed by ``pack_codes``."""
+
+    packed: Tensor  # (packed_size(numel, bits),) uint8
+    bits: int
+    shape: list[int]
+
+    @classmethod
+    def pack(cls, sign_bit: Tensor, exponent: Tensor, bits: int) -> "ShiftCodes":
+        return cls(pack_codes(sign_bit, exponent, bits), bits, list(sign_bit.shape))
+
+    @cached_property
+    def sign_exponent(self) -> tuple[Tensor, Tensor]:
+        """(sign_bit (shape) uint8, exponent (shape) int64), unpacked once."""
+        sign_bit, exponent = unpack_codes(self.packed, self.bits, math.prod(self.shape))
+        return sign_bit.reshape(self.shape), exponent.reshape(self.shape)
+
+    def to_int8(self) -> Tensor:
+        """(shape) int8 weight s * 2^p. 4-bit codes reach +-128, which int8 cannot hold: a ValueError."""
+        if self.bits > 3:
+            raise ValueError(f"{self.bits}-bit DenseShift codes reach +-128: the int8 engine runs 2- and 3-bit codes")
+        return decode_weight(*self.sign_exponent).to(torch.int8)
+
+
+def decode_weight_fields(layer: Any, *names: str) -> None:
+    """For an engine layer's ``__post_init__``: each weight field given as ``ShiftCodes`` becomes its int8
+    decode (the fast path: int8 GEMMs), and the codes stay in ``layer.shift_codes[name]`` (the checkpoint
+    stores them instead of the int8 weight; ``app.engine.shift.use_shift_kernel`` runs on them)."""
+    layer.shift_codes = {}
+    layer.shift_kernel = False
+    for name in names:
+        value = getattr(layer, name)
+        if isinstance(value, ShiftCodes):
+            layer.shift_codes[name] = value
+            setattr(layer, name, value.to_int8())

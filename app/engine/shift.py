@@ -8,8 +8,14 @@ A DenseShift weight is ``w = s * 2^p`` (s = -1 where ``sign_bit`` is 1, p = ``ex
 ``shift_matmul`` computes the second line literally: per exponent value a +-1 sum (selected
 additions and subtractions), then one left shift. ``decoded_matmul`` decodes the codes to int8 and
 uses ``torch._int_mm``; the tests prove both give identical int64 results. Both use integer ops only.
+
+Engine layers (``IntLinear``, ``IntLSTMDirection``) run their weights through ``weight_matmul``: the int8
+GEMM on the decoded weight by default, ``shift_matmul`` on the codes after ``use_shift_kernel(model)``.
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -79,3 +85,28 @@ def decoded_matmul(x_q: Tensor, sign_bit: Tensor, exponent: Tensor) -> Tensor:
     w_low = torch.where(top, 0, w).to(torch.int8)
     w_top_half = torch.where(top, w >> 1, 0).to(torch.int8)  # +-128 -> +-64
     return int_matmul(x_q, w_low.t()) + (int_matmul(x_q, w_top_half.t()) << 1)
+
+
+def weight_matmul(x_q: Tensor, layer: Any, name: str) -> Tensor:
+    """x_q (M, K) int8 @ ``layer.<name>``.T -> (M, N) int64: the int8 GEMM on the (decoded) int8 weight, or
+    ``shift_matmul`` on its DenseShift codes where ``use_shift_kernel`` switched the layer over."""
+    codes = layer.shift_codes.get(name) if layer.shift_kernel else None
+    if codes is None:
+        return int_matmul(x_q, getattr(layer, name).t())
+    return shift_matmul(x_q, *codes.sign_exponent)
+
+
+def use_shift_kernel(model: Any, enabled: bool = True) -> int:
+    """Run every DenseShift weight of an engine model (any tree of engine dataclasses) with the
+    multiplication-free ``shift_matmul`` (``enabled=False``: back to the int8 GEMM). Returns how many
+    layers hold DenseShift codes. Results are identical either way (tests/test_denseshift_lm.py)."""
+    layers = 0
+    if dataclasses.is_dataclass(model):
+        if getattr(model, "shift_codes", None):
+            model.shift_kernel = enabled
+            layers += 1
+        for field in dataclasses.fields(model):
+            layers += use_shift_kernel(getattr(model, field.name), enabled)
+    elif isinstance(model, (list, tuple)):
+        layers += sum(use_shift_kernel(item, enabled) for item in model)
+    return layers

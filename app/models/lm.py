@@ -2,8 +2,9 @@
 
 Plain `nn.Module`, free of training glue: the Lightning task (`app/tasks/lm.py`) drives it. Its layers
 are the quantizable drop-ins of `app/quant` (subclasses of nn.Embedding / nn.LSTM / nn.Linear with the
-same parameters): `quant.mode=float` is the plain float model, `irnn` trains it with QAT, and
-`export_integer()` turns it into the integer-only engine model.
+same parameters): `quant.mode=float` is the plain float model, `irnn` trains it with QAT, `denseshift`
+trains DenseShift weights (float activations), `irnn_denseshift` both; `export_integer()` turns an
+integer-activation model into the integer-only engine model.
 """
 
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 
 from app.engine.lm import IntegerLanguageModel
 from app.quant.config import QuantConfig
+from app.quant.denseshift import shift_weights
 from app.quant.layers import QuantEmbedding, QuantLinear
 from app.quant.lstm import QuantLSTM
 
@@ -42,6 +44,7 @@ class LSTMLanguageModel(nn.Module):
         self.vocab_size = vocab_size
         self.hidden_dim = hidden_dim
         self.num_layers = num_layers
+        self.tie_weights = tie_weights
         self.quant = QuantConfig.from_dict(quant)
         self.embedding = QuantEmbedding(vocab_size, embed_dim, quant=self.quant)
         self.drop = nn.Dropout(dropout)
@@ -50,14 +53,22 @@ class LSTMLanguageModel(nn.Module):
             embed_dim, hidden_dim, num_layers, dropout=dropout if num_layers > 1 else 0.0, quant=self.quant
         )
         self.decoder = QuantLinear(hidden_dim, vocab_size, quant=self.quant, exact_in_training=False)
-        if tie_weights:
+        if tie_weights and self.quant.denseshift:
+            self.decoder.shift_weight = self.embedding.shift_weight
+        elif tie_weights:
             self.decoder.weight = self.embedding.weight
         self._init_weights()
 
     def _init_weights(self, init_range: float = 0.1) -> None:
-        # Zaremba et al. 2014 initialise every weight uniformly in [-0.1, 0.1] for the small model.
+        # Zaremba et al. 2014 initialise every weight uniformly in [-0.1, 0.1] for the small model;
+        # a DenseShift weight is derived from such a float weight (quant.init).
+        shifted = shift_weights(self)
+        latents = {id(param) for module in shifted.values() for param in module.parameters()}
         for param in self.parameters():
-            nn.init.uniform_(param, -init_range, init_range)
+            if id(param) not in latents:
+                nn.init.uniform_(param, -init_range, init_range)
+        for module in shifted.values():
+            module.init_from_float(torch.empty_like(module.sign).uniform_(-init_range, init_range), self.quant.init)
         nn.init.zeros_(self.decoder.bias)
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> LSTMState:
@@ -84,12 +95,13 @@ class LSTMLanguageModel(nn.Module):
         if not self.quant.integer_activations:
             raise ValueError(
                 f"quant.mode={self.quant.mode} has float activations: only integer-activation models "
-                "(quant=irnn) export to the integer engine"
+                "(quant=irnn, irnn_denseshift) export to the integer engine"
             )
         embedding = self.embedding.export()
         decoder = self.decoder.export(in_frac=self.quant.h_frac)
-        if self.decoder.weight is self.embedding.weight:  # tied: one int8 matrix, stored once
+        if self.tie_weights:  # one weight matrix (int8 or DenseShift codes), stored once
             decoder.w_q, decoder.m0, decoder.exp = embedding.w_q, embedding.m0, embedding.exp
+            decoder.shift_codes = embedding.shift_codes
         return IntegerLanguageModel(
             embedding=embedding,
             lstm=self.lstm.export(in_frac=self.embedding.out_frac),

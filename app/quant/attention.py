@@ -18,8 +18,8 @@ from app.engine.attention import PROB_FRAC, SCORE_FRAC, IntAdditiveAttention
 from app.engine.lstm import GATE_FRAC
 from app.quant.activations import attention_activations
 from app.quant.config import QuantConfig
-from app.quant.layers import QuantLinear
-from app.quant.quantizers import WeightQuant, ste, to_grid
+from app.quant.layers import QuantLinear, float_weight, weight_quant
+from app.quant.quantizers import ste, to_grid
 
 PWL_TANH_OUT_FRAC_Q7 = 7  # the tanh output enters the score projection as int8 Q0.7 (>> 8 of Q0.15)
 
@@ -55,10 +55,10 @@ class QuantAdditiveAttention(nn.Module):
         )
 
     def _float_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        layers = (self.key_proj, self.query_proj, self.score_proj)
         if not self.quant.integer_activations:
-            return self.key_proj.weight, self.query_proj.weight, self.score_proj.weight
-        bits = self.quant.weight_bits
-        return tuple(WeightQuant(m.weight, bits).fake for m in (self.key_proj, self.query_proj, self.score_proj))
+            return tuple(float_weight(m) for m in layers)
+        return tuple(weight_quant(m).fake for m in layers)
 
     def precompute(self, keys: Tensor, key_frac: int | None = None, mask: Tensor | None = None) -> AttentionMemory:
         w_k, _, _ = self._float_weights()

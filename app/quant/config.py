@@ -5,13 +5,15 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 MODES = ("float", "irnn", "denseshift", "irnn_denseshift")
+DENSESHIFT_BITS = (2, 3, 4)  # zero-free codes +-2^p, p in 0 .. 2^(bits-1) - 1 (METHODS.md section 5)
+DENSESHIFT_INITS = ("low_variance", "float")
 
 
 @dataclass
 class QuantConfig:
     name: str = "float"  # the preset's name (conf/quant/<name>.yaml)
     mode: str = "float"  # float | irnn | denseshift | irnn_denseshift
-    weight_bits: int = 8  # symmetric per-output-channel integer weights (irnn: 4..8)
+    weight_bits: int = 8  # irnn: symmetric per-output-channel integers (4..8); denseshift: 2, 3 or 4
     act_bits: int = 8  # activations and hidden state h (4..8); gates and cell are 16-bit
     pwl_segments: int = 32  # pieces of each adaptive PWL activation (even, 4..64)
     layer_norm: bool = False  # LN-LSTM: integer layer norm on W_x x, W_h h and the cell
@@ -19,6 +21,7 @@ class QuantConfig:
     observer_momentum: float = 0.01  # EMA of activation |max| during QAT
     freeze_observers_epoch: int = -1  # freeze activation ranges from this epoch (-1: never freeze)
     init_from: str | None = None  # float (or QAT) checkpoint to initialise weights from (fine-tune)
+    init: str = "low_variance"  # DenseShift latents: low_variance (N(0, 1e-3), paper) | float (nearest codes)
 
     @property
     def quantized(self) -> bool:
@@ -28,11 +31,27 @@ class QuantConfig:
     def integer_activations(self) -> bool:
         return self.mode in ("irnn", "irnn_denseshift")
 
+    @property
+    def denseshift(self) -> bool:
+        """Weights are DenseShift codes (``shift_<name>`` latents) instead of float weights."""
+        return self.mode in ("denseshift", "irnn_denseshift")
+
     def validate(self) -> "QuantConfig":
         if self.mode not in MODES:
             raise ValueError(f"quant.mode={self.mode!r} is unknown; choose one of {', '.join(MODES)}")
-        if self.mode in ("irnn",) and not 4 <= self.weight_bits <= 8:
+        if self.mode == "irnn" and not 4 <= self.weight_bits <= 8:
             raise ValueError(f"quant.weight_bits={self.weight_bits}: irnn supports 4..8 (int8 storage)")
+        if self.denseshift and self.weight_bits not in DENSESHIFT_BITS:
+            raise ValueError(
+                f"quant.weight_bits={self.weight_bits}: {self.mode} supports 2, 3 or 4 bits (zero-free codes +-2^p)"
+            )
+        if self.mode == "irnn_denseshift" and self.weight_bits == 4:
+            raise ValueError(
+                "quant.weight_bits=4: irnn_denseshift weights reach +-128, which the engine's int8 weights cannot "
+                "hold; use 2 or 3 bits (or quant=denseshift for 4-bit weights with float activations)"
+            )
+        if self.denseshift and self.init not in DENSESHIFT_INITS:
+            raise ValueError(f"quant.init={self.init!r} is unknown; choose one of {', '.join(DENSESHIFT_INITS)}")
         if not 4 <= self.act_bits <= 8:
             raise ValueError(f"quant.act_bits={self.act_bits}: supported 4..8 (h is stored as int8)")
         if self.pwl_segments < 4 or self.pwl_segments > 64 or self.pwl_segments % 2:

@@ -22,13 +22,15 @@ import math
 import torch
 from torch import Tensor, nn
 
+from app.engine.packing import ShiftCodes
 from app.engine.shift import decode_weight
+from app.quant.config import DENSESHIFT_BITS
+from app.quant.config import DENSESHIFT_INITS as INITS
 from app.quant.quantizers import fixed_point_scale, fixed_point_value, ste
 
-DENSESHIFT_BITS = (2, 3, 4)
 LOW_VARIANCE_STD = 1e-3  # official code: every latent ~ N(0, 1e-3) after the usual init
 ALPHA_MIN = 1e-8  # alpha is clamped here before rounding: the engine's multiplier must be positive
-INITS = ("low_variance", "float")
+SHIFT_PREFIX = "shift_"  # a layer's DenseShift weight standing in for its float weight <name> is shift_<name>
 
 
 def check_bits(bits: int) -> int:
@@ -144,6 +146,17 @@ class DenseShiftWeight(nn.Module):
             module.alpha.copy_(alpha.clamp_min(ALPHA_MIN))
         return module
 
+    @torch.no_grad()
+    def init_from_float(self, weight: Tensor, init: str = "low_variance") -> "DenseShiftWeight":
+        """Re-derive every latent from the float ``weight`` as ``from_float`` does, in place: a tied layer
+        and an optimizer keep pointing at these parameters."""
+        if tuple(weight.shape) != tuple(self.sign.shape):
+            raise ValueError(f"float weight {tuple(weight.shape)} does not fit DenseShift weight {tuple(self.sign.shape)}")
+        fresh = type(self).from_float(weight.to(self.sign), self.bits, init)
+        for mine, theirs in zip(self.parameters(), fresh.parameters()):
+            mine.copy_(theirs)
+        return self
+
     @classmethod
     def from_shape(
         cls, shape: tuple[int, ...] | torch.Size, bits: int, init: str = "low_variance"
@@ -154,6 +167,57 @@ class DenseShiftWeight(nn.Module):
         weight = torch.empty(shape)
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         return cls.from_float(weight, bits, init)
+
+
+class DenseShiftQuant:
+    """A DenseShift weight behind the ``WeightQuant`` interface, so the irnn integer path runs unchanged.
+
+    ``fake`` (C, ...) float: ``alpha_q[c] * s * 2^p`` with the DenseShift surrogate gradient; ``q``: the integers
+    ``s * 2^p`` as a float tensor; ``m0``/``exp``/``scale`` (C,): alpha in the engine's 16-bit fixed point,
+    so ``fake == scale * q`` exactly.
+    """
+
+    def __init__(self, weight: DenseShiftWeight):
+        self.weight = weight
+        self.fake = weight()
+        self.m0, self.exp = weight.channel_scale()
+        self.scale = fixed_point_value(self.m0, self.exp).to(self.fake.dtype)
+        self.q = weight.integer_weight().to(self.fake.dtype)
+
+    @property
+    def q_int8(self) -> Tensor:
+        if self.weight.bits > 3:
+            raise ValueError(f"{self.weight.bits}-bit DenseShift weights reach +-128, which int8 cannot hold")
+        return self.q.to(torch.int8)
+
+    def engine_weight(self) -> ShiftCodes:
+        """What the integer checkpoint stores: the packed N-bit codes (the engine decodes them at load)."""
+        return ShiftCodes.pack(*self.weight.codes(), self.weight.bits)
+
+
+def shift_weights(model: nn.Module) -> dict[str, DenseShiftWeight]:
+    """Every DenseShift weight in ``model``, keyed by the float weight it stands for ("lstm.weight_ih_l0").
+
+    A weight shared by two layers (the tied decoder) is listed once, under its first name.
+    """
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, DenseShiftWeight):
+            owner, _, attr = name.rpartition(".")
+            float_name = attr.removeprefix(SHIFT_PREFIX)
+            found[f"{owner}.{float_name}" if owner else float_name] = module
+    return found
+
+
+def optimizer_parameter_groups(model: nn.Module) -> list[dict]:
+    """``model``'s parameters as optimizer groups: every DenseShift alpha without weight decay (a scale,
+    not a latent: ``latent_parameters``), everything else with the optimizer's settings."""
+    alphas = {id(module.alpha): module.alpha for module in shift_weights(model).values()}
+    rest = [p for p in model.parameters() if id(p) not in alphas]
+    groups = [{"params": rest}]
+    if alphas:
+        groups.append({"params": list(alphas.values()), "weight_decay": 0.0})
+    return groups
 
 
 def _rms(x: Tensor) -> Tensor:

@@ -1,8 +1,13 @@
 """Quantizable Embedding and Linear: drop-in subclasses of nn.Embedding / nn.Linear.
 
-Same parameters as the float layers (a float checkpoint loads as is). In ``irnn`` mode the forward
-value is computed by the integer engine's own functions from the integers the quantizers produce,
-and gradients flow straight through to the float weights (QAT).
+Same parameters as the float layers (a float checkpoint loads as is) in ``float`` and ``irnn`` modes.
+In the DenseShift modes a float weight ``<name>`` is replaced by a ``DenseShiftWeight`` submodule
+``shift_<name>`` (its latents are the parameters; ``app.quant.monitor.load_init_weights`` derives them
+from a float checkpoint). With integer activations (``irnn``, ``irnn_denseshift``) the forward value
+is computed by the integer engine's own functions from the integers the weight quantizer produces
+(``WeightQuant`` or ``DenseShiftQuant``), and gradients flow straight through to the float weights or
+latents (QAT). With float activations (``float``, ``denseshift``) the layer runs its float op on the
+float or effective DenseShift weight.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from torch import Tensor, nn
 from app.engine.fixed_point import qrange, requantize
 from app.engine.layers import IntEmbedding, IntLinear
 from app.quant.config import QuantConfig
+from app.quant.denseshift import SHIFT_PREFIX, DenseShiftQuant, DenseShiftWeight
 from app.quant.quantizers import PowerOfTwoObserver, WeightQuant, bias_to_acc, snap, ste, to_grid
 
 LOGIT_FRAC = 16  # int32 logits at 2^-16
@@ -33,12 +39,38 @@ def exact_matmul(x_int: Tensor, w_q: Tensor) -> Tensor:
     return (x_int.to(dtype) @ w_q.to(dtype).t()).long()
 
 
+def use_shift_weights(layer: nn.Module, names: list[str]) -> None:
+    """Replace ``layer``'s float weights ``names`` by DenseShift weights ``shift_<name>`` derived from them
+    (``quant.init``); the float parameters are removed."""
+    quant = layer.quant
+    for name in names:
+        weight = getattr(layer, name)
+        delattr(layer, name)
+        layer.add_module(SHIFT_PREFIX + name, DenseShiftWeight.from_float(weight, quant.weight_bits, quant.init))
+
+
+def weight_quant(layer: nn.Module, name: str = "weight") -> WeightQuant | DenseShiftQuant:
+    """The quantized weight ``name`` of a quantizable layer: DenseShift codes or uniform integers."""
+    if layer.quant.denseshift:
+        return DenseShiftQuant(getattr(layer, SHIFT_PREFIX + name))
+    return WeightQuant(getattr(layer, name), layer.quant.weight_bits)
+
+
+def float_weight(layer: nn.Module, name: str = "weight") -> Tensor:
+    """The weight float activations run on: the parameter itself, or the effective DenseShift weight."""
+    if layer.quant.denseshift:
+        return getattr(layer, SHIFT_PREFIX + name)()
+    return getattr(layer, name)
+
+
 class QuantEmbedding(nn.Embedding):
     """Embedding whose int8 rows (per-row scales) are requantized to one power-of-two output grid."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, quant: QuantConfig | None = None):
         super().__init__(num_embeddings, embedding_dim)
         self.quant = quant or QuantConfig()
+        if self.quant.denseshift:
+            use_shift_weights(self, ["weight"])
         if self.quant.integer_activations:
             self.observer = PowerOfTwoObserver(self.quant.act_bits, self.quant.observer_momentum)
 
@@ -48,8 +80,9 @@ class QuantEmbedding(nn.Embedding):
 
     def forward(self, tokens: Tensor) -> Tensor:
         if not self.quant.integer_activations:
-            return super().forward(tokens)
-        wq = WeightQuant(self.weight, self.quant.weight_bits)
+            weight = float_weight(self)
+            return F.embedding(tokens, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse)
+        wq = weight_quant(self)
         rows = F.embedding(tokens, wq.fake)
         self.observer.observe(rows)
         frac = self.out_frac
@@ -62,8 +95,8 @@ class QuantEmbedding(nn.Embedding):
         return ste(rows, exact.to(rows.dtype) * 2.0**-frac)
 
     def export(self) -> IntEmbedding:
-        wq = WeightQuant(self.weight, self.quant.weight_bits)
-        return IntEmbedding(wq.q_int8, wq.m0, wq.exp, self.out_frac, self.quant.act_bits)
+        wq = weight_quant(self)
+        return IntEmbedding(wq.engine_weight(), wq.m0, wq.exp, self.out_frac, self.quant.act_bits)
 
 
 class QuantLinear(nn.Linear):
@@ -91,14 +124,16 @@ class QuantLinear(nn.Linear):
         self.out_frac = out_frac
         self.out_bits = out_bits
         self.exact_in_training = exact_in_training
+        if self.quant.denseshift:
+            use_shift_weights(self, ["weight"])
 
     def forward(self, x: Tensor, in_frac: int | None = None) -> Tensor:
         if not self.quant.integer_activations:
-            return super().forward(x)
+            return F.linear(x, float_weight(self), self.bias)
         if in_frac is None:
             raise ValueError("QuantLinear in irnn mode needs the input grid: forward(x, in_frac=...)")
         x = snap(x, in_frac)
-        wq = WeightQuant(self.weight, self.quant.weight_bits)
+        wq = weight_quant(self)
         surrogate = F.linear(x, wq.fake, self.bias)
         if self.training and not self.exact_in_training:
             return surrogate
@@ -108,9 +143,10 @@ class QuantLinear(nn.Linear):
             exact = layer.from_accumulator(acc).reshape(surrogate.shape)
         return ste(surrogate, exact.to(surrogate.dtype) * 2.0**-self.out_frac)
 
-    def _integer_layer(self, wq: WeightQuant, in_frac: int) -> IntLinear:
+    def _integer_layer(self, wq: WeightQuant | DenseShiftQuant, in_frac: int, export: bool = False) -> IntLinear:
         bias_acc = None if self.bias is None else bias_to_acc(self.bias, in_frac, wq.scale)
-        return IntLinear(wq.q_int8, wq.m0, wq.exp, bias_acc, in_frac, self.out_frac, self.out_bits)
+        weight = wq.engine_weight() if export else wq.q_int8
+        return IntLinear(weight, wq.m0, wq.exp, bias_acc, in_frac, self.out_frac, self.out_bits)
 
     def export(self, in_frac: int) -> IntLinear:
-        return self._integer_layer(WeightQuant(self.weight, self.quant.weight_bits), in_frac)
+        return self._integer_layer(weight_quant(self), in_frac, export=True)

@@ -1,16 +1,17 @@
 """Quantizable LSTM: a drop-in subclass of ``nn.LSTM`` (same parameters, same state layout).
 
-``quant.mode=float`` runs ``nn.LSTM`` itself. ``irnn`` runs the integer LSTM of
-``app.engine.lstm`` step by step for the forward value (bit-exact with the engine) and a float
-surrogate for gradients: straight-through at each requantization, PWL segment slopes for the
-activations. What does not depend on the recurrence (the input projection of every time step)
-is computed in one matmul per layer and direction.
+``quant.mode=float`` runs nn.LSTM's kernel on its parameters, ``denseshift`` the same kernel on the
+effective DenseShift weights (``shift_weight_ih_l0``, ... stand for ``weight_ih_l0``, ...). ``irnn`` and
+``irnn_denseshift`` run the integer LSTM of ``app.engine.lstm`` step by step for the forward value
+(bit-exact with the engine) and a float surrogate for gradients: straight-through at each
+requantization, PWL segment slopes for the activations. What does not depend on the recurrence (the
+input projection of every time step) is computed in one matmul per layer and direction.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor, _VF, nn
 
 from app.engine.fixed_point import INT16_MAX, INT16_MIN
 from app.engine.layernorm import STD_EXTRA_BITS
@@ -29,8 +30,8 @@ from app.engine.lstm import (
 )
 from app.quant.activations import lstm_activations
 from app.quant.config import QuantConfig
-from app.quant.layers import exact_matmul
-from app.quant.quantizers import WeightQuant, bias_to_acc, round_half_up, snap, ste, to_grid
+from app.quant.layers import exact_matmul, float_weight, use_shift_weights, weight_quant
+from app.quant.quantizers import bias_to_acc, round_half_up, snap, ste, to_grid
 
 LN_EPS = 1e-5
 
@@ -60,6 +61,9 @@ class QuantLSTM(nn.LSTM):
         self.quant = quant or QuantConfig()
         if self.quant.layer_norm and not self.quant.integer_activations:
             raise ValueError("quant.layer_norm=true needs integer activations (quant=irnn); the float model has no LN-LSTM")
+        if self.quant.denseshift:
+            use_shift_weights(self, [name for name in self._flat_weights_names if name.startswith("weight_")])
+            self._init_flat_weights()  # nn.LSTM's list of weights drops the removed float ones
         if self.quant.layer_norm:
             for name in self._direction_names():
                 self.register_parameter(f"ln_ih_weight{name}", nn.Parameter(torch.ones(4 * hidden_size)))
@@ -78,12 +82,16 @@ class QuantLSTM(nn.LSTM):
             for layer in range(self.num_layers)
         ]
 
-    def _integer_direction(self, name: str, fmt: LSTMFormat) -> tuple[IntLSTMDirection, dict[str, Tensor]]:
-        """The engine's integer weights for one direction, and the float surrogates for gradients."""
+    def _integer_direction(
+        self, name: str, fmt: LSTMFormat, export: bool = False
+    ) -> tuple[IntLSTMDirection, dict[str, Tensor]]:
+        """The engine's integer weights for one direction, and the float surrogates for gradients.
+
+        ``export``: weights as the integer checkpoint stores them (DenseShift: packed codes).
+        """
         q = self.quant
-        w_ih, w_hh = getattr(self, f"weight_ih{name}"), getattr(self, f"weight_hh{name}")
         bias = getattr(self, f"bias_ih{name}") + getattr(self, f"bias_hh{name}")
-        wq_ih, wq_hh = WeightQuant(w_ih, q.weight_bits), WeightQuant(w_hh, q.weight_bits)
+        wq_ih, wq_hh = weight_quant(self, f"weight_ih{name}"), weight_quant(self, f"weight_hh{name}")
         surrogate = {"w_ih": wq_ih.fake, "w_hh": wq_hh.fake, "bias": bias}
         ln = {}
         if q.layer_norm:
@@ -97,10 +105,10 @@ class QuantLSTM(nn.LSTM):
             surrogate["ln_cell"] = (gamma, beta)
             ln["ln_cell"] = IntLayerNormParams(_q12(gamma), _q12(beta), q.cell_frac, GATE_FRAC, ln_eps_on_grid(q.cell_frac))
         direction = IntLSTMDirection(
-            w_ih=wq_ih.q_int8,
+            w_ih=wq_ih.engine_weight() if export else wq_ih.q_int8,
             w_ih_m0=wq_ih.m0,
             w_ih_exp=wq_ih.exp,
-            w_hh=wq_hh.q_int8,
+            w_hh=wq_hh.engine_weight() if export else wq_hh.q_int8,
             w_hh_m0=wq_hh.m0,
             w_hh_exp=wq_hh.exp,
             bias_acc=None if q.layer_norm else bias_to_acc(bias, fmt.in_frac, wq_ih.scale),
@@ -114,7 +122,10 @@ class QuantLSTM(nn.LSTM):
         dirs_per_layer = 2 if self.bidirectional else 1
         names = self._direction_names()
         layers = [
-            [self._integer_direction(names[layer * dirs_per_layer + d], fmts[layer])[0] for d in range(dirs_per_layer)]
+            [
+                self._integer_direction(names[layer * dirs_per_layer + d], fmts[layer], export=True)[0]
+                for d in range(dirs_per_layer)
+            ]
             for layer in range(self.num_layers)
         ]
         acts = lstm_activations(self.quant.pwl_segments, self.quant.cell_frac, self.quant.layer_norm)
@@ -126,12 +137,7 @@ class QuantLSTM(nn.LSTM):
         In irnn mode ``in_frac`` is the input's grid (2^-in_frac) and ``lengths`` (B,) masks padding.
         """
         if not self.quant.integer_activations:
-            if lengths is not None:
-                packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-                out, state = super().forward(packed, hx)
-                out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-                return out, state
-            return super().forward(x, hx)
+            return self._float_forward(x, hx, lengths)
         if in_frac is None:
             raise ValueError("QuantLSTM in irnn mode needs the input grid: forward(x, in_frac=...)")
         q = self.quant
@@ -159,6 +165,26 @@ class QuantLSTM(nn.LSTM):
                 c_n.append(c)
             layer_in = torch.cat(outs, dim=-1)
         return layer_in, (torch.stack(h_n), torch.stack(c_n))
+
+    def _float_forward(self, x: Tensor, hx, lengths: Tensor | None):
+        """nn.LSTM's own kernel (what ``nn.LSTM.forward`` calls) on the float or effective DenseShift weights."""
+        weights = [
+            float_weight(self, name) if name.startswith("weight_") else getattr(self, name)
+            for name in self._flat_weights_names
+        ]
+        if hx is None:
+            zeros = x.new_zeros(self.num_layers * (2 if self.bidirectional else 1), x.shape[0], self.hidden_size)
+            hx = (zeros, zeros)
+        settings = (self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
+        if lengths is None:
+            out, h, c = _VF.lstm(x, hx, weights, *settings, True)  # batch_first
+            return out, (h, c)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        hx = tuple(state.index_select(1, packed.sorted_indices) for state in hx)
+        data, h, c = _VF.lstm(packed.data, packed.batch_sizes, hx, weights, *settings)
+        packed_out = packed._replace(data=data)
+        out, _ = nn.utils.rnn.pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])
+        return out, (h.index_select(1, packed.unsorted_indices), c.index_select(1, packed.unsorted_indices))
 
     def _run_direction(self, d, surrogate, fmt, acts, xs, h0, c0, lengths):
         batch, steps, _ = xs.shape

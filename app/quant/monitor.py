@@ -9,6 +9,7 @@ from torch import nn
 
 from app.engine.lstm import GATE_FRAC, PWL_OUT_FRAC
 from app.quant.config import QuantConfig
+from app.quant.denseshift import SHIFT_PREFIX, FreezingTracker, shift_weights
 from app.quant.pwl import fit_pwl
 from app.quant.quantizers import PowerOfTwoObserver
 
@@ -23,11 +24,13 @@ def freeze_observers(model: nn.Module) -> None:
         observer.frozen.fill_(True)
 
 
-def epoch_metrics(model: nn.Module, quant: QuantConfig) -> dict[str, Any]:
-    """Activation ranges, saturation rate per quantizer (since the last call), PWL max error in output LSB."""
+def epoch_metrics(model: nn.Module, quant: QuantConfig, freezing: FreezingTracker | None = None) -> dict[str, Any]:
+    """Activation ranges, saturation rate per quantizer (since the last call), PWL max error in output LSB;
+    with a ``freezing`` tracker, per DenseShift weight the fraction of codes unchanged since the tracker's
+    last update (``freeze/<weight>``) and of signs flipped (``sign_flip/<weight>``)."""
+    metrics: dict[str, Any] = {} if freezing is None else freezing_metrics(model, freezing)
     if not quant.integer_activations:
-        return {}
-    metrics: dict[str, Any] = {}
+        return metrics
     for name, observer in observers(model).items():
         key = name.removesuffix(".observer")
         metrics[f"{key}.range"] = round(float(observer.running_max), 5)
@@ -41,11 +44,30 @@ def epoch_metrics(model: nn.Module, quant: QuantConfig) -> dict[str, Any]:
     return metrics
 
 
-def load_init_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> dict[str, list[str]]:
+def freezing_metrics(model: nn.Module, freezing: FreezingTracker) -> dict[str, float]:
+    """Give ``freezing`` every DenseShift weight's codes; returns ``freeze/<weight>`` (fraction of codes
+    unchanged since its last update) and ``sign_flip/<weight>``, or {} on the first update."""
+    for name, module in shift_weights(model).items():
+        freezing.update(name, module.codes())
+    return {key: round(value, 6) for key, value in freezing.epoch_metrics().items()}
+
+
+def float_model_bytes(model: nn.Module) -> int:
+    """Bytes of the float32 model ``model`` quantizes: a DenseShift weight counts as the float weight it
+    stands for (not its latents), a tied weight once."""
+    latents = {id(p) for m in shift_weights(model).values() for p in m.parameters() if p is not m.sign}
+    return sum(p.numel() * 4 for p in model.parameters() if id(p) not in latents)
+
+
+def load_init_weights(
+    model: nn.Module, path: str | Path, prefix: str = "model.", init: str = "low_variance"
+) -> dict[str, list[str]]:
     """Initialise ``model`` from a float (or QAT) Lightning checkpoint's weights, for fine-tuning.
 
     Layer-norm gains and observer buffers that a float model lacks keep their defaults; every weight
-    the checkpoint has must fit. Returns the missing and unexpected keys.
+    the checkpoint has must fit. A DenseShift weight the checkpoint has no latents for is derived from
+    its float weight (``init``: ``DenseShiftWeight.from_float``); one it has latents for (a DenseShift
+    run) loads them. Returns the missing and unexpected keys.
     """
     path = Path(path)
     if not path.is_file():
@@ -56,7 +78,9 @@ def load_init_weights(model: nn.Module, path: str | Path, prefix: str = "model."
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
         raise ValueError(f"quant.init_from={path} is not a readable train.py checkpoint ({type(exc).__name__}: {exc})") from None
     state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    derived = {name: m for name, m in shift_weights(model).items() if f"{_shift_name(name)}.sign" not in state}
     own = model.state_dict()
+    own.update({name: m.sign for name, m in derived.items()})  # a derived weight's float shape
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         raise ValueError(
@@ -65,7 +89,21 @@ def load_init_weights(model: nn.Module, path: str | Path, prefix: str = "model."
         )
     result = model.load_state_dict(state, strict=False)
     allowed = ("ln_", "observer.")
-    missing = [k for k in result.missing_keys if not any(part in k for part in allowed)]
+    derived_latents = tuple(
+        f"{name}." for name, m in model.named_modules(remove_duplicate=False) if any(m is d for d in derived.values())
+    )
+    missing = [
+        k for k in result.missing_keys if not any(part in k for part in allowed) and not k.startswith(derived_latents)
+    ]
+    missing += [name for name in derived if name not in state]
     if missing:
         raise ValueError(f"quant.init_from={path} lacks weights {missing[:3]}: it is not a checkpoint of this model")
+    for name, module in derived.items():
+        module.init_from_float(state[name], init)
     return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+
+
+def _shift_name(float_name: str) -> str:
+    """"lstm.weight_ih_l0" -> "lstm.shift_weight_ih_l0": the DenseShift module standing for a float weight."""
+    owner, _, attr = float_name.rpartition(".")
+    return f"{owner}.{SHIFT_PREFIX}{attr}" if owner else SHIFT_PREFIX + attr

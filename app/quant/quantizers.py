@@ -62,6 +62,10 @@ class WeightQuant:
     def q_int8(self) -> Tensor:
         return self.q.to(torch.int8)
 
+    def engine_weight(self) -> Tensor:
+        """What the integer checkpoint stores: the int8 weight."""
+        return self.q_int8
+
 
 def bias_to_acc(bias: Tensor, in_frac: int, weight_scale: Tensor) -> Tensor:
     """Float bias -> int64 at the accumulator scale 2^-in_frac * s_w (per channel), int32-saturated."""

@@ -22,6 +22,7 @@ from torch import Tensor
 from app.errors import UserInputError
 from app.models.lm import LSTMState, build_lm
 from app.quant import monitor
+from app.quant.denseshift import FreezingTracker, optimizer_parameter_groups
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 LR_SCHEDULERS = ("none", "exponential", "plateau")
@@ -69,7 +70,7 @@ class LanguageModelTask(L.LightningModule):
         try:
             self.model = build_lm(model_cfg, quant_cfg, vocab_size)
             if self.model.quant.init_from:
-                monitor.load_init_weights(self.model, self.model.quant.init_from)
+                monitor.load_init_weights(self.model, self.model.quant.init_from, init=self.model.quant.init)
         except (ValueError, FileNotFoundError) as err:
             raise UserInputError(str(err)) from None
         self._train_state: LSTMState | None = None
@@ -80,16 +81,25 @@ class LanguageModelTask(L.LightningModule):
         self._started_at: dict[str, float] = {}
         self._seconds: dict[str, float] = {}
         self._epoch_lr = 0.0
+        # DenseShift weight freezing: codes at the last epoch end (or training start) and the last epoch's metrics
+        self._freezing = FreezingTracker()
+        self._freezing_metrics: dict[str, float] = {}
 
     def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
         return self.model(tokens, state)
 
-    def quant_epoch_metrics(self) -> dict[str, Any]:
+    def quant_epoch_metrics(self, epoch_end: bool = False) -> dict[str, Any]:
         """Per-epoch quantization statistics (logged and written to epochs.jsonl); none for a float model.
 
-        Activation ranges and grids, saturation rate per quantizer since the last call, PWL max error.
+        Activation ranges and grids, saturation rate per quantizer since the last call, PWL max error;
+        DenseShift weight freezing (unchanged codes, sign flips) over the last training epoch, measured
+        when ``epoch_end`` (the training loop), repeated otherwise (train.py's and evaluate.py's metrics.json).
         """
-        return monitor.epoch_metrics(self.model, self.model.quant)
+        if not epoch_end:
+            return {**monitor.epoch_metrics(self.model, self.model.quant), **self._freezing_metrics}
+        metrics = monitor.epoch_metrics(self.model, self.model.quant, self._freezing)
+        self._freezing_metrics = {k: v for k, v in metrics.items() if k.startswith(("freeze/", "sign_flip/"))}
+        return metrics
 
     # ---- steps -------------------------------------------------------------------------------------
 
@@ -132,7 +142,7 @@ class LanguageModelTask(L.LightningModule):
         settings = dict(self.hparams.optimizer)
         optimizer_class = OPTIMIZERS[settings.pop("name")]
         try:
-            optimizer = optimizer_class(self.parameters(), **settings)
+            optimizer = optimizer_class(optimizer_parameter_groups(self.model), **settings)
         except TypeError as err:
             raise UserInputError(f"task.module.optimizer={dict(self.hparams.optimizer)}: {err}") from err
         schedule = dict(self.hparams.lr_scheduler)
@@ -179,6 +189,11 @@ class LanguageModelTask(L.LightningModule):
             self.log(name, value, prog_bar=name == "val/ppl")
         return metrics
 
+    def on_train_start(self) -> None:
+        # the codes training (or a resumed run) starts from: the first epoch's freezing is measured against them
+        self._freezing = FreezingTracker()
+        monitor.freezing_metrics(self.model, self._freezing)
+
     def on_train_epoch_start(self) -> None:
         self._train_state = None
         freeze_at = self.model.quant.freeze_observers_epoch
@@ -213,7 +228,7 @@ class LanguageModelTask(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         train = self._finish_loop("train")
-        quant = self.quant_epoch_metrics()
+        quant = self.quant_epoch_metrics(epoch_end=True)
         self.log_dict({f"quant/{key}": value for key, value in quant.items() if isinstance(value, (int, float))})
         val_ppl = self.trainer.callback_metrics.get("val/ppl")
         record = {

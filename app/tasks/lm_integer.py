@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from app.engine.checkpoint import IntegerCheckpointError, load_integer_checkpoint, save_integer_checkpoint
 from app.engine.lm import IntegerLanguageModel
 from app.errors import UserInputError
+from app.quant.monitor import float_model_bytes
 
 INTEGER_CHECKPOINT = "model.int.safetensors"
 
@@ -61,7 +62,7 @@ def export_integer_lm(
     engine = model.export_integer(vocab)
     path = directory / INTEGER_CHECKPOINT
     integer_bytes = save_integer_checkpoint(path, engine, kind="lm", vocab=list(vocab), info=info)
-    float_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # tied weights count once
+    float_bytes = float_model_bytes(model)  # tied weights count once; DenseShift latents as float weights
     return {
         "integer_checkpoint": str(path),
         "integer_param_bytes": integer_bytes,
