@@ -2,6 +2,8 @@
 QAT == integer engine bit for bit, packed N-bit codes in the integer checkpoint, the shift kernel equal to the
 int8 path, fine-tuning from a float checkpoint, resuming, the weight-freezing metric and config errors."""
 import json
+import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,7 +94,8 @@ def test_denseshift_lstm_is_nn_lstm_on_the_effective_weights():
     assert not any(name.startswith("weight_") for name, _ in lstm.named_parameters())  # the latents replace them
     reference = torch.nn.LSTM(8, 12, 2, batch_first=True, bidirectional=True)
     state = {k: v for k, v in lstm.state_dict().items() if k.startswith("bias")}
-    state.update({name: getattr(lstm, f"shift_{name}")().detach() for name in reference.state_dict() if "weight" in name})
+    weights = [name for name in reference.state_dict() if name.startswith("weight")]
+    state.update({name: getattr(lstm, f"shift_{name}")().detach() for name in weights})
     reference.load_state_dict(state)
     x, lengths = torch.randn(3, 7, 8), torch.tensor([7, 3, 5])
     assert torch.equal(lstm(x)[0], reference(x)[0])
@@ -106,7 +109,8 @@ def test_tied_decoder_shares_the_embedding_denseshift_weight_and_every_latent_tr
     torch.manual_seed(0)
     model = tiny_lm(mode)
     assert model.decoder.shift_weight is model.embedding.shift_weight
-    assert set(shift_weights(model)) == {"embedding.weight", *(f"lstm.weight_{k}_l{i}" for k in ("ih", "hh") for i in (0, 1))}
+    lstm_weights = {f"lstm.weight_{kind}_l{layer}" for kind in ("ih", "hh") for layer in (0, 1)}
+    assert set(shift_weights(model)) == {"embedding.weight", *lstm_weights}
     for module in shift_weights(model).values():  # the LM's init: alpha positive, latents ~ N(0, 1e-3)
         assert bool((module.alpha > 0).all()) and module.gates.abs().max() < 0.01
     logits, _ = model.train()(torch.randint(0, 50, (4, 12)))
@@ -228,7 +232,7 @@ def test_init_from_a_checkpoint_without_the_weights_is_one_clear_error(tmp_path)
 def test_denseshift_run_fine_tunes_from_float_and_logs_weight_freezing(denseshift_run):
     run_dir, metrics = denseshift_run
     assert metrics["quant"] == "denseshift" and metrics["engine"] == "qat" and metrics["integer"] is None
-    assert metrics["test_ppl"] < 100_000
+    assert math.isfinite(metrics["test_ppl"])  # 4 batches: no quality claim
     quant = metrics["quant_metrics"]
     assert set(quant) == {f"{k}/{w}" for k in ("freeze", "sign_flip") for w in (
         "embedding.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.weight_ih_l1", "lstm.weight_hh_l1")}
@@ -248,7 +252,20 @@ def test_resuming_restores_the_runs_own_latents(denseshift_run):
     assert not torch.equal(task.model.state_dict()[LATENT_KEY], trained)  # re-derived from the float weights
     task.load_state_dict(checkpoint["state_dict"])
     assert torch.equal(task.model.state_dict()[LATENT_KEY], trained)
-    assert torch.equal(task.model.decoder.shift_weight.sign, checkpoint["state_dict"]["model.embedding.shift_weight.sign"])
+    embedding_sign = checkpoint["state_dict"]["model.embedding.shift_weight.sign"]
+    assert torch.equal(task.model.decoder.shift_weight.sign, embedding_sign)
+
+
+def test_a_denseshift_run_resumes_in_place_and_logs_freezing_for_the_resumed_epoch(
+    denseshift_run, ptb_overrides, float_ckpt, tmp_path
+):
+    run_dir = shutil.copytree(denseshift_run[0], tmp_path / "run")
+    overrides = [*ptb_overrides, "quant=denseshift", "quant.init=float", f"quant.init_from={float_ckpt}",
+                 "task.max_epochs=2", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]  # fmt: skip
+    metrics = train(compose_config("train", overrides))  # the optimizer (two parameter groups) resumes too
+    assert metrics["epochs"] == 2
+    epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [0, 1] and 0 <= epochs[1]["quant"]["freeze/lstm.weight_hh_l1"] <= 1
 
 
 def test_irnn_denseshift_run_exports_packed_codes_that_match_the_qat_model(irnn_denseshift_run):

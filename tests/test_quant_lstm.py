@@ -108,3 +108,21 @@ def test_fused_cell_backward_equals_the_straight_through_graph():
     torch.autograd.backward([h_ref, c_ref], [upstream_h, upstream_c])
     assert torch.equal(h_ref, h_new) and torch.equal(c_ref, c_new)
     assert torch.allclose(gates.grad, fused[0], atol=1e-6) and torch.allclose(c.grad, fused[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_float_mode_is_nn_lstm_exactly_with_and_without_lengths(bidirectional):
+    torch.manual_seed(0)
+    lstm = QuantLSTM(8, 12, num_layers=2, bidirectional=bidirectional)
+    reference = torch.nn.LSTM(8, 12, 2, batch_first=True, bidirectional=bidirectional)
+    reference.load_state_dict(lstm.state_dict())
+    x, lengths = torch.randn(3, 7, 8), torch.tensor([7, 3, 5])
+    state = (torch.randn(lstm.num_layers * (2 if bidirectional else 1), 3, 12),) * 2
+    y, (h, c) = lstm(x, state)
+    y_ref, (h_ref, c_ref) = reference(x, state)
+    assert torch.equal(y, y_ref) and torch.equal(h, h_ref) and torch.equal(c, c_ref)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    y_ref, (h_ref, c_ref) = reference(packed, state)
+    y_ref, _ = torch.nn.utils.rnn.pad_packed_sequence(y_ref, batch_first=True, total_length=7)
+    y, (h, c) = lstm(x, state, lengths=lengths)
+    assert torch.equal(y, y_ref) and torch.equal(h, h_ref) and torch.equal(c, c_ref)

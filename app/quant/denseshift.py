@@ -151,7 +151,8 @@ class DenseShiftWeight(nn.Module):
         """Re-derive every latent from the float ``weight`` as ``from_float`` does, in place: a tied layer
         and an optimizer keep pointing at these parameters."""
         if tuple(weight.shape) != tuple(self.sign.shape):
-            raise ValueError(f"float weight {tuple(weight.shape)} does not fit DenseShift weight {tuple(self.sign.shape)}")
+            shapes = f"{tuple(weight.shape)} vs {tuple(self.sign.shape)}"
+            raise ValueError(f"a float weight of another shape cannot initialise this DenseShift weight ({shapes})")
         fresh = type(self).from_float(weight.to(self.sign), self.bits, init)
         for mine, theirs in zip(self.parameters(), fresh.parameters()):
             mine.copy_(theirs)

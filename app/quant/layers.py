@@ -80,8 +80,8 @@ class QuantEmbedding(nn.Embedding):
 
     def forward(self, tokens: Tensor) -> Tensor:
         if not self.quant.integer_activations:
-            weight = float_weight(self)
-            return F.embedding(tokens, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse)
+            weight, options = float_weight(self), (self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse)
+            return F.embedding(tokens, weight, self.padding_idx, *options)  # nn.Embedding.forward
         wq = weight_quant(self)
         rows = F.embedding(tokens, wq.fake)
         self.observer.observe(rows)
