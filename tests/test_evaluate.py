@@ -9,8 +9,7 @@ import pytest
 from app.errors import UserInputError
 from app.runs import METRIC_FIELDS
 from evaluate import evaluate
-from tests.conftest import compose_config
-
+from tests.conftest import compose_config, eval_overrides
 
 
 def test_evaluate_reproduces_the_runs_perplexity_and_writes_the_same_fields(

@@ -126,3 +126,18 @@ def test_float_mode_is_nn_lstm_exactly_with_and_without_lengths(bidirectional):
     y_ref, _ = torch.nn.utils.rnn.pad_packed_sequence(y_ref, batch_first=True, total_length=7)
     y, (h, c) = lstm(x, state, lengths=lengths)
     assert torch.equal(y, y_ref) and torch.equal(h, h_ref) and torch.equal(c, c_ref)
+
+
+def test_observer_calibrates_on_first_use_even_in_eval_mode_and_freezes():
+    from app.quant.quantizers import PowerOfTwoObserver
+
+    observer = PowerOfTwoObserver(bits=8, momentum=0.5).eval()
+    observer.observe(torch.tensor([0.9, -0.3]))  # e.g. Lightning's sanity validation before any training
+    assert observer.frac == 7  # 0.9 * 2^7 = 115 <= 127
+    observer.observe(torch.tensor([5.0]))  # eval: no update after the first batch
+    assert float(observer.running_max) == pytest.approx(0.9)
+    observer.train().observe(torch.tensor([2.9]))
+    assert float(observer.running_max) == pytest.approx(1.9) and observer.frac == 6
+    observer.frozen.fill_(True)
+    observer.observe(torch.tensor([100.0]))
+    assert observer.frac == 6

@@ -103,13 +103,15 @@ class PowerOfTwoObserver(nn.Module):
 
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
-        if not self.training or bool(self.frozen):
-            return
+        """EMA update in training; an observer that never saw data takes its first batch's range in
+        any mode (e.g. Lightning's sanity validation runs before the first training step)."""
         current = x.detach().abs().max().float()
         if float(self.running_max) == 0.0:
             self.running_max.copy_(current)
-        else:
-            self.running_max.lerp_(current, self.momentum)
+            return
+        if not self.training or bool(self.frozen):
+            return
+        self.running_max.lerp_(current, self.momentum)
 
     @property
     def frac(self) -> int:
