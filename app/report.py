@@ -1,0 +1,104 @@
+"""Rebuild the results tables from what was run: ``python -m app.report [--readme README.md]``.
+
+Scans ``outputs/runs/**/metrics.json`` and ``outputs/evals/**/metrics.json`` (a missing or corrupt
+file is skipped with a warning naming it) and ``outputs/bench/*.json``, writes
+``outputs/reports/results.md``, and with ``--readme`` rewrites the block between
+``<!-- results:start -->`` and ``<!-- results:end -->`` in the README.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def load_runs(root: Path) -> list[dict]:
+    runs = []
+    for path in sorted(root.glob("runs/**/metrics.json")) + sorted(root.glob("evals/**/metrics.json")):
+        try:
+            metrics = json.loads(path.read_text())
+            metrics["_path"] = str(path.parent)
+            runs.append(metrics)
+        except (OSError, json.JSONDecodeError) as err:
+            warnings.warn(f"skipping {path}: unreadable metrics.json ({err})")
+    return runs
+
+
+def _fmt(value, spec=".2f") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def accuracy_table(runs: list[dict]) -> str:
+    """One row per run: perplexity (QAT simulation or float; integer engine where exported), size, speed."""
+    floats = {(r["data"], r["model"]): r["test_ppl"] for r in runs if r.get("quant") == "float" and "evals" not in r["_path"]}
+    lines = [
+        "| data | model | quant | engine | val ppl | test ppl | vs float | integer-engine test ppl | integer bytes (% of float) | wall time | train tokens/s | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        if r.get("task") != "lm" or r.get("test_ppl") is None:
+            continue
+        base = floats.get((r["data"], r["model"]))
+        rel = "" if base is None or r.get("quant") == "float" else f"{100 * (r['test_ppl'] / base - 1):+.2f}%"
+        integer = r.get("integer") or {}
+        size = ""
+        if "integer_size_ratio" in integer:
+            size = f"{integer['integer_param_bytes']:,} ({100 * integer['integer_size_ratio']:.1f}% of {integer['float_param_bytes']:,})"
+        wall = "" if r.get("wall_time_s") is None else f"{r['wall_time_s'] / 60:.1f} min"
+        lines.append(
+            f"| {r['data']} | {r.get('model') or ''} | {r.get('quant') or ''} | {r.get('engine') or 'float'} | "
+            f"{_fmt(r['val_ppl'])} | {_fmt(r['test_ppl'])} | {rel} | {_fmt(integer.get('test_ppl'))} | {size} | {wall} | "
+            f"{_fmt(r.get('train_tokens_per_s'), '.0f')} | `{r['command']}` |"
+        )
+    return "\n".join(lines)
+
+
+def bench_tables(root: Path) -> str:
+    parts = []
+    engine = root / "bench" / "engine.json"
+    if engine.is_file():
+        data = json.loads(engine.read_text())
+        parts.append(f"Inference (`python -m app.bench engine`), {data['machine']}:\n")
+        parts.append("| size | batch | method | ms / token | tokens/s | speed-up vs float |\n|---|---|---|---|---|---|")
+        for row in data["rows"]:
+            parts.append(
+                f"| {row['size']} ({row['hidden']}) | {row['batch']} | {row['method']} | "
+                f"{_fmt(row.get('latency_ms_per_token'), '.3f')} | {_fmt(row.get('tokens_per_s'), '.0f')} | {row['speedup_vs_float']:.2f}x |"
+            )
+    train = root / "bench" / "train.json"
+    if train.is_file():
+        data = json.loads(train.read_text())
+        parts.append(
+            f"\nTraining (`python -m app.bench train`), {data['machine']}: {data['size']} LM, batch {data['batch']} x "
+            f"bptt {data['bptt']}: float {data['float_tokens_per_s']:.0f} tokens/s, irnn QAT "
+            f"{data['irnn_tokens_per_s']:.0f} tokens/s: QAT is {data['irnn_slowdown']:.2f}x slower."
+        )
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m app.report", description=__doc__)
+    parser.add_argument("--outputs", type=Path, default=Path("outputs"))
+    parser.add_argument("--readme", type=Path, default=None)
+    args = parser.parse_args(argv)
+    runs = load_runs(args.outputs)
+    body = "\n\n".join(part for part in (accuracy_table(runs), bench_tables(args.outputs)) if part)
+    out = args.outputs / "reports" / "results.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(body + "\n")
+    print(f"wrote {out} ({len(runs)} runs)")
+    if args.readme is not None:
+        text = args.readme.read_text()
+        if START not in text or END not in text:
+            raise SystemExit(f"{args.readme} has no {START} ... {END} block to rewrite")
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        args.readme.write_text(f"{head}{START}\n{body}\n{END}{tail}")
+        print(f"rewrote the results block of {args.readme}")
+
+
+if __name__ == "__main__":
+    main()
