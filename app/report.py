@@ -56,6 +56,41 @@ def accuracy_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _quant_settings(run: dict) -> dict:
+    """pwl segments / layer norm of a run: from its quant_metrics, else from its run's config.yaml."""
+    quant = run.get("quant_metrics") or {}
+    settings = {"segments": quant.get("pwl.segments"), "layer_norm": quant.get("layer_norm")}
+    config = Path(run["_path"]) / "config.yaml"
+    if None in settings.values() and config.is_file():
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(config)
+        settings["segments"] = settings["segments"] or cfg.quant.get("pwl_segments")
+        settings["layer_norm"] = cfg.quant.get("layer_norm") if settings["layer_norm"] is None else settings["layer_norm"]
+    return settings
+
+
+def ablation_table(runs: list[dict]) -> str:
+    """irnn runs and re-evaluations: PWL segments and layer norm vs PWL max error and perplexity."""
+    lines = [
+        "| pwl segments | layer norm | sigmoid max err (LSB Q0.15) | tanh max err | tanh(c) max err | val ppl | test ppl | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for r in runs:
+        if r.get("quant") != "irnn" or r.get("test_ppl") is None or r.get("engine") == "integer":
+            continue
+        q, settings = r.get("quant_metrics") or {}, _quant_settings(r)
+        rows.append((settings["layer_norm"] or False, -(settings["segments"] or 0), (
+            f"| {settings['segments']} | {'yes' if settings['layer_norm'] else 'no'} | {_fmt(q.get('pwl.sigmoid.max_error_lsb'), '.1f')} | "
+            f"{_fmt(q.get('pwl.tanh.max_error_lsb'), '.1f')} | {_fmt(q.get('pwl.tanh_cell.max_error_lsb'), '.1f')} | "
+            f"{_fmt(r['val_ppl'])} | {_fmt(r['test_ppl'])} | `{r['command']}` |"
+        )))
+    if not rows:
+        return ""
+    return "\n".join(lines + [row for *_, row in sorted(rows, key=lambda item: item[:2])])
+
+
 def bench_tables(root: Path) -> str:
     parts = []
     engine = root / "bench" / "engine.json"
@@ -85,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--readme", type=Path, default=None)
     args = parser.parse_args(argv)
     runs = load_runs(args.outputs)
-    body = "\n\n".join(part for part in (accuracy_table(runs), bench_tables(args.outputs)) if part)
+    sections = [accuracy_table(runs), ablation_table(runs), bench_tables(args.outputs)]
+    body = "\n\n".join(part for part in sections if part)
     out = args.outputs / "reports" / "results.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(body + "\n")

@@ -37,6 +37,8 @@ def epoch_metrics(model: nn.Module, quant: QuantConfig, freezing: FreezingTracke
         metrics[f"{key}.frac_bits"] = observer.frac
         metrics[f"{key}.saturation"] = round(observer.pop_saturation_rate(), 6)
         metrics[f"{key}.frozen"] = bool(observer.frozen)
+    metrics["pwl.segments"] = quant.pwl_segments
+    metrics["layer_norm"] = quant.layer_norm
     cell_frac = GATE_FRAC if quant.layer_norm else quant.cell_frac
     for kind, in_frac in (("sigmoid", GATE_FRAC), ("tanh", GATE_FRAC), ("tanh_cell", cell_frac)):
         fit = fit_pwl(kind.removesuffix("_cell"), in_frac, PWL_OUT_FRAC, quant.pwl_segments)
