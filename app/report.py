@@ -31,18 +31,42 @@ def _fmt(value, spec=".2f") -> str:
     return "" if value is None else format(value, spec)
 
 
+def _recipe(command: str) -> str:
+    """A train command without its quant choice: runs with equal recipes differ only in quantization."""
+    ignored = ("quant=", "quant.", "run_name=", "trainer.enable_progress_bar=")
+    return " ".join(token for token in command.split() if not token.startswith(ignored))
+
+
+def _baseline(run: dict, floats: dict[str, dict], runs_by_ckpt: dict[str, dict]) -> dict | None:
+    """The float training run with the same recipe (for an evaluation: the recipe of the evaluated run)."""
+    command = run["command"]
+    if command.startswith("python evaluate.py"):
+        ckpt = next((t.split("=", 1)[1] for t in command.split() if t.startswith("ckpt=")), "")
+        source = runs_by_ckpt.get(str(Path(ckpt).parent.parent))
+        if source is None:
+            return None
+        command = source["command"]
+    return floats.get(_recipe(command))
+
+
 def accuracy_table(runs: list[dict]) -> str:
-    """One row per run: perplexity (QAT simulation or float; integer engine where exported), size, speed."""
-    floats = {(r["data"], r["model"]): r["test_ppl"] for r in runs if r.get("quant") == "float" and "evals" not in r["_path"]}
+    """One row per run: perplexity (QAT simulation or float; integer engine where exported), size, speed.
+
+    "vs float" compares test perplexity with the float run of the same recipe (same command but quant).
+    """
+    trains = [r for r in runs if r["command"].startswith("python train.py")]
+    floats = {_recipe(r["command"]): r for r in trains if r.get("quant") == "float"}
+    runs_by_ckpt = {str(Path(r["_path"]).resolve()): r for r in trains}
+    runs_by_ckpt.update({str(Path(r["_path"])): r for r in trains})
     lines = [
-        "| data | model | quant | engine | val ppl | test ppl | vs float | integer-engine test ppl | integer bytes (% of float) | wall time | train tokens/s | command |",
+        "| data | model | quant | engine | val ppl | test ppl | vs float (same recipe) | integer-engine test ppl | integer bytes (% of float) | wall time | train tokens/s | command |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         if r.get("task") != "lm" or r.get("test_ppl") is None:
             continue
-        base = floats.get((r["data"], r["model"]))
-        rel = "" if base is None or r.get("quant") == "float" else f"{100 * (r['test_ppl'] / base - 1):+.2f}%"
+        base = _baseline(r, floats, runs_by_ckpt)
+        rel = "" if base is None or r.get("quant") == "float" else f"{100 * (r['test_ppl'] / base['test_ppl'] - 1):+.2f}% (vs {base['test_ppl']:.2f})"
         integer = r.get("integer") or {}
         size = ""
         if "integer_size_ratio" in integer:
