@@ -58,3 +58,13 @@ def test_integer_square_root_is_exact_on_a_sweep():
         r = isqrt(n)
         assert bool(((r * r) <= n).all()), "root too large"
         assert bool((((r + 1) * (r + 1)) > n).all()), "root too small"
+
+
+def test_quantized_residual_add_aligns_grids_rounds_and_saturates():
+    from app.engine.layers import residual_add
+
+    a = torch.tensor([100, -128, 127])  # Q0.7
+    b = torch.tensor([10, -40, 127])  # Q1.6
+    y = residual_add(a, 7, b, 6, out_frac=6, out_bits=8)
+    expected = torch.tensor([math.floor((100 + 20) / 2 + 0.5), math.floor((-128 - 80) / 2 + 0.5), 127])
+    assert torch.equal(y, expected)

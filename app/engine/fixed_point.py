@@ -34,10 +34,6 @@ def rounding_right_shift(x: Tensor, shift: Tensor | int) -> Tensor:
     return (x + half) >> shift
 
 
-def saturate(x: Tensor, lo: int, hi: int) -> Tensor:
-    return x.clamp(lo, hi)
-
-
 @dataclass(frozen=True)
 class Requantizer:
     """``clamp(round(acc * m0 * 2^-shift))`` with the per-channel constants prepared once.
