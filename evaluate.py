@@ -119,6 +119,8 @@ def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
         "test_ppl": split_metrics["test"]["ppl"],
         "test_loss": split_metrics["test"]["loss"],
         "test_tokens": split_metrics["test"]["tokens"],
+        "val_wer": None,
+        "test_wer": None,
         "params": None,
         "epochs": None,
         "wall_time_s": time.perf_counter() - started,

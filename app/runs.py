@@ -27,6 +27,7 @@ METRICS_FILE = "metrics.json"
 METRIC_FIELDS = (
     "command", "task", "quant", "model", "data", "checkpoint",
     "val_ppl", "val_loss", "val_tokens", "test_ppl", "test_loss", "test_tokens",
+    "val_wer", "test_wer",
     "params", "epochs", "wall_time_s", "train_tokens_per_s", "eval_tokens_per_s", "quant_metrics",
     "engine", "integer",
 )  # fmt: skip
@@ -130,7 +131,15 @@ def evaluate_splits(
         "test_loss": test.get("test/loss"),
         "test_tokens": _int_or_none(test.get("test/tokens")),
         "eval_tokens_per_s": test.get("test/tokens_per_s"),
+        # ASR: word error rate per evaluation set ({set name: WER in %}); null for the LM
+        "val_wer": _per_set(val, "val/wer/"),
+        "test_wer": _per_set(test, "test/wer/"),
     }
+
+
+def _per_set(logged: Mapping[str, Any], prefix: str) -> dict[str, float] | None:
+    values = {key[len(prefix):]: float(value) for key, value in logged.items() if key.startswith(prefix)}
+    return values or None
 
 
 def _int_or_none(value: float | None) -> int | None:
