@@ -27,9 +27,25 @@ from app.runs import (
     write_metrics,
     write_run_config,
 )
+from app.tasks.asr_integer import export_integer_asr, integer_wer
 from app.tasks.lm_integer import export_integer_lm, integer_split_metrics
 
 register_resolvers()
+
+# The validation metric that picks the best checkpoint (lower is better), per task.
+MONITOR = {"lm": "val/ppl", "asr": "val/wer"}
+
+
+def task_inputs(cfg: DictConfig, datamodule) -> dict[str, Any]:
+    """What the task's module needs from the data besides the configs."""
+    inputs = {"vocab_size": datamodule.vocab_size, "vocab_sha256": datamodule.vocab_sha256}
+    if cfg.task.name == "asr":
+        if not getattr(datamodule, "bos_eos", False):
+            raise UserInputError(f"task=asr needs <bos>/<eos> around transcripts: set data.bos_eos=true (data={cfg.data.name})")
+        inputs["feature_dim"] = datamodule.feature_dim
+    elif not hasattr(datamodule, "vocab"):
+        raise UserInputError(f"task={cfg.task.name} cannot train on data={cfg.data.name}: pick a dataset of that task")
+    return inputs
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -44,18 +60,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.ckpt_path:
         current = {"model": model_cfg, "quant": quant_cfg, "vocab_sha256": datamodule.vocab_sha256}
         check_resumable(read_checkpoint(cfg.ckpt_path, "ckpt_path"), current, cfg.ckpt_path)
-    task = build(
-        cfg.task.module,
-        model_cfg=model_cfg,
-        quant_cfg=quant_cfg,
-        vocab_size=datamodule.vocab_size,
-        vocab_sha256=datamodule.vocab_sha256,
-        _convert_="all",
-    )
+    task = build(cfg.task.module, model_cfg=model_cfg, quant_cfg=quant_cfg, **task_inputs(cfg, datamodule), _convert_="all")
     checkpoints = ModelCheckpoint(
         dirpath=directory / "checkpoints",
         filename="best",
-        monitor="val/ppl",
+        monitor=MONITOR[cfg.task.name],
         mode="min",
         save_last=True,
         auto_insert_metric_name=False,
@@ -89,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "integer": None,
     }
     if trainer.is_global_zero and task.model.quant.integer_activations:
-        limits = {"valid": trainer.num_val_batches[0], "test": trainer.num_test_batches[0]}
+        limits = {"valid": trainer.num_val_batches, "test": trainer.num_test_batches}
         metrics["integer"] = export_and_check_integer(task, datamodule, directory, metrics, cfg, limits)
     if trainer.is_global_zero:
         write_metrics(directory, metrics)
@@ -97,17 +106,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def export_and_check_integer(
-    task, datamodule, directory, metrics: dict[str, Any], cfg: DictConfig, limits: dict[str, int | float]
+    task, datamodule, directory, metrics: dict[str, Any], cfg: DictConfig, limits: dict[str, list[int | float]]
 ) -> dict[str, Any]:
     """Write the integer checkpoint of the best weights and evaluate it with the integer-only engine."""
     info = {"quant": OmegaConf.to_container(cfg.quant, resolve=True), "model": cfg.model.name, "data": cfg.data.name,
-            "source_checkpoint": metrics["checkpoint"]}
+            "source_checkpoint": metrics["checkpoint"], "vocab_sha256": datamodule.vocab_sha256}
+    if cfg.task.name == "asr":
+        return export_and_check_integer_asr(task, datamodule, directory, metrics, info, limits)
     sizes, engine = export_integer_lm(task.model, datamodule.vocab, directory, info)
     result = dict(sizes)
     for split, prefix in (("valid", "val"), ("test", "test")):
         if metrics[f"{prefix}_ppl"] is None:
             continue
-        split_metrics = integer_split_metrics(engine, datamodule, split, limits[split])
+        split_metrics = integer_split_metrics(engine, datamodule, split, limits[split][0])
         result[f"{prefix}_ppl"] = split_metrics["ppl"]
         result[f"{prefix}_ppl_rel_diff_vs_qat"] = split_metrics["ppl"] / metrics[f"{prefix}_ppl"] - 1
         result["eval_tokens_per_s"] = split_metrics["tokens_per_s"]
@@ -115,6 +126,25 @@ def export_and_check_integer(
         f"integer checkpoint {sizes['integer_checkpoint']}: {sizes['integer_param_bytes']:,} bytes "
         f"({100 * sizes['integer_size_ratio']:.1f}% of {sizes['float_param_bytes']:,} float bytes)"
         + (f" | integer-engine test ppl {result['test_ppl']:.2f}" if "test_ppl" in result else "")
+    )
+    return result
+
+
+def export_and_check_integer_asr(task, datamodule, directory, metrics, info, limits) -> dict[str, Any]:
+    """ASR: the integer checkpoint, and the WER of each test set decoded by the integer engine (same search)."""
+    sizes, engine = export_integer_asr(task.model, directory, info)
+    result = dict(sizes)
+    hp = task.hparams
+    if metrics["test_wer"] is not None:
+        decoded = integer_wer(engine, datamodule, "test", hp.beam_size, hp.length_norm, hp.max_len_ratio, limits["test"])
+        result["test_wer"] = decoded["wer"]
+        result["test_wer_abs_diff_vs_qat"] = {k: v - metrics["test_wer"][k] for k, v in decoded["wer"].items()}
+        result["eval_utterances_per_s"] = decoded["utterances_per_s"]
+    print(
+        f"integer checkpoint {sizes['integer_checkpoint']}: {sizes['integer_param_bytes']:,} bytes "
+        f"({100 * sizes['integer_size_ratio']:.1f}% of {sizes['float_param_bytes']:,} float bytes)"
+        + (" | integer-engine test WER " + ", ".join(f"{k} {v:.2f}" for k, v in result["test_wer"].items())
+           if "test_wer" in result else "")
     )
     return result
 

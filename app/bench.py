@@ -2,7 +2,9 @@
 
     python -m app.bench engine [--sizes small medium] [--out outputs/bench/engine.json]
         next-token latency at batch 1 and throughput at batch 20 for the float nn.LSTM LM,
-        torch's dynamic int8 LSTM (quantize_dynamic, fbgemm/x86) and our integer engine.
+        torch's dynamic int8 LSTM (quantize_dynamic, fbgemm/x86), our integer engine (iRNN, int8
+        weights) and the DenseShift integer engine (irnn_denseshift, 3-bit codes) with each weight path:
+        the multiplication-free shift-and-add kernel and the codes decoded to int8 for the int8 GEMM.
     python -m app.bench train [--size small]
         training tokens/s of the float model and the irnn QAT model of the same configuration.
 
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from app.engine.shift import use_shift_kernel
 from app.models.lm import LSTMLanguageModel
 
 SIZES = {  # (embed = hidden, layers): the LM presets of conf/model
@@ -30,6 +33,12 @@ SIZES = {  # (embed = hidden, layers): the LM presets of conf/model
     "large": 1500,
 }
 VOCAB = 10_000
+DENSESHIFT_BITS = 3  # the 3-bit codes {+-1, +-2, +-4, +-8} of quant=irnn_denseshift
+# method names: the rows of the table and the "method" key of the JSON rows
+FLOAT, DYNAMIC, IRNN = "float nn.LSTM", "quantize_dynamic int8", "integer engine"
+SHIFT_KERNEL, INT8_DECODE = "DenseShift shift-add", "DenseShift int8 decode"
+# DenseShift rows also carry {"weight_bits": 3, "weight_path": ...}: which kernel runs the codes
+WEIGHT_PATHS = {SHIFT_KERNEL: "shift_kernel", INT8_DECODE: "int8_decode"}
 
 
 class PlainLM(nn.Module):
@@ -48,37 +57,45 @@ class PlainLM(nn.Module):
         return self.decoder(out), state
 
 
-def _models(hidden: int, calibration: torch.Tensor):
+def _calibrated_qat(hidden: int, quant: dict, calibration: torch.Tensor) -> LSTMLanguageModel:
     torch.manual_seed(0)
-    qat = LSTMLanguageModel(VOCAB, hidden, hidden, 2, 0.0, True, {"mode": "irnn"})
+    qat = LSTMLanguageModel(VOCAB, hidden, hidden, 2, 0.0, True, quant)
     with torch.no_grad():
         qat.train()
         qat(calibration)  # sets the embedding observer (one batch of real-shaped tokens)
-    qat.eval()
-    float_model = PlainLM(qat).eval()
+    return qat.eval()
+
+
+def _models(hidden: int, calibration: torch.Tensor) -> dict[str, nn.Module]:
+    """{method: model} for every method, each called as ``model(tokens (B, 1), state) -> (logits, state)``."""
+    qat = _calibrated_qat(hidden, {"mode": "irnn"}, calibration)
+    vocab = [str(i) for i in range(VOCAB)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dynamic = torch.ao.quantization.quantize_dynamic(PlainLM(qat), {nn.LSTM, nn.Linear}, dtype=torch.qint8).eval()
-    engine = qat.export_integer([str(i) for i in range(VOCAB)])
-    return float_model, dynamic, engine
+    denseshift = _calibrated_qat(hidden, {"mode": "irnn_denseshift", "weight_bits": DENSESHIFT_BITS}, calibration)
+    shift_engine = denseshift.export_integer(vocab)
+    use_shift_kernel(shift_engine)  # the same codes through the multiplication-free kernel
+    return {
+        FLOAT: PlainLM(qat).eval(),
+        DYNAMIC: dynamic,
+        IRNN: qat.export_integer(vocab),
+        SHIFT_KERNEL: shift_engine,
+        INT8_DECODE: denseshift.export_integer(vocab),  # engine default: codes decoded to int8 once, at export
+    }
 
 
-def _step_fns(float_model, dynamic, engine, batch: int, steps: int):
+def _step_fns(models: dict[str, nn.Module], batch: int, steps: int):
     tokens = torch.randint(0, VOCAB, (batch, steps))
 
-    def run_float(model):
+    def run(model):
         def fn():
             state = None
             for t in range(steps):
                 _, state = model(tokens[:, t : t + 1], state)
         return fn
 
-    def run_engine():
-        state = None
-        for t in range(steps):
-            _, state = engine(tokens[:, t : t + 1], state)
-
-    return {"float nn.LSTM": run_float(float_model), "quantize_dynamic int8": run_float(dynamic), "integer engine": run_engine}
+    return {name: run(model) for name, model in models.items()}
 
 
 def _time(fn, min_seconds: float = 0.3) -> float:
@@ -96,23 +113,24 @@ def bench_engine(sizes: list[str], rounds: int, out: Path) -> dict:
     results = {"machine": _machine(), "rows": []}
     for size in sizes:
         hidden = SIZES[size]
-        float_model, dynamic, engine = _models(hidden, torch.randint(0, VOCAB, (20, 35)))
+        models = _models(hidden, torch.randint(0, VOCAB, (20, 35)))
         for batch, steps, label in ((1, 20, "latency_ms_per_token"), (20, 35, "tokens_per_s")):
-            fns = _step_fns(float_model, dynamic, engine, batch, steps)
+            fns = _step_fns(models, batch, steps)
             per_round = {name: [] for name in fns}
             with torch.inference_mode():
                 for _ in range(rounds):
                     for name, fn in fns.items():
                         time.sleep(0.05)
                         per_round[name].append(_time(fn))
-            base = per_round["float nn.LSTM"]
+            base = per_round[FLOAT]
             for name, times in per_round.items():
                 seconds = statistics.median(times)
                 value = seconds / steps * 1e3 if batch == 1 else batch * steps / seconds
                 speedup = statistics.median(b / t for b, t in zip(base, times))
-                results["rows"].append(
-                    {"size": size, "hidden": hidden, "batch": batch, "method": name, label: value, "speedup_vs_float": speedup}
-                )
+                row = {"size": size, "hidden": hidden, "batch": batch, "method": name, label: value, "speedup_vs_float": speedup}
+                if name in WEIGHT_PATHS:
+                    row.update(weight_bits=DENSESHIFT_BITS, weight_path=WEIGHT_PATHS[name])
+                results["rows"].append(row)
     _print_engine(results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
@@ -187,7 +205,9 @@ def _machine() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    engine = sub.add_parser("engine", help="inference: float vs quantize_dynamic vs integer engine")
+    engine = sub.add_parser(
+        "engine", help="inference: float vs quantize_dynamic vs integer engine (iRNN; DenseShift shift-add and int8 decode)"
+    )
     engine.add_argument("--sizes", nargs="+", default=["small", "medium"], choices=sorted(SIZES))
     engine.add_argument("--rounds", type=int, default=5)
     engine.add_argument("--out", type=Path, default=Path("outputs/bench/engine.json"))

@@ -1,155 +1,619 @@
-"""Rebuild the results tables from what was run: ``python -m app.report [--readme README.md]``.
+"""Results tables and plots from what was run: ``python -m app.report [--readme README.md]``.
 
-Scans ``outputs/runs/**/metrics.json`` and ``outputs/evals/**/metrics.json`` (a missing or corrupt
-file is skipped with a warning naming it) and ``outputs/bench/*.json``, writes
-``outputs/reports/results.md``, and with ``--readme`` rewrites the block between
-``<!-- results:start -->`` and ``<!-- results:end -->`` in the README.
+Reads every run directory under ``outputs/`` (``runs/``, ``sweeps/``, ``evals/``; one whose metrics.json
+is missing or corrupt is skipped with a warning naming it) and the benchmarks' ``outputs/bench/*.json``,
+and writes into ``outputs/reports/`` one markdown and one CSV table per claim of the papers:
+
+    accuracy.{md,csv}    perplexity / WER of each run vs the float run of the same recipe (claim 1)
+    size.{md,csv}        float32 vs integer checkpoint bytes: int8, or packed low-bit DenseShift codes (claim 2)
+    speed.{md,csv}       float vs integer engines, latency and throughput, and the machine (claim 3)
+    ablations.{md,csv}   runs that differ in one quantization setting (PWL segments, layer norm, bits, init)
+    results.md           all of them, the papers' own numbers beside ours, and the plots (*.png, app/plots.py)
+
+Two runs share a *recipe* when their config.yaml files are equal outside `quant` (and outside what does
+not change a result: paths, run name, progress bar). With ``--readme``, the block between
+``<!-- results:start -->`` and ``<!-- results:end -->`` of that file is rewritten with the tables.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import statistics
+import time
 import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
+
+from app.runs import METRICS_FILE, _flatten
+from app.sweeps import IGNORED_PREFIXES
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+SCANNED = ("runs", "sweeps", "evals")  # under --outputs: train.py runs, sweep points, evaluate.py results
+# quant.* keys that are not settings: the mode (the `quant` column) and the checkpoint a run started from
+NOT_SETTINGS = ("name", "mode", "init_from")
+# Config keys outside a recipe: what runs of one recipe differ in (quant), and what changes no result
+NOT_RECIPE = ("quant.", "run_name", *IGNORED_PREFIXES)
+
+# The papers' own claims, as confirmed in shared/research (tag [C] or primary sources there); nothing else.
+PAPER = {
+    "irnn": "iRNN (Sari et al., ICPRAM 2022 / SN Computer Science 2023)",
+    "denseshift": "DenseShift (Li et al., ICCV 2023)",
+}
 
 
-def load_runs(root: Path) -> list[dict]:
+# ---- runs -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One metrics.json and what the report needs around it."""
+
+    directory: Path
+    metrics: dict[str, Any]
+    config: dict[str, Any]  # the run's config.yaml, flattened ({} for evaluate.py, which writes none)
+    source: Run | None = None  # evaluate.py: the training run whose checkpoint it evaluated
+
+    @property
+    def is_eval(self) -> bool:
+        return self.command.startswith("python evaluate.py")
+
+    @property
+    def command(self) -> str:
+        return self.metrics.get("command") or ""
+
+    @property
+    def task(self) -> str:
+        return self.metrics.get("task") or ""
+
+    @property
+    def quant(self) -> str:
+        return self.metrics.get("quant") or ""
+
+    @property
+    def engine(self) -> str:
+        return self.metrics.get("engine") or "float"
+
+    @cached_property
+    def settings(self) -> dict[str, Any]:
+        """Quantization settings (quant.* but name, mode, init_from); an evaluation's are its source run's,
+        with the PWL segments it was re-evaluated with."""
+        if self.source is not None:
+            settings = dict(self.source.settings)
+        else:
+            settings = {key[6:]: v for key, v in self.config.items() if key.startswith("quant.") and key[6:] not in NOT_SETTINGS}
+        logged = self.metrics.get("quant_metrics") or {}
+        for logged_key, key in (("pwl.segments", "pwl_segments"), ("layer_norm", "layer_norm")):
+            if logged.get(logged_key) is not None:
+                settings[key] = logged[logged_key]
+        return settings
+
+    @cached_property
+    def recipe(self) -> tuple:
+        """What runs compared with each other must share: the config outside quant (see the module doc)."""
+        if self.source is not None:  # an evaluation: its training run's recipe, if on the same data
+            same_data = self.metrics.get("data") == self.source.metrics.get("data")
+            return self.source.recipe + (() if same_data else (("evaluated on", self.metrics.get("data")),))
+        if self.config:
+            return tuple(sorted((k, repr(v)) for k, v in self.config.items() if not k.startswith(NOT_RECIPE)))
+        ignored = ("quant=", "quant.", "+mode=", "run_name=", "trainer.enable_progress_bar=")
+        return (("command", " ".join(t for t in self.command.split() if not t.startswith(ignored))),)
+
+    @cached_property
+    def epochs(self) -> list[dict[str, Any]]:
+        """epochs.jsonl: one dict per epoch ([] when there is none)."""
+        path = self.directory / "epochs.jsonl"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        epochs = []
+        for line in lines:
+            try:
+                epochs.append(json.loads(line))
+            except json.JSONDecodeError:
+                warnings.warn(f"{path}: skipping a line that is not JSON: {line[:60]!r}")
+        return epochs
+
+    @property
+    def name(self) -> str:
+        """Where it is, in short: `<sweep>/<point>`, `<run_name>/<time>` or `eval <time>`."""
+        parts = self.directory.parts
+        return f"eval {parts[-1]}" if self.is_eval else "/".join(parts[-2:])
+
+
+def load_runs(root: Path) -> list[Run]:
+    """Every run directory under root's runs/, sweeps/ and evals/ that has a readable metrics.json."""
+    markers = (METRICS_FILE, "config.yaml", "epochs.jsonl", "*.log")  # a run directory has one of these
+    directories = [d for sub in SCANNED for d in sorted({p.parent for m in markers for p in (root / sub).glob(f"**/{m}")})]
     runs = []
-    for path in sorted(root.glob("runs/**/metrics.json")) + sorted(root.glob("evals/**/metrics.json")):
+    for directory in directories:
+        path = directory / METRICS_FILE
+        if not path.is_file():
+            warnings.warn(f"skipping {directory}: no {METRICS_FILE} (a run that has not finished, or stopped)")
+            continue
         try:
             metrics = json.loads(path.read_text())
-            metrics["_path"] = str(path.parent)
-            runs.append(metrics)
-        except (OSError, json.JSONDecodeError) as err:
-            warnings.warn(f"skipping {path}: unreadable metrics.json ({err})")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            warnings.warn(f"skipping {path}: unreadable {METRICS_FILE} ({err})")
+            continue
+        if not isinstance(metrics, dict) or not str(metrics.get("command", "")).startswith("python "):
+            warnings.warn(f"skipping {path}: not a {METRICS_FILE} written by train.py or evaluate.py")
+            continue
+        runs.append(Run(directory, metrics, _read_config(directory)))
+    by_directory = {run.directory.resolve(): run for run in runs if not run.is_eval}
+    for run in runs:
+        if run.is_eval and run.metrics.get("checkpoint"):
+            checkpoint = Path(run.metrics["checkpoint"]).resolve()
+            # <run>/checkpoints/best.ckpt or <run>/model.int.safetensors
+            run.source = by_directory.get(checkpoint.parent.parent) or by_directory.get(checkpoint.parent)
     return runs
 
 
-def _fmt(value, spec=".2f") -> str:
+def _read_config(directory: Path) -> dict[str, Any]:
+    path = directory / "config.yaml"
+    if not path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    try:
+        return _flatten(OmegaConf.to_container(OmegaConf.load(path)))
+    except Exception as err:  # a damaged config.yaml: the run is still reported, matched by its command
+        warnings.warn(f"{path}: unreadable ({err}); comparing this run by its command instead")
+        return {}
+
+
+def float_baselines(runs: list[Run]) -> dict[tuple, Run]:
+    """The float training run of each (task, recipe); the last one found when there are several."""
+    return {(r.task, r.recipe): r for r in runs if not r.is_eval and r.quant == "float"}
+
+
+def baseline(run: Run, floats: dict[tuple, Run]) -> Run | None:
+    """The float run `run` is compared with: same task and recipe (None for a float run itself)."""
+    return None if run.quant == "float" else floats.get((run.task, run.recipe))
+
+
+def varying_settings(runs: list[Run]) -> dict[str, list[str]]:
+    """Per quant mode, the settings whose values differ between its runs: the ones worth showing.
+    A run without a key (a config from before the key existed) does not count for that key."""
+    values: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    for run in runs:
+        for key, value in run.settings.items():
+            values[run.quant][key].add(repr(value))
+    return {quant: sorted(k for k, seen in keys.items() if len(seen) > 1) for quant, keys in values.items()}
+
+
+def settings_text(run: Run, varying: dict[str, list[str]]) -> str:
+    return " ".join(f"{key}={_value_text(run.settings[key])}" for key in varying.get(run.quant, []) if key in run.settings)
+
+
+def _describe(run: Run, varying: dict[str, list[str]]) -> str:
+    """`<data> <model>` and the run's varying settings, e.g. `ptb small layer_norm=true`."""
+    return " ".join(str(part) for part in (run.metrics.get("data"), run.metrics.get("model"), settings_text(run, varying)) if part)
+
+
+def _value_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _is_asr(run: Run) -> bool:
+    return run.metrics.get("test_wer") is not None or run.metrics.get("val_wer") is not None
+
+
+def _mean_wer(wer: dict[str, float] | None) -> float | None:
+    return None if not wer else statistics.fmean(wer.values())
+
+
+def headline(run: Run) -> float | None:
+    """The one number a run is ranked by: test perplexity, or for ASR the mean test WER over its sets."""
+    return _mean_wer(run.metrics.get("test_wer")) if _is_asr(run) else run.metrics.get("test_ppl")
+
+
+def change_text(run: Run, base: Run | None) -> str:
+    """vs float: relative perplexity change, or absolute WER change (percentage points, mean over sets)."""
+    ours, theirs = headline(run), None if base is None else headline(base)
+    if ours is None or theirs is None:
+        return ""
+    if _is_asr(run):
+        return f"{ours - theirs:+.2f} pts (vs {theirs:.2f})"
+    return f"{100 * (ours / theirs - 1):+.2f}% (vs {theirs:.2f})"
+
+
+# ---- tables -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """One table: records (raw values, for the CSV) and the same rows formatted for markdown."""
+
+    name: str  # file stem in outputs/reports
+    markdown: str
+    records: list[dict[str, Any]]
+
+
+def _markdown(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows])
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
     return "" if value is None else format(value, spec)
 
 
-def _recipe(command: str) -> str:
-    """A train command without its quant choice: runs with equal recipes differ only in quantization."""
-    ignored = ("quant=", "quant.", "run_name=", "trainer.enable_progress_bar=")
-    return " ".join(token for token in command.split() if not token.startswith(ignored))
+def _wall(run: Run) -> str:
+    seconds = run.metrics.get("wall_time_s")
+    return "" if seconds is None else f"{seconds / 60:.1f} min"
 
 
-def _baseline(run: dict, floats: dict[str, dict], runs_by_ckpt: dict[str, dict]) -> dict | None:
-    """The float training run with the same recipe (for an evaluation: the recipe of the evaluated run)."""
-    command = run["command"]
-    if command.startswith("python evaluate.py"):
-        ckpt = next((t.split("=", 1)[1] for t in command.split() if t.startswith("ckpt=")), "")
-        source = runs_by_ckpt.get(str(Path(ckpt).parent.parent))
-        if source is None:
-            return None
-        command = source["command"]
-    return floats.get(_recipe(command))
-
-
-def accuracy_table(runs: list[dict]) -> str:
-    """One row per run: perplexity (QAT simulation or float; integer engine where exported), size, speed.
-
-    "vs float" compares test perplexity with the float run of the same recipe (same command but quant).
-    """
-    trains = [r for r in runs if r["command"].startswith("python train.py")]
-    floats = {_recipe(r["command"]): r for r in trains if r.get("quant") == "float"}
-    runs_by_ckpt = {str(Path(r["_path"]).resolve()): r for r in trains}
-    runs_by_ckpt.update({str(Path(r["_path"])): r for r in trains})
-    lines = [
-        "| data | model | quant | engine | val ppl | test ppl | vs float (same recipe) | integer-engine test ppl | integer bytes (% of float) | wall time | train tokens/s | command |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in runs:
-        if r.get("task") != "lm" or r.get("test_ppl") is None:
-            continue
-        base = _baseline(r, floats, runs_by_ckpt)
-        rel = "" if base is None or r.get("quant") == "float" else f"{100 * (r['test_ppl'] / base['test_ppl'] - 1):+.2f}% (vs {base['test_ppl']:.2f})"
-        integer = r.get("integer") or {}
-        size = ""
-        if "integer_size_ratio" in integer:
-            size = f"{integer['integer_param_bytes']:,} ({100 * integer['integer_size_ratio']:.1f}% of {integer['float_param_bytes']:,})"
-        wall = "" if r.get("wall_time_s") is None else f"{r['wall_time_s'] / 60:.1f} min"
-        lines.append(
-            f"| {r['data']} | {r.get('model') or ''} | {r.get('quant') or ''} | {r.get('engine') or 'float'} | "
-            f"{_fmt(r['val_ppl'])} | {_fmt(r['test_ppl'])} | {rel} | {_fmt(integer.get('test_ppl'))} | {size} | {wall} | "
-            f"{_fmt(r.get('train_tokens_per_s'), '.0f')} | `{r['command']}` |"
-        )
-    return "\n".join(lines)
-
-
-def _quant_settings(run: dict) -> dict:
-    """pwl segments / layer norm of a run: from its quant_metrics, else from its run's config.yaml."""
-    quant = run.get("quant_metrics") or {}
-    settings = {"segments": quant.get("pwl.segments"), "layer_norm": quant.get("layer_norm")}
-    config = Path(run["_path"]) / "config.yaml"
-    if None in settings.values() and config.is_file():
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.load(config)
-        settings["segments"] = settings["segments"] or cfg.quant.get("pwl_segments")
-        settings["layer_norm"] = cfg.quant.get("layer_norm") if settings["layer_norm"] is None else settings["layer_norm"]
-    return settings
-
-
-def ablation_table(runs: list[dict]) -> str:
-    """irnn runs and re-evaluations: PWL segments and layer norm vs PWL max error and perplexity."""
-    lines = [
-        "| pwl segments | layer norm | sigmoid max err (LSB Q0.15) | tanh max err | tanh(c) max err | val ppl | test ppl | command |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    rows = []
-    for r in runs:
-        if r.get("quant") != "irnn" or r.get("test_ppl") is None or r.get("engine") == "integer":
-            continue
-        q, settings = r.get("quant_metrics") or {}, _quant_settings(r)
-        rows.append((settings["layer_norm"] or False, -(settings["segments"] or 0), (
-            f"| {settings['segments']} | {'yes' if settings['layer_norm'] else 'no'} | {_fmt(q.get('pwl.sigmoid.max_error_lsb'), '.1f')} | "
-            f"{_fmt(q.get('pwl.tanh.max_error_lsb'), '.1f')} | {_fmt(q.get('pwl.tanh_cell.max_error_lsb'), '.1f')} | "
-            f"{_fmt(r['val_ppl'])} | {_fmt(r['test_ppl'])} | `{r['command']}` |"
-        )))
-    if not rows:
-        return ""
-    return "\n".join(lines + [row for *_, row in sorted(rows, key=lambda item: item[:2])])
-
-
-def bench_tables(root: Path) -> str:
+def accuracy_table(runs: list[Run]) -> Table:
+    """Claim 1: every run's perplexity (LM) or WER per test set (ASR) against its same-recipe float run."""
+    floats, varying = float_baselines(runs), varying_settings(runs)
+    lm_rows, asr_rows, records = [], [], []
+    for run in runs:
+        m, base = run.metrics, baseline(run, floats)
+        common = {"task": run.task, "data": m.get("data"), "model": m.get("model"), "quant": run.quant,
+                  "settings": settings_text(run, varying), "engine": run.engine}  # fmt: skip
+        integer = m.get("integer") or {}
+        if _is_asr(run):
+            val_sets, test_sets = m.get("val_wer") or {}, m.get("test_wer") or {}
+            base_sets = ((base.metrics.get("test_wer") or {}) if base else {})
+            for name in sorted(test_sets.keys() | val_sets.keys()):
+                test, float_test = test_sets.get(name), base_sets.get(name)
+                change = None if test is None or float_test is None else test - float_test
+                integer_test = (integer.get("test_wer") or {}).get(name)
+                records.append({**common, "set": name, "metric": "wer_percent", "val": val_sets.get(name), "test": test,
+                                "float_test": float_test, "change": change, "change_unit": "points",
+                                "integer_test": integer_test, "command": run.command, "directory": str(run.directory)})  # fmt: skip
+                asr_rows.append([
+                    common["data"], common["model"] or "", run.quant, common["settings"], run.engine, name,
+                    _fmt(val_sets.get(name)), _fmt(test), "" if change is None else f"{change:+.2f} pts (vs {float_test:.2f})",
+                    _fmt(integer_test), f"`{run.command}`",
+                ])  # fmt: skip
+        elif m.get("test_ppl") is not None or m.get("val_ppl") is not None:
+            float_test = base.metrics.get("test_ppl") if base else None
+            change = None if float_test is None or m.get("test_ppl") is None else 100 * (m["test_ppl"] / float_test - 1)
+            records.append({**common, "set": "test", "metric": "ppl", "val": m.get("val_ppl"), "test": m.get("test_ppl"),
+                            "float_test": float_test, "change": change, "change_unit": "percent",
+                            "integer_test": integer.get("test_ppl"), "epochs": m.get("epochs"),
+                            "wall_time_s": m.get("wall_time_s"), "train_tokens_per_s": m.get("train_tokens_per_s"),
+                            "command": run.command, "directory": str(run.directory)})  # fmt: skip
+            lm_rows.append([
+                common["data"], common["model"] or "", run.quant, common["settings"], run.engine, _fmt(m.get("val_ppl")),
+                _fmt(m.get("test_ppl")), change_text(run, base), _fmt(integer.get("test_ppl")), _fmt(m.get("epochs"), "d"),
+                _wall(run), _fmt(m.get("train_tokens_per_s"), ".0f"), f"`{run.command}`",
+            ])  # fmt: skip
     parts = []
-    engine = root / "bench" / "engine.json"
-    if engine.is_file():
-        data = json.loads(engine.read_text())
-        parts.append(f"Inference (`python -m app.bench engine`), {data['machine']}:\n")
-        parts.append("| size | batch | method | ms / token | tokens/s | speed-up vs float |\n|---|---|---|---|---|---|")
-        for row in data["rows"]:
-            parts.append(
-                f"| {row['size']} ({row['hidden']}) | {row['batch']} | {row['method']} | "
-                f"{_fmt(row.get('latency_ms_per_token'), '.3f')} | {_fmt(row.get('tokens_per_s'), '.0f')} | {row['speedup_vs_float']:.2f}x |"
-            )
-    train = root / "bench" / "train.json"
-    if train.is_file():
-        data = json.loads(train.read_text())
-        parts.append(
-            f"\nTraining (`python -m app.bench train`), {data['machine']}: {data['size']} LM, batch {data['batch']} x "
-            f"bptt {data['bptt']}: float {data['float_tokens_per_s']:.0f} tokens/s, irnn QAT "
-            f"{data['irnn_tokens_per_s']:.0f} tokens/s: QAT is {data['irnn_slowdown']:.2f}x slower."
-        )
-    return "\n".join(parts)
+    if lm_rows:
+        parts.append(_markdown(
+            ["data", "model", "quant", "settings", "engine", "val ppl", "test ppl", "vs float (same recipe)",
+             "integer-engine test ppl", "epochs", "wall time", "train tokens/s", "command"], lm_rows))  # fmt: skip
+    if asr_rows:
+        parts.append(_markdown(
+            ["data", "model", "quant", "settings", "engine", "set", "val WER %", "test WER %", "vs float (same recipe)",
+             "integer-engine test WER %", "command"], asr_rows))  # fmt: skip
+    return Table("accuracy", "\n\n".join(parts) or "No finished runs yet.", records)
+
+
+def _weights_stored_as(run: Run) -> str:
+    bits = run.settings.get("weight_bits")
+    if "denseshift" in run.quant:
+        return f"packed {bits}-bit shift codes"
+    return "int8" if bits in (None, 8) else f"int8 holding {bits}-bit values"
+
+
+def size_table(runs: list[Run]) -> Table:
+    """Claim 2: bytes of the parameters as float32 and in the integer checkpoint (train.py's `integer` field)."""
+    varying, rows, records = varying_settings(runs), [], []
+    for run in runs:
+        integer = run.metrics.get("integer") or {}
+        if run.is_eval or "float_param_bytes" not in integer or "integer_param_bytes" not in integer:
+            continue
+        float_bytes, integer_bytes = integer["float_param_bytes"], integer["integer_param_bytes"]
+        ratio = integer_bytes / float_bytes
+        stored = _weights_stored_as(run)
+        records.append({"task": run.task, "data": run.metrics.get("data"), "model": run.metrics.get("model"),
+                        "quant": run.quant, "settings": settings_text(run, varying), "weights_stored_as": stored,
+                        "float_bytes": float_bytes, "integer_bytes": integer_bytes, "ratio": ratio,
+                        "command": run.command, "directory": str(run.directory)})  # fmt: skip
+        rows.append([
+            run.metrics.get("data") or "", run.metrics.get("model") or "", run.quant, settings_text(run, varying), stored,
+            f"{float_bytes:,}", f"{integer_bytes:,}", f"{100 * ratio:.1f}%", f"{1 / ratio:.1f}x", f"`{run.command}`",
+        ])  # fmt: skip
+    headers = ["data", "model", "quant", "settings", "weights stored as", "float32 bytes", "integer bytes",
+               "% of float", "times smaller", "command"]  # fmt: skip
+    body = _markdown(headers, rows) if rows else "No integer checkpoint yet (quant=irnn or irnn_denseshift runs write one)."
+    return Table("size", body, records)
+
+
+# Benchmark JSON keys -> table headers and formats (others are shown under their own name)
+BENCH_COLUMNS = {
+    "latency_ms_per_token": ("ms / token", ".3f"),
+    "tokens_per_s": ("tokens/s", ".0f"),
+    "speedup_vs_float": ("speed-up vs float", ".2f"),
+}
+
+
+def _bench_cell(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        spec = BENCH_COLUMNS.get(key, (key, ".4g"))[1]
+        if key.endswith("tokens_per_s"):
+            spec = ".0f"
+        suffix = "x" if "speedup" in key or "slowdown" in key else ""
+        return format(value, spec if not suffix else ".2f") + suffix
+    return str(value)
+
+
+def load_benchmarks(root: Path) -> dict[str, dict]:
+    """outputs/bench/<name>.json written by `python -m app.bench <name>` (unreadable ones skipped, named)."""
+    benchmarks = {}
+    for path in sorted((root / "bench").glob("*.json")):
+        try:
+            benchmarks[path.stem] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            warnings.warn(f"skipping {path}: unreadable benchmark ({err})")
+    return benchmarks
+
+
+def speed_table(benchmarks: dict[str, dict]) -> Table:
+    """Claim 3: each benchmark as measured, with the machine it ran on."""
+    parts, records = [], []
+    for name, data in benchmarks.items():
+        rows = data.get("rows") if isinstance(data.get("rows"), list) else [
+            {k: v for k, v in data.items() if k != "machine"}
+        ]
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        measured = {key for row in rows for key, value in row.items() if isinstance(value, float)}
+        columns = [k for k in columns if k not in measured] + [k for k in columns if k in measured]  # what, then how fast
+        headers = [BENCH_COLUMNS.get(key, (key.replace("tokens_per_s", "tokens/s").replace("_", " "),))[0] for key in columns]
+        parts.append(f"`python -m app.bench {name}` on {data.get('machine', 'an unrecorded machine')}:\n\n"
+                     + _markdown(headers, [[_bench_cell(k, row.get(k)) for k in columns] for row in rows]))
+        records += [{"benchmark": name, "machine": data.get("machine"), **row} for row in rows]
+    body = "\n\n".join(parts) or "No benchmark yet: `python -m app.bench engine` and `python -m app.bench train` write them."
+    return Table("speed", body, records)
+
+
+@dataclass
+class Series:
+    """Runs of one recipe and quant mode that differ in exactly one setting (`axis`)."""
+
+    axis: str
+    quant: str
+    runs: list[Run]
+    base: Run | None  # their float run of the same recipe
+
+    @property
+    def title(self) -> str:
+        first = self.runs[0]
+        return f"{first.metrics.get('data')} {first.metrics.get('model')} {self.quant}"
+
+
+def ablation_series(runs: list[Run]) -> list[Series]:
+    """Every group of quantized runs (training runs and re-evaluations) that differ in one setting only."""
+    floats = float_baselines(runs)
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    quantized = [r for r in runs if r.quant not in ("", "float") and r.engine != "integer" and headline(r) is not None]
+    for run in quantized:
+        for axis in run.settings:
+            rest = tuple(sorted((k, repr(v)) for k, v in run.settings.items() if k != axis))
+            groups[(axis, run.task, run.quant, run.recipe, rest)].append(run)
+    series = []
+    for (axis, _, quant, _, _), members in groups.items():
+        if len({repr(r.settings[axis]) for r in members}) > 1:
+            members = sorted(members, key=lambda r: (_sort_key(r.settings[axis]), r.is_eval))
+            base = baseline(members[0], floats)
+            series.append(Series(axis, quant, members, base))
+    return sorted(series, key=lambda s: (s.axis, s.quant, s.title))
+
+
+def _sort_key(value: Any) -> tuple:
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
+def _freezing_summary(run: Run) -> tuple[float | None, float | None]:
+    """DenseShift: mean over weights of the last epoch's frozen-code and sign-flip fractions."""
+    quant = run.metrics.get("quant_metrics") or {}
+    frozen = [v for k, v in quant.items() if k.startswith("freeze/")]
+    flips = [v for k, v in quant.items() if k.startswith("sign_flip/")]
+    return (statistics.fmean(frozen) if frozen else None, statistics.fmean(flips) if flips else None)
+
+
+def ablation_table(series: list[Series]) -> Table:
+    """Claim 4: one table per setting, each row a run of a series, with its PWL errors or DenseShift freezing."""
+    parts, records = [], []
+    by_axis: dict[str, list[Series]] = defaultdict(list)
+    for s in series:
+        by_axis[s.axis].append(s)
+    for axis, axis_series in by_axis.items():
+        rows = []
+        for s in axis_series:
+            for run in s.runs:
+                q = run.metrics.get("quant_metrics") or {}
+                frozen, flips = _freezing_summary(run)
+                record = {
+                    "axis": f"quant.{axis}", "value": run.settings[axis], "series": s.title, "quant": s.quant,
+                    "val": run.metrics.get("val_ppl") if not _is_asr(run) else _mean_wer(run.metrics.get("val_wer")),
+                    "test": headline(run), "metric": "wer_percent_mean" if _is_asr(run) else "ppl",
+                    "float_test": headline(s.base) if s.base else None,
+                    "pwl_sigmoid_max_error_lsb": q.get("pwl.sigmoid.max_error_lsb"),
+                    "pwl_tanh_max_error_lsb": q.get("pwl.tanh.max_error_lsb"),
+                    "pwl_tanh_cell_max_error_lsb": q.get("pwl.tanh_cell.max_error_lsb"),
+                    "frozen_fraction": frozen, "sign_flip_fraction": flips,
+                    "command": run.command, "directory": str(run.directory),
+                }  # fmt: skip
+                records.append(record)
+                rows.append([
+                    s.title, _value_text(record["value"]), _fmt(record["val"]), _fmt(record["test"]), change_text(run, s.base),
+                    _fmt(record["pwl_sigmoid_max_error_lsb"], ".1f"), _fmt(record["pwl_tanh_max_error_lsb"], ".1f"),
+                    _fmt(record["pwl_tanh_cell_max_error_lsb"], ".1f"), _fmt(None if frozen is None else 100 * frozen, ".1f"),
+                    _fmt(None if flips is None else 100 * flips, ".1f"), f"`{run.command}`",
+                ])  # fmt: skip
+        headers = ["runs", f"quant.{axis}", "val", "test", "vs float (same recipe)", "sigmoid max err (LSB Q0.15)",
+                   "tanh max err", "tanh(c) max err", "frozen codes %", "sign flips %", "command"]  # fmt: skip
+        parts.append(f"**quant.{axis}**\n\n" + _markdown(headers, rows))
+    note = "val / test: perplexity (LM) or WER % averaged over the test sets (ASR). Frozen codes and sign flips: DenseShift, last epoch, mean over weights."
+    body = "\n\n".join(parts) + f"\n\n{note}" if parts else "No ablation yet: runs that differ in one quant setting (`python train.py -m +sweep=lm_pwl_segments`, ...)."
+    return Table("ablations", body, records)
+
+
+def claims_table(runs: list[Run], benchmarks: dict[str, dict], size: Table) -> str:
+    """The papers' headline claims (only what shared/research confirms) beside what we measured."""
+    floats, varying = float_baselines(runs), varying_settings(runs)
+
+    def changes(quant: str) -> str:
+        found = [f"{_describe(r, varying)}: {change_text(r, baseline(r, floats)).split(' (')[0]}"
+                 for r in runs if r.quant == quant and not r.is_eval and baseline(r, floats) is not None]  # fmt: skip
+        return "; ".join(found) if found else "no run with a same-recipe float run yet"
+
+    def sizes(quant: str) -> str:
+        found = [f"{100 * r['ratio']:.1f}% ({1 / r['ratio']:.1f}x smaller; {r['data']} {r['model']} {r['settings']})".replace(" )", ")")
+                 for r in size.records if r["quant"] == quant]  # fmt: skip
+        return "; ".join(found) if found else "no integer checkpoint yet"
+
+    rows_engine = (benchmarks.get("engine") or {}).get("rows") or []
+    machine = (benchmarks.get("engine") or {}).get("machine", "")
+
+    def speedups(method: str) -> str:
+        found = [f"{row['speedup_vs_float']:.2f}x ({row.get('size')}, batch {row.get('batch')})"
+                 for row in rows_engine if row.get("method") == method and row.get("speedup_vs_float") is not None]  # fmt: skip
+        return "; ".join(found) + f" vs float nn.LSTM, {machine}" if found else "not measured yet"
+
+    shift = {(r.get("size"), r.get("batch")): r for r in rows_engine if "shift-add" in str(r.get("method"))}
+    decode = {(r.get("size"), r.get("batch")): r for r in rows_engine if "int8 decode" in str(r.get("method"))}
+    shift_vs_int8 = [f"{shift[k]['speedup_vs_float'] / decode[k]['speedup_vs_float']:.2f}x ({k[0]}, batch {k[1]})"
+                     for k in shift if k in decode]  # fmt: skip
+    shift_text = ("shift-add kernel vs the same codes decoded to int8: " + "; ".join(shift_vs_int8) + f", {machine}"
+                  if shift_vs_int8 else "not measured yet")  # fmt: skip
+    rows = [
+        [PAPER["irnn"], "accuracy close to float", "\"similar performance as its full-precision counterpart\" (abstract); "
+         "its perplexity / WER tables were not obtained", "LM and ASR; datasets not confirmed", "test ppl / WER vs float, same recipe: " + changes("irnn")],
+        [PAPER["irnn"], "model size", "4x smaller (abstract: FP32 to 8-bit)", "not stated", "integer checkpoint: " + sizes("irnn")],
+        [PAPER["irnn"], "runtime", "2x faster (abstract)", "smartphones (model not obtained), PyTorch 1.7 speed_benchmark_torch",
+         "integer engine: " + speedups("integer engine")],
+        [PAPER["denseshift"], "accuracy", "no LM or ASR results (ImageNet, COCO, segmentation, spoken-language "
+         "understanding; its per-table numbers were not verified)", "", "test ppl / WER vs float, same recipe: "
+         + changes("denseshift") + "; with integer activations (ours): " + changes("irnn_denseshift")],
+        [PAPER["denseshift"], "model size", "not stated as a ratio (N-bit zero-free codes)", "",
+         "packed codes, integer activations: " + sizes("irnn_denseshift")],
+        [PAPER["denseshift"], "runtime", "1.6x over existing methods (FP16 dot product by integer addition, float activations)",
+         "ARM Cortex-A57 (ARMv8)", shift_text],
+    ]  # fmt: skip
+    return _markdown(["paper", "claim", "paper's number", "paper's setting / hardware", "ours"], rows) + (
+        "\n\nPapers' numbers: shared/research/irnn.md (sections 0, 1, 3.5) and shared/research/denseshift.md "
+        "(sections 0, 1.4, 4); only claims confirmed there are listed."
+    )
+
+
+# ---- plots ------------------------------------------------------------------------------------------
+
+
+def make_plots(runs: list[Run], series: list[Series], out: Path) -> list[tuple[str, Path | None]]:
+    """(caption, PNG path or None when there is nothing to draw) for each figure of results.md."""
+    from app import plots
+
+    bits = [(f"{s.title} {s.axis}", [(r.settings[s.axis], headline(r)) for r in s.runs if not r.is_eval],
+             None if s.base is None else headline(s.base)) for s in series if s.axis.endswith("bits")]  # fmt: skip
+    pwl = [(f"{s.title}", [(r.settings[s.axis], headline(r)) for r in s.runs]) for s in series if s.axis == "pwl_segments"]
+    groups: dict[str, list[tuple[str, list[int], list[float]]]] = defaultdict(list)
+    freezing, varying = [], varying_settings(runs)
+    for run in runs:
+        if run.is_eval or not run.epochs:
+            continue
+        points = [(e["epoch"] + 1, value) for e in run.epochs if (value := _epoch_value(e)) is not None]
+        group = f"{run.metrics.get('data')} {run.metrics.get('model')} ({_recipe_name(run, runs)})"
+        label = " ".join(part for part in (run.quant, settings_text(run, varying), f"({run.name})") if part)
+        groups[group].append((label, [p[0] for p in points], [p[1] for p in points]))
+        per_weight = _freezing_curves(run)
+        if per_weight:
+            freezing.append((f"{_describe(run, varying)} {run.quant} ({run.name})", per_weight))
+    ylabel = "test perplexity / mean test WER %"
+    return [
+        ("Accuracy vs weight / activation bits (dashed: the float run of the same recipe)",
+         plots.accuracy_vs_bits(bits, ylabel, out / "accuracy_vs_bits.png")),
+        ("PWL sigmoid/tanh max error vs segments (fitted here), and test accuracy of runs that differ in segments",
+         plots.pwl_error_vs_segments(pwl, ylabel, out / "pwl_error_vs_segments.png")),
+        ("Learning curves: validation perplexity / WER per epoch, one panel per data, model and recipe",
+         plots.learning_curves(dict(groups), out / "learning_curves.png")),
+        ("DenseShift weight freezing: share of codes unchanged since the previous epoch (solid) and of signs flipped (dashed)",
+         plots.freezing_curves(freezing, out / "denseshift_freezing.png")),
+    ]  # fmt: skip
+
+
+def _epoch_value(epoch: dict[str, Any]) -> float | None:
+    if epoch.get("val_ppl") is not None:
+        return epoch["val_ppl"]
+    wer = epoch.get("val_wer")
+    return _mean_wer(wer) if isinstance(wer, dict) else wer
+
+
+def _recipe_name(run: Run, runs: list[Run]) -> str:
+    """A short name for a recipe: the shortest run_name among its runs, without the quant mode in it."""
+    names = [r.config.get("run_name", "").replace(f"-{r.quant}", "") for r in runs if r.recipe == run.recipe and r.config]
+    return min((n for n in names if n), key=len, default="recipe by command")
+
+
+def _freezing_curves(run: Run) -> dict[str, list[tuple[int, float, float]]]:
+    """{weight: [(epoch, frozen fraction, sign-flip fraction)]} from epochs.jsonl's quant freeze/* keys."""
+    curves: dict[str, list] = defaultdict(list)
+    for epoch in run.epochs:
+        quant = epoch.get("quant") or {}
+        for key, frozen in quant.items():
+            if key.startswith("freeze/"):
+                weight = key.removeprefix("freeze/")
+                curves[weight].append((epoch["epoch"] + 1, frozen, quant.get(f"sign_flip/{weight}")))
+    return dict(curves)
+
+
+# ---- output -----------------------------------------------------------------------------------------
+
+
+def write_table(table: Table, out: Path, title: str) -> None:
+    (out / f"{table.name}.md").write_text(f"# {title}\n\n{table.markdown}\n")
+    columns = list(dict.fromkeys(key for record in table.records for key in record))
+    with open(out / f"{table.name}.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: _csv_value(v) for k, v in record.items()} for record in table.records)
+
+
+def _csv_value(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (dict, list)) else value
+
+
+TITLES = {
+    "accuracy": "Accuracy: each run vs the float run of the same recipe",
+    "size": "Model size: float32 vs integer checkpoint",
+    "speed": "Speed: float vs integer engines",
+    "ablations": "Ablations: runs that differ in one quantization setting",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m app.report", description=__doc__)
-    parser.add_argument("--outputs", type=Path, default=Path("outputs"))
-    parser.add_argument("--readme", type=Path, default=None)
+    parser = argparse.ArgumentParser(prog="python -m app.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="where train.py, evaluate.py and app.bench wrote")
+    parser.add_argument("--readme", type=Path, default=None, help="also rewrite this file's results block")
+    parser.add_argument("--no-plots", action="store_true", help="tables only (the plots take ~10 s, mostly PWL fits)")
     args = parser.parse_args(argv)
-    runs = load_runs(args.outputs)
-    sections = [accuracy_table(runs), ablation_table(runs), bench_tables(args.outputs)]
-    body = "\n\n".join(part for part in sections if part)
-    out = args.outputs / "reports" / "results.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(body + "\n")
-    print(f"wrote {out} ({len(runs)} runs)")
+    started = time.perf_counter()
+    runs, benchmarks = load_runs(args.outputs), load_benchmarks(args.outputs)
+    series = ablation_series(runs)
+    size = size_table(runs)
+    tables = [accuracy_table(runs), size, speed_table(benchmarks), ablation_table(series)]
+    out = args.outputs / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    for table in tables:
+        write_table(table, out, TITLES[table.name])
+    claims = claims_table(runs, benchmarks, size)
+    sections = [("The papers' claims and ours", claims)] + [(TITLES[t.name], t.markdown) for t in tables]
+    body = "\n\n".join(f"### {title}\n\n{text}" for title, text in sections)
+    figures = [] if args.no_plots else make_plots(runs, series, out)
+    figure_text = "\n\n".join(f"{caption}:\n\n![{path.stem}]({path.name})" if path else f"{caption}: no runs to draw yet."
+                              for caption, path in figures)  # fmt: skip
+    (out / "results.md").write_text(f"# Results\n\n{body}\n" + (f"\n### Plots\n\n{figure_text}\n" if figures else ""))
+    print(f"wrote {out}/results.md, {{accuracy,size,speed,ablations}}.{{md,csv}} and {sum(p is not None for _, p in figures)} "
+          f"plots from {len(runs)} runs in {time.perf_counter() - started:.1f} s")  # fmt: skip
     if args.readme is not None:
         text = args.readme.read_text()
         if START not in text or END not in text:

@@ -4,6 +4,7 @@ A run directory holds `config.yaml` (resolved config), `checkpoints/{best,last}.
 atomically), `epochs.jsonl` (one line per epoch), `tensorboard/` and `metrics.json` (METRIC_FIELDS).
 """
 
+import dataclasses
 import io
 import json
 import shlex
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from app.errors import UserInputError
 from app.files import write_bytes_atomic, write_text_atomic
+from app.quant.config import QuantConfig
 
 METRICS_FILE = "metrics.json"
 # metrics.json has exactly these keys, from train.py and from evaluate.py (null where one does not apply).
@@ -69,15 +71,16 @@ def check_resumable(checkpoint: Mapping[str, Any], current: Mapping[str, Any], c
     """Refuse to resume when the checkpoint's model, quant or vocabulary differs from this run's.
 
     current: {"model": ..., "quant": ..., "vocab_sha256": ...}, compared key by key with the
-    checkpoint's hyper-parameters (model_cfg, quant_cfg, vocab_sha256).
+    checkpoint's hyper-parameters (model_cfg, quant_cfg, vocab_sha256). A quant key one side lacks counts as
+    its QuantConfig default (a checkpoint from before a key existed resumes with that key at its default).
     """
     hparams = checkpoint["hyper_parameters"]
     saved = _flatten({
         "model": hparams.get("model_cfg"),
-        "quant": hparams.get("quant_cfg"),
+        "quant": _with_quant_defaults(hparams.get("quant_cfg")),
         "vocab_sha256": hparams.get("vocab_sha256"),
     })
-    wanted = _flatten(dict(current))
+    wanted = _flatten({**current, "quant": _with_quant_defaults(current.get("quant"))})
     differing = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
     if differing:
         key = differing[0]
@@ -86,6 +89,12 @@ def check_resumable(checkpoint: Mapping[str, Any], current: Mapping[str, Any], c
             f"{key}={wanted.get(key)!r} ({len(differing)} differing: {', '.join(differing)}); "
             "run with the checkpoint's settings (its run's config.yaml), or drop ckpt_path to start afresh"
         )
+
+
+def _with_quant_defaults(quant: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if quant is None:
+        return None
+    return {**dataclasses.asdict(QuantConfig()), **quant}
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -152,6 +161,10 @@ def write_metrics(directory: Path, metrics: Mapping[str, Any]) -> None:
         raise ValueError(f"metrics.json fields {sorted(metrics)} differ from METRIC_FIELDS")
     ordered = {field: metrics[field] for field in METRIC_FIELDS}
     write_text_atomic(directory / METRICS_FILE, json.dumps(ordered, indent=2) + "\n")
+    if metrics.get("test_wer") is not None or metrics.get("val_wer") is not None:
+        sets = metrics.get("test_wer") or metrics.get("val_wer")
+        print("WER " + " | ".join(f"{name} {rate:.2f}" for name, rate in sets.items()) + f" | {directory / METRICS_FILE}")
+        return
     val, test = (metrics[key] for key in ("val_ppl", "test_ppl"))
     print(f"val ppl {val if val is None else f'{val:.2f}'} | test ppl {test if test is None else f'{test:.2f}'}"
           f" | {directory / METRICS_FILE}")

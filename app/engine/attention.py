@@ -54,11 +54,18 @@ class IntAdditiveAttention:
     def __call__(
         self, query_q: Tensor, keys_q: Tensor, keys_proj_q12: Tensor, mask: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """query (B, Dq) int8, keys (B, T, Dk) int8, mask (B, T) bool -> (context (B, Dk) int8, probs (B, T) Q0.15)."""
-        q_q12 = self.query_proj(query_q)
-        energy = (keys_proj_q12 + q_q12.unsqueeze(1)).clamp(INT16_MIN, INT16_MAX)
+        """query (B, Dq) or (B, U, Dq) int8 (U decoder steps at once), keys (B, T, Dk) int8, mask (B, T) bool
+        -> (context (B, [U,] Dk) int8, probs (B, [U,] T) Q0.15)."""
+        single = query_q.dim() == 2
+        if single:
+            query_q = query_q.unsqueeze(1)
+        q_q12 = self.query_proj(query_q)  # (B, U, A)
+        energy = (keys_proj_q12.unsqueeze(1) + q_q12.unsqueeze(2)).clamp(INT16_MIN, INT16_MAX)  # (B, U, T, A)
         e_q7 = rounding_right_shift(self.tanh_lut(energy), 8).clamp(INT8_MIN, INT8_MAX)
-        scores = self.score_proj(e_q7.to(torch.int8)).squeeze(-1)
-        probs = softmax_int(scores, mask, self.exp_lut)
-        context = torch.bmm(probs.unsqueeze(1), keys_q.to(torch.int64)).squeeze(1)
-        return rounding_right_shift(context, PROB_FRAC).clamp(INT8_MIN, INT8_MAX).to(torch.int8), probs
+        scores = self.score_proj(e_q7.to(torch.int8)).squeeze(-1)  # (B, U, T)
+        probs = softmax_int(scores, None if mask is None else mask.unsqueeze(1), self.exp_lut)
+        context = torch.bmm(probs, keys_q.to(torch.int64))
+        context = rounding_right_shift(context, PROB_FRAC).clamp(INT8_MIN, INT8_MAX).to(torch.int8)
+        if single:
+            return context.squeeze(1), probs.squeeze(1)
+        return context, probs

@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from app.engine.asr import IntegerASRModel
 from app.engine.attention import IntAdditiveAttention
 from app.engine.layers import IntEmbedding, IntLinear
 from app.engine.lm import IntegerLanguageModel
@@ -45,6 +46,7 @@ _CLASSES = {
         CellActivations,
         PWLTable,
         IntegerLanguageModel,
+        IntegerASRModel,
         IntAdditiveAttention,
         ShiftCodes,
     )
@@ -95,9 +97,9 @@ def _pack(obj: Any, prefix: str, tensors: dict[str, torch.Tensor], seen: dict[in
     raise IntegerCheckpointError(f"cannot store {prefix} of type {type(obj).__name__}")
 
 
-def _unpack(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def _unpack(node: Any, tensors: dict[str, torch.Tensor], prefix: str = "model") -> Any:
     if isinstance(node, list):
-        return [_unpack(v, tensors) for v in node]
+        return [_unpack(v, tensors, f"{prefix}.{i}") for i, v in enumerate(node)]
     if isinstance(node, dict) and "tensor" in node:
         if node["tensor"] not in tensors:
             raise IntegerCheckpointError(f"tensor {node['tensor']} is missing from the file")
@@ -106,7 +108,11 @@ def _unpack(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
         cls = _CLASSES.get(node["class"])
         if cls is None:
             raise IntegerCheckpointError(f"unknown engine class {node['class']!r} (written by a newer version?)")
-        return cls(**{k: _unpack(v, tensors) for k, v in node.items() if k != "class"})
+        fields = {k: _unpack(v, tensors, f"{prefix}.{k}") for k, v in node.items() if k != "class"}
+        try:
+            return cls(**fields)
+        except (TypeError, ValueError) as exc:  # inconsistent fields, e.g. packed codes of another bit width
+            raise IntegerCheckpointError(f"{prefix} ({node['class']}): {exc}") from None
     return node
 
 
@@ -161,7 +167,10 @@ def load_integer_checkpoint(path: str | Path) -> tuple[Any, dict]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise IntegerCheckpointError(f"{path} is damaged (tensors unreadable: {exc}); export it again") from None
-    model = _unpack(meta["model"], tensors)
+    try:
+        model = _unpack(meta["model"], tensors)
+    except IntegerCheckpointError as exc:
+        raise IntegerCheckpointError(f"{path} is inconsistent: {exc}") from None
     if isinstance(model, IntegerLanguageModel) and meta.get("vocab") is not None:
         model.vocab = meta["vocab"]
     return model, meta

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from app.engine.shift import decode_weight
+from app.engine.shift import ShiftPlan, decode_weight
 
 CODE_BITS = (2, 3, 4)
 
@@ -70,25 +70,48 @@ def pack_codes(sign_bit: Tensor, exponent: Tensor, bits: int) -> Tensor:
     return packed.reshape(-1).to(torch.uint8)
 
 
-def unpack_codes(packed: Tensor, bits: int, count: int) -> tuple[Tensor, Tensor]:
-    """packed: (packed_size(count, bits),) uint8 -> (sign_bit (count,) uint8, exponent (count,) int64).
-
-    A byte count that does not match ``count`` codes of ``bits`` bits (e.g. 3-bit bytes read as 2-bit)
-    is a ValueError naming both sizes.
-    """
+def _codes(packed: Tensor, bits: int) -> Tensor:
+    """(groups * bytes,) uint8 -> (groups * codes,) int64 N-bit codes, padding included."""
     codes_per_group, bytes_per_group = _group(bits)
-    expected = packed_size(count, bits)
-    if packed.dtype != torch.uint8 or packed.numel() != expected:
-        raise ValueError(
-            f"packed DenseShift weights: {count} codes of {bits} bits need {expected} uint8 bytes, "
-            f"found {packed.numel()} {packed.dtype} values (wrong bit width or count?)"
-        )
     byte = packed.reshape(-1, bytes_per_group).to(torch.int64)
     word = byte.new_zeros(byte.shape[0])
     for j in range(bytes_per_group):
         word = word | (byte[:, j] << (8 * j))
     mask = (1 << bits) - 1
-    code = torch.stack([(word >> (bits * i)) & mask for i in range(codes_per_group)], dim=1).reshape(-1)[:count]
+    return torch.stack([(word >> (bits * i)) & mask for i in range(codes_per_group)], dim=1).reshape(-1)
+
+
+def check_packed(packed: Tensor, bits: int, count: int) -> None:
+    """A ValueError unless ``packed`` can hold exactly ``count`` codes of ``bits`` bits as ``pack_codes``
+    writes them: the byte count must match, and the padding after the last code must be zero.
+
+    This catches codes read with another bit width than they were packed with wherever the sizes differ
+    or the padding holds codes; an exact fit without padding (e.g. 12 codes: 3-bit and 4-bit both take
+    6 bytes) is any valid bit stream and cannot be told apart.
+    """
+    codes_per_group, bytes_per_group = _group(bits)
+    expected = packed_size(count, bits)
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != expected:
+        raise ValueError(
+            f"packed DenseShift weights: {count} codes of {bits} bits need {expected} uint8 bytes, "
+            f"found {packed.numel()} {packed.dtype} values (wrong bit width or count?)"
+        )
+    pad = -count % codes_per_group
+    if pad and bool(_codes(packed[-bytes_per_group:], bits)[-pad:].any()):
+        raise ValueError(
+            f"packed DenseShift weights: the padding after the last of {count} {bits}-bit codes is not zero, "
+            f"so these bytes were not packed as {bits}-bit codes (wrong bit width?)"
+        )
+
+
+def unpack_codes(packed: Tensor, bits: int, count: int) -> tuple[Tensor, Tensor]:
+    """packed: (packed_size(count, bits),) uint8 -> (sign_bit (count,) uint8, exponent (count,) int64).
+
+    Bytes that cannot hold ``count`` codes of ``bits`` bits (``check_packed``: e.g. 3-bit bytes read as
+    2-bit) are a ValueError naming both sizes.
+    """
+    check_packed(packed, bits, count)
+    code = _codes(packed, bits)[:count]
     sign_bit = (code >> (bits - 1)).to(torch.uint8)
     exponent = code & ((1 << (bits - 1)) - 1)
     return sign_bit, exponent
@@ -102,6 +125,9 @@ class ShiftCodes:
     bits: int
     shape: list[int]
 
+    def __post_init__(self) -> None:
+        check_packed(self.packed, self.bits, math.prod(self.shape))
+
     @classmethod
     def pack(cls, sign_bit: Tensor, exponent: Tensor, bits: int) -> "ShiftCodes":
         return cls(pack_codes(sign_bit, exponent, bits), bits, list(sign_bit.shape))
@@ -111,6 +137,11 @@ class ShiftCodes:
         """(sign_bit (shape) uint8, exponent (shape) int64), unpacked once."""
         sign_bit, exponent = unpack_codes(self.packed, self.bits, math.prod(self.shape))
         return sign_bit.reshape(self.shape), exponent.reshape(self.shape)
+
+    @cached_property
+    def shift_plan(self) -> ShiftPlan:
+        """The codes arranged for the multiplication-free kernel (2-d weights), built once."""
+        return ShiftPlan.from_codes(*self.sign_exponent)
 
     def to_int8(self) -> Tensor:
         """(shape) int8 weight s * 2^p. 4-bit codes reach +-128, which int8 cannot hold: a ValueError."""

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from app.engine.lm import IntegerLanguageModel
 from app.quant.config import QuantConfig
-from app.quant.denseshift import shift_weights
+from app.quant.denseshift import set_decomposition, shift_weights
 from app.quant.layers import QuantEmbedding, QuantLinear
 from app.quant.lstm import QuantLSTM
 
@@ -53,6 +53,8 @@ class LSTMLanguageModel(nn.Module):
             embed_dim, hidden_dim, num_layers, dropout=dropout if num_layers > 1 else 0.0, quant=self.quant
         )
         self.decoder = QuantLinear(hidden_dim, vocab_size, quant=self.quant, exact_in_training=False)
+        if self.quant.denseshift:
+            set_decomposition(self, self.quant.decomposition)  # the layers build the decomposed weights
         if tie_weights and self.quant.denseshift:
             self.decoder.shift_weight = self.embedding.shift_weight
         elif tie_weights:
@@ -68,7 +70,8 @@ class LSTMLanguageModel(nn.Module):
             if id(param) not in latents:
                 nn.init.uniform_(param, -init_range, init_range)
         for module in shifted.values():
-            module.init_from_float(torch.empty_like(module.sign).uniform_(-init_range, init_range), self.quant.init)
+            weight = module.alpha.new_empty(module.weight_shape).uniform_(-init_range, init_range)
+            module.init_from_float(weight, self.quant.init)
         nn.init.zeros_(self.decoder.bias)
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> LSTMState:

@@ -71,25 +71,28 @@ class QuantAdditiveAttention(nn.Module):
         return memory
 
     def forward(self, query: Tensor, memory: AttentionMemory, query_frac: int | None = None) -> tuple[Tensor, Tensor]:
-        """query (B, Dq) -> (context (B, Dk), probs (B, T))."""
+        """query (B, Dq) or (B, U, Dq) (U decoder steps at once) -> (context (B, [U,] Dk), probs (B, [U,] T))."""
+        single = query.dim() == 2
+        if single:
+            query = query.unsqueeze(1)
         _, w_q, w_v = self._float_weights()
-        energy = torch.tanh(memory.keys_proj + F.linear(query, w_q).unsqueeze(1))
+        energy = torch.tanh(memory.keys_proj.unsqueeze(1) + F.linear(query, w_q).unsqueeze(2))  # (B, U, T, A)
         scores = F.linear(energy, w_v).squeeze(-1)
         if memory.mask is not None:
-            scores = scores.masked_fill(~memory.mask, float("-inf"))
+            scores = scores.masked_fill(~memory.mask.unsqueeze(1), float("-inf"))
         probs = torch.softmax(scores, dim=-1)
-        context = torch.bmm(probs.unsqueeze(1), memory.keys).squeeze(1)
-        if not self.quant.integer_activations:
-            return context, probs
-        if query_frac is None:
-            raise ValueError("attention in irnn mode needs the query's grid: forward(query, memory, query_frac=...)")
-        with torch.no_grad():
-            if memory.engine is None:
-                memory.engine = self.export(query_frac, memory.key_frac)
-                memory.keys_proj_int = memory.engine.project_keys(memory.keys_int)
-            query_int = to_grid(query, query_frac).clamp(-128, 127).to(torch.int8)
-            context_int, probs_int = memory.engine(query_int, memory.keys_int, memory.keys_proj_int, memory.mask)
-        probs = ste(probs, probs_int.to(probs.dtype) * 2.0**-PROB_FRAC)
-        context = ste(context, context_int.to(context.dtype) * 2.0**-memory.key_frac)
+        context = torch.bmm(probs, memory.keys)
+        if self.quant.integer_activations:
+            if query_frac is None:
+                raise ValueError("attention in irnn mode needs the query's grid: forward(query, memory, query_frac=...)")
+            with torch.no_grad():
+                if memory.engine is None:
+                    memory.engine = self.export(query_frac, memory.key_frac)
+                    memory.keys_proj_int = memory.engine.project_keys(memory.keys_int)
+                query_int = to_grid(query, query_frac).clamp(-128, 127).to(torch.int8)
+                context_int, probs_int = memory.engine(query_int, memory.keys_int, memory.keys_proj_int, memory.mask)
+            probs = ste(probs, probs_int.to(probs.dtype) * 2.0**-PROB_FRAC)
+            context = ste(context, context_int.to(context.dtype) * 2.0**-memory.key_frac)
+        if single:
+            return context.squeeze(1), probs.squeeze(1)
         return context, probs
-

@@ -22,6 +22,7 @@ class QuantConfig:
     freeze_observers_epoch: int = -1  # freeze activation ranges from this epoch (-1: never freeze)
     init_from: str | None = None  # float (or QAT) checkpoint to initialise weights from (fine-tune)
     init: str = "low_variance"  # DenseShift latents: low_variance (N(0, 1e-3), paper) | float (nearest codes)
+    decomposition: bool = True  # DenseShift: sign + gate latents (paper) | false: one latent per weight, rounded
 
     @property
     def quantized(self) -> bool:
@@ -41,14 +42,26 @@ class QuantConfig:
             raise ValueError(f"quant.mode={self.mode!r} is unknown; choose one of {', '.join(MODES)}")
         if self.mode == "irnn" and not 4 <= self.weight_bits <= 8:
             raise ValueError(f"quant.weight_bits={self.weight_bits}: irnn supports 4..8 (int8 storage)")
-        if self.denseshift and self.weight_bits not in DENSESHIFT_BITS:
+        if self.mode == "denseshift" and self.weight_bits not in DENSESHIFT_BITS:
             raise ValueError(
-                f"quant.weight_bits={self.weight_bits}: {self.mode} supports 2, 3 or 4 bits (zero-free codes +-2^p)"
+                f"quant.weight_bits={self.weight_bits}: denseshift supports 2, 3 or 4 bits (zero-free codes +-2^p)"
+            )
+        if self.mode == "irnn_denseshift" and self.weight_bits not in DENSESHIFT_BITS:
+            raise ValueError(
+                f"quant.weight_bits={self.weight_bits}: irnn_denseshift supports 2 or 3 bits (zero-free codes +-2^p "
+                "in the engine's int8 weights)"
             )
         if self.mode == "irnn_denseshift" and self.weight_bits == 4:
             raise ValueError(
                 "quant.weight_bits=4: irnn_denseshift weights reach +-128, which the engine's int8 weights cannot "
                 "hold; use 2 or 3 bits (or quant=denseshift for 4-bit weights with float activations)"
+            )
+        if not isinstance(self.decomposition, bool):
+            raise ValueError(f"quant.decomposition={self.decomposition!r}: use true or false")
+        if not self.decomposition and not self.denseshift:
+            raise ValueError(
+                f"quant.decomposition=false: {self.mode} has no DenseShift weights to decompose; "
+                "use it with quant=denseshift or quant=irnn_denseshift"
             )
         if self.denseshift and self.init not in DENSESHIFT_INITS:
             raise ValueError(f"quant.init={self.init!r} is unknown; choose one of {', '.join(DENSESHIFT_INITS)}")

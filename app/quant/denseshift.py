@@ -2,14 +2,22 @@
 
 A weight of shape (C, ...) with N bits takes the values ``alpha[c] * s * 2^p`` with ``s`` in {-1, +1} and
 ``p`` in {0 .. L}, L = 2^(N-1) - 1: 2-bit {+-1, +-2}, 3-bit {+-1, +-2, +-4, +-8}, 4-bit {+-1 .. +-128}
-(times alpha). There is no zero and all 2^N codes are used. Parametrization and backward follow the
-official 3-bit code (research/denseshift.md sections 1.2 and 6; METHODS.md section 5):
+(times alpha). There is no zero and all 2^N codes are used. Two parametrizations produce these codes
+(``quant.decomposition``); both are a ``ShiftWeight``, with the same codes, alpha, packing, export and engine.
+
+``DenseShiftWeight`` (``decomposition: true``, the paper): parametrization and backward follow the official
+3-bit code (research/denseshift.md sections 1.2 and 6; METHODS.md section 5):
 
 - float latents ``sign`` (shape of the weight) and ``gates`` (L, *shape);
 - ``s = +1 if sign >= 0 else -1``, ``b_k = 1[gates[k-1] > 0]``, both with an identity straight-through gradient;
 - thermometer exponent ``S_1 = b_1``, ``S_k = (S_{k-1} + 1) * b_k``, ``p = S_L``: p counts the gates that are
   on from the top one (``gates[L-1]``, "|w| >= 2") downwards;
 - forward ``s * 2^p``, backward as if the weight were ``s * sqrt(p + 1)`` (the official surrogate).
+
+``DirectShiftWeight`` (``decomposition: false``, ours: the baseline the freezing metric is compared
+against): one float latent ``w`` per weight, in weight units, quantized directly as DeepShift-Q does
+(research/denseshift.md 3.2) but onto the zero-free set: ``s = sign(w)`` (0 -> +1),
+``p = clamp(round(log2(|w| / alpha)), 0, L)``; the gradient goes straight through to ``w``.
 
 ``alpha`` (C,) is ours: the LSTMs have no BatchNorm to absorb the scale. The forward uses alpha rounded to
 the engine's 16-bit fixed point, so ``forward() == fixed_point_value(m0, exp)[c] * s * 2^p`` exactly, and at
@@ -18,6 +26,7 @@ export alpha folds into the requantization multiplier.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -49,42 +58,100 @@ def thermometer_exponent(on: Tensor) -> Tensor:
     return exponent
 
 
-class DenseShiftWeight(nn.Module):
-    """The sign-scale decomposition of one (C, ...) weight with ``bits`` in {2, 3, 4}.
+class ShiftWeight(nn.Module):
+    """One (C, ...) weight with zero-free ``bits``-bit codes ``s * 2^p`` and a positive per-channel scale alpha.
 
-    Parameters: ``sign`` (C, ...) float, ``gates`` (L, C, ...) float, ``alpha`` (C,) float (positive scale).
-    Build with ``from_float`` or ``from_shape``; call the module to get the effective float weight.
+    What both parametrizations share: ``alpha`` (C,) float, ``codes()``, ``integer_weight()``,
+    ``channel_scale()``, the initialisers. A subclass defines its latents, ``codes()``, ``forward()`` and
+    ``from_float``. Call the module to get the effective float weight.
     """
+
+    decomposition: bool  # quant.decomposition this parametrization implements
 
     def __init__(self, shape: tuple[int, ...] | torch.Size, bits: int):
         super().__init__()
         self.bits = check_bits(bits)
-        self.levels = (1 << (bits - 1)) - 1  # L gates; exponents 0..L
-        shape = tuple(shape)
-        self.sign = nn.Parameter(torch.zeros(shape))
-        self.gates = nn.Parameter(torch.zeros(self.levels, *shape))
-        self.alpha = nn.Parameter(torch.ones(shape[0]))
+        self.levels = (1 << (bits - 1)) - 1  # exponents 0..L
+        self.weight_shape = tuple(shape)  # the float weight this stands for
+        self.alpha = nn.Parameter(torch.ones(self.weight_shape[0]))
 
     def extra_repr(self) -> str:
-        return f"shape={tuple(self.sign.shape)}, bits={self.bits}"
+        return f"shape={self.weight_shape}, bits={self.bits}"
 
     def latent_parameters(self) -> list[nn.Parameter]:
-        """The latents that take weight decay (official recipe: wd pulls them toward the 0 threshold,
-        which keeps them flippable). ``alpha`` is a scale, not a latent: leave it out of weight decay."""
-        return [self.sign, self.gates]
+        """The latents that take weight decay. ``alpha`` is a scale, not a latent: leave it out of weight decay."""
+        raise NotImplementedError
 
     def channel_scale(self) -> tuple[Tensor, Tensor]:
         """alpha as the engine stores it: (m0 (C,) int64 in [2^14, 2^15), exp (C,) int64), alpha ~= m0 * 2^-exp."""
         return fixed_point_scale(self.alpha.detach().clamp_min(ALPHA_MIN))
 
-    @torch.no_grad()
     def codes(self) -> tuple[Tensor, Tensor]:
         """The discrete code: (sign_bit (C, ...) uint8, 1 where s = -1; exponent (C, ...) int64 in [0, L])."""
-        return (self.sign < 0).to(torch.uint8), thermometer_exponent(self.gates > 0)
+        raise NotImplementedError
 
     def integer_weight(self) -> Tensor:
         """(C, ...) int64 weight s * 2^p, the integer the engine multiplies by (with alpha in the requant)."""
         return decode_weight(*self.codes())
+
+    def _alpha_q(self, dim: int) -> Tensor:
+        """alpha rounded to the engine's fixed point, shaped (C, 1, ...) for a ``dim``-d weight; gradient to alpha."""
+        m0, exp = self.channel_scale()
+        alpha = ste(self.alpha, fixed_point_value(m0, exp).to(self.alpha.dtype))
+        return alpha.reshape(-1, *([1] * (dim - 1)))
+
+    @classmethod
+    def from_float(cls, weight: Tensor, bits: int, init: str = "low_variance") -> "ShiftWeight":
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def init_from_float(self, weight: Tensor, init: str = "low_variance") -> "ShiftWeight":
+        """Re-derive every latent from the float ``weight`` as ``from_float`` does, in place: a tied layer
+        and an optimizer keep pointing at these parameters."""
+        if tuple(weight.shape) != self.weight_shape:
+            shapes = f"{tuple(weight.shape)} vs {self.weight_shape}"
+            raise ValueError(f"a float weight of another shape cannot initialise this DenseShift weight ({shapes})")
+        fresh = type(self).from_float(weight.to(self.alpha), self.bits, init)
+        for mine, theirs in zip(self.parameters(), fresh.parameters()):
+            mine.copy_(theirs)
+        return self
+
+    @classmethod
+    def from_shape(cls, shape: tuple[int, ...] | torch.Size, bits: int, init: str = "low_variance") -> "ShiftWeight":
+        """For training from scratch: ``from_float`` of a weight with nn.Linear's default init,
+        U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5)), which sets alpha."""
+        check_bits(bits)
+        weight = torch.empty(shape)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        return cls.from_float(weight, bits, init)
+
+
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"DenseShift init={init!r} is unknown; choose one of {', '.join(INITS)}")
+
+
+class DenseShiftWeight(ShiftWeight):
+    """The sign-scale decomposition of one (C, ...) weight with ``bits`` in {2, 3, 4} (the paper's).
+
+    Parameters: ``sign`` (C, ...) float, ``gates`` (L, C, ...) float, ``alpha`` (C,) float (positive scale).
+    Build with ``from_float`` or ``from_shape``; call the module to get the effective float weight.
+    """
+
+    decomposition = True
+
+    def __init__(self, shape: tuple[int, ...] | torch.Size, bits: int):
+        super().__init__(shape, bits)
+        self.sign = nn.Parameter(torch.zeros(self.weight_shape))
+        self.gates = nn.Parameter(torch.zeros(self.levels, *self.weight_shape))
+
+    def latent_parameters(self) -> list[nn.Parameter]:
+        """``sign`` and ``gates`` (official recipe: wd pulls them toward the 0 threshold, which keeps them flippable)."""
+        return [self.sign, self.gates]
+
+    @torch.no_grad()
+    def codes(self) -> tuple[Tensor, Tensor]:
+        return (self.sign < 0).to(torch.uint8), thermometer_exponent(self.gates > 0)
 
     def forward(self) -> Tensor:
         """The effective (C, ...) float weight ``alpha_q[c] * s * 2^p``, exact.
@@ -104,9 +171,7 @@ class DenseShiftWeight(nn.Module):
         s = ste(self.sign, torch.where(self.sign >= 0, 1.0, -1.0).to(self.sign.dtype))
         exact = s.detach() * torch.exp2(exponent.detach())
         weight = ste(s * torch.sqrt(exponent + 1), exact)
-        m0, exp = self.channel_scale()
-        alpha = ste(self.alpha, fixed_point_value(m0, exp).to(self.alpha.dtype))
-        return alpha.reshape(-1, *([1] * (weight.dim() - 1))) * weight
+        return self._alpha_q(weight.dim()) * weight
 
     @classmethod
     def from_float(cls, weight: Tensor, bits: int, init: str = "low_variance") -> "DenseShiftWeight":
@@ -126,8 +191,7 @@ class DenseShiftWeight(nn.Module):
         from that decision boundary, in weight units.
         """
         check_bits(bits)
-        if init not in INITS:
-            raise ValueError(f"DenseShift init={init!r} is unknown; choose one of {', '.join(INITS)}")
+        _check_init(init)
         weight = weight.detach()
         module = cls(weight.shape, bits).to(device=weight.device, dtype=weight.dtype)
         channel = weight.reshape(weight.shape[0], -1)
@@ -138,7 +202,7 @@ class DenseShiftWeight(nn.Module):
                 code = module.integer_weight().to(weight.dtype).reshape(weight.shape[0], -1)
                 alpha = _rms(channel) / _rms(code)
             else:
-                alpha = _best_alpha(channel, module.levels)
+                alpha = _best_alpha(channel, module.levels, nearest_code_magnitude)
                 scale = alpha.reshape(-1, *([1] * (weight.dim() - 1)))
                 module.sign.copy_(weight)
                 for j in range(module.levels):
@@ -146,39 +210,107 @@ class DenseShiftWeight(nn.Module):
             module.alpha.copy_(alpha.clamp_min(ALPHA_MIN))
         return module
 
+
+class DirectShiftWeight(ShiftWeight):
+    """No sign-scale decomposition (``quant.decomposition=false``, ours): one float latent per weight,
+    quantized directly to the zero-free codes; the baseline the decomposition's freezing is compared with.
+
+    Parameters: ``latent`` (C, ...) float, in weight units, and ``alpha`` (C,). Codes: ``s = -1`` where
+    ``latent < 0`` (0 -> +1, never zero), ``p = clamp(round(log2(|latent| / alpha_q)), 0, L)`` (DeepShift-Q's
+    rounding in the log domain, research/denseshift.md 3.2, clamped to the N-bit range: 1 sign bit and
+    N - 1 exponent bits). Same codes, alpha, packing, export and engine as ``DenseShiftWeight``.
+    """
+
+    decomposition = False
+
+    def __init__(self, shape: tuple[int, ...] | torch.Size, bits: int):
+        super().__init__(shape, bits)
+        self.latent = nn.Parameter(torch.zeros(self.weight_shape))
+
+    def latent_parameters(self) -> list[nn.Parameter]:
+        """``latent`` (weight decay pulls it toward 0, i.e. toward a sign flip and the smallest code)."""
+        return [self.latent]
+
     @torch.no_grad()
-    def init_from_float(self, weight: Tensor, init: str = "low_variance") -> "DenseShiftWeight":
-        """Re-derive every latent from the float ``weight`` as ``from_float`` does, in place: a tied layer
-        and an optimizer keep pointing at these parameters."""
-        if tuple(weight.shape) != tuple(self.sign.shape):
-            shapes = f"{tuple(weight.shape)} vs {tuple(self.sign.shape)}"
-            raise ValueError(f"a float weight of another shape cannot initialise this DenseShift weight ({shapes})")
-        fresh = type(self).from_float(weight.to(self.sign), self.bits, init)
-        for mine, theirs in zip(self.parameters(), fresh.parameters()):
-            mine.copy_(theirs)
-        return self
+    def codes(self) -> tuple[Tensor, Tensor]:
+        m0, exp = self.channel_scale()
+        alpha = fixed_point_value(m0, exp).reshape(-1, *([1] * (self.latent.dim() - 1)))
+        ratio = self.latent.abs().to(alpha.dtype) / alpha
+        return (self.latent < 0).to(torch.uint8), log_rounded_exponent(ratio, self.levels).to(torch.int64)
+
+    def forward(self) -> Tensor:
+        """The effective (C, ...) float weight ``alpha_q[c] * s * 2^p``, exact.
+
+        Gradients: straight through to the latent (dL/dlatent = dL/d(output), as DeepShift-Q's STE);
+        alpha gets dL/d(output) * s * 2^p summed over the channel, as in ``DenseShiftWeight``.
+        """
+        code = self.integer_weight().to(self.latent.dtype)
+        # + (latent - latent.detach()) adds exactly 0 to the value and the identity to the gradient
+        return self._alpha_q(code.dim()) * code + (self.latent - self.latent.detach())
 
     @classmethod
-    def from_shape(
-        cls, shape: tuple[int, ...] | torch.Size, bits: int, init: str = "low_variance"
-    ) -> "DenseShiftWeight":
-        """For training from scratch: ``from_float`` of a weight with nn.Linear's default init,
-        U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5)), which sets alpha."""
+    def from_float(cls, weight: Tensor, bits: int, init: str = "low_variance") -> "DirectShiftWeight":
+        """A direct shift weight standing in for the float ``weight`` (C, ...).
+
+        init="float": ``latent = weight``, alpha[c] minimises the channel's L2 error (``_best_alpha`` with this
+        class's log-domain rounding), so every code is the log-nearest power of two of ``|w| / alpha``.
+
+        init="low_variance" (ours, the analogue of the paper's init for a single latent): ``latent ~ N(0,
+        (1e-3 alpha[c])^2)``: every sign a fair coin and one small step from flipping, every exponent 0 (the
+        first exponent threshold is alpha * sqrt(2)), so |w| = alpha and alpha[c] = rms(weight[c]) keeps each
+        channel's rms, as the decomposed low-variance init does.
+        """
         check_bits(bits)
-        weight = torch.empty(shape)
-        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-        return cls.from_float(weight, bits, init)
+        _check_init(init)
+        weight = weight.detach()
+        module = cls(weight.shape, bits).to(device=weight.device, dtype=weight.dtype)
+        channel = weight.reshape(weight.shape[0], -1)
+        with torch.no_grad():
+            if init == "low_variance":
+                alpha = _rms(channel).clamp_min(ALPHA_MIN)
+                scale = alpha.reshape(-1, *([1] * (weight.dim() - 1)))
+                module.latent.normal_(0.0, LOW_VARIANCE_STD).mul_(scale)
+            else:
+                alpha = _best_alpha(channel, module.levels, log_rounded_magnitude).clamp_min(ALPHA_MIN)
+                module.latent.copy_(weight)
+            module.alpha.copy_(alpha)
+        return module
+
+
+def shift_weight_class(decomposition: bool) -> type[ShiftWeight]:
+    """The parametrization ``quant.decomposition`` names: ``DenseShiftWeight`` (true) or ``DirectShiftWeight``."""
+    return DenseShiftWeight if decomposition else DirectShiftWeight
+
+
+def set_decomposition(model: nn.Module, decomposition: bool) -> int:
+    """Give every shift weight of ``model`` the parametrization ``decomposition`` names (``quant.decomposition``),
+    re-derived by ``from_float(init="float")`` from its current effective weight; a weight shared by two layers
+    stays shared. Returns how many weights were replaced.
+
+    The quantizable layers build ``DenseShiftWeight``s; a model built with ``quant.decomposition=false`` calls
+    this once in its constructor, before initialising its weights (``init_from_float``).
+    """
+    wanted = shift_weight_class(decomposition)
+    replacements: dict[int, ShiftWeight] = {}
+    for owner in list(model.modules()):
+        for name, child in list(owner.named_children()):
+            if isinstance(child, ShiftWeight) and type(child) is not wanted:
+                if id(child) not in replacements:
+                    with torch.no_grad():
+                        replacements[id(child)] = wanted.from_float(child(), child.bits, "float")
+                setattr(owner, name, replacements[id(child)])
+    return len(replacements)
 
 
 class DenseShiftQuant:
     """A DenseShift weight behind the ``WeightQuant`` interface, so the irnn integer path runs unchanged.
 
-    ``fake`` (C, ...) float: ``alpha_q[c] * s * 2^p`` with the DenseShift surrogate gradient; ``q``: the integers
+    ``fake`` (C, ...) float: ``alpha_q[c] * s * 2^p`` with the weight's gradient (surrogate or straight through); ``q``: the integers
     ``s * 2^p`` as a float tensor; ``m0``/``exp``/``scale`` (C,): alpha in the engine's 16-bit fixed point,
     so ``fake == scale * q`` exactly.
     """
 
-    def __init__(self, weight: DenseShiftWeight):
+    def __init__(self, weight: ShiftWeight):
         self.weight = weight
         self.fake = weight()
         self.m0, self.exp = weight.channel_scale()
@@ -196,14 +328,14 @@ class DenseShiftQuant:
         return ShiftCodes.pack(*self.weight.codes(), self.weight.bits)
 
 
-def shift_weights(model: nn.Module) -> dict[str, DenseShiftWeight]:
-    """Every DenseShift weight in ``model``, keyed by the float weight it stands for ("lstm.weight_ih_l0").
+def shift_weights(model: nn.Module) -> dict[str, ShiftWeight]:
+    """Every DenseShift weight (either parametrization) in ``model``, keyed by the float weight it stands for ("lstm.weight_ih_l0").
 
     A weight shared by two layers (the tied decoder) is listed once, under its first name.
     """
     found = {}
     for name, module in model.named_modules():
-        if isinstance(module, DenseShiftWeight):
+        if isinstance(module, ShiftWeight):
             owner, _, attr = name.rpartition(".")
             float_name = attr.removeprefix(SHIFT_PREFIX)
             found[f"{owner}.{float_name}" if owner else float_name] = module
@@ -234,8 +366,22 @@ def nearest_code_magnitude(ratio: Tensor, levels: int) -> Tensor:
     return torch.exp2(exponent)
 
 
-def _best_alpha(channel: Tensor, levels: int, steps_per_octave: int = 8) -> Tensor:
-    """(C, K) float weights -> (C,) alpha minimising sum_k (|w_k| - alpha * nearest 2^p)^2 per channel.
+def log_rounded_exponent(ratio: Tensor, levels: int) -> Tensor:
+    """|w| / alpha -> clamp(round(log2(ratio)), 0, levels) as a float tensor (``DirectShiftWeight``'s codes;
+    ratio 0 gives 0: log2 is -inf, which the clamp lifts)."""
+    return torch.round(torch.log2(ratio)).clamp(0, levels)
+
+
+def log_rounded_magnitude(ratio: Tensor, levels: int) -> Tensor:
+    """|w| / alpha -> 2^p with p = ``log_rounded_exponent``: the log-nearest of 2^0 .. 2^levels."""
+    return torch.exp2(log_rounded_exponent(ratio, levels))
+
+
+def _best_alpha(
+    channel: Tensor, levels: int, nearest: Callable[[Tensor, int], Tensor], steps_per_octave: int = 8
+) -> Tensor:
+    """(C, K) float weights -> (C,) alpha minimising sum_k (|w_k| - alpha * nearest(|w_k| / alpha))^2 per
+    channel, where ``nearest`` rounds to 2^0 .. 2^levels (``nearest_code_magnitude``, ``log_rounded_magnitude``).
 
     Grid search over alpha = max|w| / 2^levels * 2^(i / steps_per_octave), i from 3 octaves below to 1 above
     (the float init picks the best candidate per channel; a 1/8-octave grid is within 4.4% of the optimum's
@@ -247,7 +393,7 @@ def _best_alpha(channel: Tensor, levels: int, steps_per_octave: int = 8) -> Tens
     best_error = torch.full_like(top, math.inf)
     for i in range(-3 * steps_per_octave, steps_per_octave + 1):
         alpha = top * 2.0 ** (i / steps_per_octave)
-        approx = alpha.unsqueeze(1) * nearest_code_magnitude(magnitude / alpha.unsqueeze(1), levels)
+        approx = alpha.unsqueeze(1) * nearest(magnitude / alpha.unsqueeze(1), levels)
         error = (magnitude - approx).pow(2).sum(dim=1)
         better = error < best_error
         best_alpha = torch.where(better, alpha, best_alpha)
@@ -269,7 +415,7 @@ class FreezingTracker:
         self._metrics: dict[str, float] = {}
 
     def update(self, name: str, codes: tuple[Tensor, Tensor]) -> dict[str, float]:
-        """codes: (sign_bit, exponent) as from ``DenseShiftWeight.codes()`` -> {"freeze": f, "sign_flip": f},
+        """codes: (sign_bit, exponent) as from ``ShiftWeight.codes()`` -> {"freeze": f, "sign_flip": f},
         or {} on a layer's first call."""
         # compact copies (1 byte each per weight): the large LM's LSTMs hold ~10^8 weights
         sign_bit = codes[0].detach().to(torch.bool, copy=True)

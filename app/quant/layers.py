@@ -103,6 +103,8 @@ class QuantLinear(nn.Linear):
     """Linear layer with int8 per-channel weights and an int32-accumulator bias.
 
     ``out_frac``/``out_bits`` give the output grid; the default is the LM's int32 logits at 2^-16.
+    ``out_frac=None`` observes the output range instead (a hidden activation, e.g. a conv front end's
+    output): the grid is the power of two that keeps the EMA of |max| in ``out_bits``.
     ``exact_in_training=False`` is for a final layer whose output leaves the engine (logits): while
     training it returns the float surrogate on the same exact inputs and quantized weights, which
     differs from the int32 result by its last rounding (2^-out_frac) and skips integer work on the
@@ -115,17 +117,24 @@ class QuantLinear(nn.Linear):
         out_features: int,
         bias: bool = True,
         quant: QuantConfig | None = None,
-        out_frac: int = LOGIT_FRAC,
+        out_frac: int | None = LOGIT_FRAC,
         out_bits: int = 32,
         exact_in_training: bool = True,
     ):
         super().__init__(in_features, out_features, bias=bias)
         self.quant = quant or QuantConfig()
-        self.out_frac = out_frac
+        self.fixed_out_frac = out_frac
         self.out_bits = out_bits
+        self.observer = None
+        if out_frac is None and self.quant.integer_activations:
+            self.observer = PowerOfTwoObserver(out_bits, self.quant.observer_momentum)
         self.exact_in_training = exact_in_training
         if self.quant.denseshift:
             use_shift_weights(self, ["weight"])
+
+    @property
+    def out_frac(self) -> int:
+        return self.fixed_out_frac if self.observer is None else self.observer.frac
 
     def forward(self, x: Tensor, in_frac: int | None = None) -> Tensor:
         if not self.quant.integer_activations:
@@ -135,12 +144,16 @@ class QuantLinear(nn.Linear):
         x = snap(x, in_frac)
         wq = weight_quant(self)
         surrogate = F.linear(x, wq.fake, self.bias)
+        if self.observer is not None:
+            self.observer.observe(surrogate)
         if self.training and not self.exact_in_training:
             return surrogate
         with torch.no_grad():
             layer = self._integer_layer(wq, in_frac)
             acc = exact_matmul(to_grid(x, in_frac).reshape(-1, x.shape[-1]), layer.w_q)
             exact = layer.from_accumulator(acc).reshape(surrogate.shape)
+            if self.observer is not None:
+                self.observer.count_saturation(exact)
         return ste(surrogate, exact.to(surrogate.dtype) * 2.0**-self.out_frac)
 
     def _integer_layer(self, wq: WeightQuant | DenseShiftQuant, in_frac: int, export: bool = False) -> IntLinear:

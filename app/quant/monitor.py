@@ -1,6 +1,7 @@
 """Quantization bookkeeping shared by every task: per-epoch statistics, freezing, fine-tune init."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,10 @@ def freezing_metrics(model: nn.Module, freezing: FreezingTracker) -> dict[str, f
 def float_model_bytes(model: nn.Module) -> int:
     """Bytes of the float32 model ``model`` quantizes: a DenseShift weight counts as the float weight it
     stands for (not its latents), a tied weight once."""
-    latents = {id(p) for m in shift_weights(model).values() for p in m.parameters() if p is not m.sign}
-    return sum(p.numel() * 4 for p in model.parameters() if id(p) not in latents)
+    shifted = shift_weights(model).values()
+    latents = {id(p) for m in shifted for p in m.parameters()}
+    rest = sum(p.numel() * 4 for p in model.parameters() if id(p) not in latents)
+    return rest + sum(math.prod(m.weight_shape) * 4 for m in shifted)
 
 
 def load_init_weights(
@@ -80,9 +83,20 @@ def load_init_weights(
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
         raise ValueError(f"quant.init_from={path} is not a readable train.py checkpoint ({type(exc).__name__}: {exc})") from None
     state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    derived = {name: m for name, m in shift_weights(model).items() if f"{_shift_name(name)}.sign" not in state}
+    derived = {}
+    for name, module in shift_weights(model).items():
+        shift_name = _shift_name(name)
+        stored = {k for k in state if k.startswith(f"{shift_name}.")}
+        if not stored:
+            derived[name] = module
+        elif stored != {f"{shift_name}.{k}" for k in module.state_dict()}:
+            raise ValueError(
+                f"quant.init_from={path} holds the other DenseShift parametrization ({sorted(stored)[0]}); "
+                f"this model has quant.decomposition={str(module.decomposition).lower()}: use the checkpoint's "
+                "setting, or fine-tune from a float checkpoint"
+            )
     own = model.state_dict()
-    own.update({name: m.sign for name, m in derived.items()})  # a derived weight's float shape
+    own.update({name: torch.empty(m.weight_shape, device="meta") for name, m in derived.items()})  # float shapes
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         raise ValueError(

@@ -1,0 +1,300 @@
+"""LightningModule for attention encoder-decoder speech recognition (``task=asr``).
+
+Loss: label-smoothed cross entropy of the teacher-forced decoder, plus ``ctc_weight`` x CTC on the
+encoder output when the model has a CTC layer (joint CTC-attention, Kim et al. 2017). Validation:
+loss and WER by greedy decoding per validation set; test: WER by beam search per test set. WER is
+jiwer's corpus WER on normalized text (``app.data.text.normalize_text``: the same normalization as the
+training targets), logged as ``<stage>/wer/<set>`` in percent; ``val/wer`` (all validation words
+together) picks the best checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from app.asr_search import beam_search, greedy_search, max_decode_length, qat_decoder
+from app.data.text import BOS_ID, EOS_ID, PAD_ID, normalize_text
+from app.errors import UserInputError
+from app.models.asr import build_asr
+from app.quant import monitor
+from app.quant.denseshift import FreezingTracker, optimizer_parameter_groups
+from app.tasks.lm import EPOCHS_FILE, LR_SCHEDULERS, OPTIMIZERS, hold_then_decay
+
+EXAMPLES_PER_VALIDATION = 3
+
+
+def corpus_wer(references: list[str], hypotheses: list[str]) -> tuple[float, int, int]:
+    """(WER %, word errors, reference words) with jiwer on normalized text; an empty hypothesis is all deletions."""
+    refs = [normalize_text(r) for r in references]
+    hyps = [normalize_text(h) for h in hypotheses]
+    keep = [i for i, r in enumerate(refs) if r]
+    if not keep:
+        return 0.0, 0, 0
+    out = jiwer.process_words([refs[i] for i in keep], [hyps[i] for i in keep])
+    errors = out.substitutions + out.deletions + out.insertions
+    words = out.substitutions + out.deletions + out.hits
+    return 100.0 * errors / words, errors, words
+
+
+class SpeechRecognitionTask(L.LightningModule):
+    """Trains and evaluates ``AttentionASR`` (``build_asr``). Config: ``conf/task/asr.yaml``."""
+
+    name = "asr"
+
+    def __init__(
+        self,
+        model_cfg: Mapping[str, Any],
+        quant_cfg: Mapping[str, Any],
+        vocab_size: int,
+        feature_dim: int,
+        optimizer: Mapping[str, Any],
+        lr_scheduler: Mapping[str, Any],
+        grad_clip_norm: float | None,
+        label_smoothing: float = 0.1,
+        ctc_weight: float = 0.3,
+        beam_size: int = 5,
+        length_norm: float = 1.0,
+        max_len_ratio: float = 1.0,
+        vocab_sha256: str | None = None,
+    ) -> None:
+        """model_cfg / quant_cfg: the ``model`` (its ``asr:`` section) and ``quant`` configs.
+
+        ctc_weight: weight of the CTC loss (needs model.asr.ctc=true; 0 turns it off).
+        beam_size / length_norm: test-time beam search; hypotheses ranked by log-prob / length^length_norm.
+        max_len_ratio: longest hypothesis in tokens per encoder frame (the encoder runs at 40 ms a frame).
+        optimizer / lr_scheduler: as the LM task (``conf/task/lm.yaml``).
+        """
+        super().__init__()
+        if optimizer["name"] not in OPTIMIZERS:
+            raise UserInputError(
+                f"task.module.optimizer.name={optimizer['name']!r} is unknown: choose one of {', '.join(OPTIMIZERS)}"
+            )
+        if lr_scheduler["name"] not in LR_SCHEDULERS:
+            raise UserInputError(
+                f"task.module.lr_scheduler.name={lr_scheduler['name']!r} is unknown: choose one of {', '.join(LR_SCHEDULERS)}"
+            )
+        if not 0.0 <= ctc_weight < 1.0:
+            raise UserInputError(f"task.module.ctc_weight={ctc_weight}: must be in [0, 1)")
+        if beam_size < 1:
+            raise UserInputError(f"task.module.beam_size={beam_size}: must be >= 1")
+        self.save_hyperparameters()
+        try:
+            self.model = build_asr(model_cfg, quant_cfg, feature_dim, vocab_size)
+            if self.model.quant.init_from:
+                monitor.load_init_weights(self.model, self.model.quant.init_from, init=self.model.quant.init)
+        except (ValueError, FileNotFoundError) as err:
+            raise UserInputError(str(err)) from None
+        if ctc_weight > 0 and self.model.ctc is None:
+            raise UserInputError(
+                f"task.module.ctc_weight={ctc_weight} needs a CTC layer: set model.asr.ctc=true or task.module.ctc_weight=0"
+            )
+        self._freezing = FreezingTracker()
+        self._freezing_metrics: dict[str, float] = {}
+        self._stage: dict[str, Any] = {}
+        self._epoch_lr = 0.0
+
+    # ---- loss ------------------------------------------------------------------------------------
+
+    def _losses(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor, Any]:
+        """(total loss, attention CE, encoder output) of one batch; tokens are <bos> y <eos>."""
+        tokens = batch["tokens"]
+        logits, encoded = self.model(batch["feats"], batch["feat_lens"], tokens[:, :-1])
+        targets = tokens[:, 1:]
+        ce = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD_ID,
+            label_smoothing=self.hparams.label_smoothing,
+        )  # fmt: skip
+        loss = ce
+        if self.hparams.ctc_weight > 0:
+            log_probs = F.log_softmax(self.model.ctc_logits(encoded).float(), dim=-1).transpose(0, 1)
+            inner = batch["token_lens"] - 2  # without <bos>/<eos>
+            ctc_targets = tokens[:, 1:-1]
+            ctc = F.ctc_loss(log_probs, ctc_targets, encoded.lengths, inner, blank=PAD_ID, zero_infinity=True)
+            loss = (1 - self.hparams.ctc_weight) * ce + self.hparams.ctc_weight * ctc
+        return loss, ce, encoded
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        loss, ce, _ = self._losses(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["texts"]))
+        stage = self._stage["train"]
+        stage["loss"] += float(loss.detach()) * len(batch["texts"])
+        stage["utterances"] += len(batch["texts"])
+        stage["audio_s"] += float(batch["feat_lens"].sum()) / 100.0
+        return loss
+
+    # ---- decoding --------------------------------------------------------------------------------
+
+    def transcribe(self, batch: Mapping[str, Any], beam_size: int | None = None, encoded: Any = None) -> list[str]:
+        """Decoded text of a batch: greedy (beam_size None or 1) or beam search, with the model in eval mode."""
+        if encoded is None:
+            encoded = self.model.encode(batch["feats"], batch["feat_lens"])
+        max_lengths = max_decode_length(encoded.lengths, self.hparams.max_len_ratio)
+        decoder = qat_decoder(self.model)
+        batch_size = len(batch["texts"])
+        if beam_size is None or beam_size == 1:
+            hyps = greedy_search(decoder, encoded.memory, batch_size, max_lengths, BOS_ID, EOS_ID)
+        else:
+            hyps = beam_search(
+                decoder, encoded.memory, batch_size, max_lengths, BOS_ID, EOS_ID, beam_size, self.hparams.length_norm
+            )
+        tokenizer = self.trainer.datamodule.tokenizer
+        return [tokenizer.decode(h) for h in hyps]
+
+    def _eval_step(self, stage: str, batch: Mapping[str, Any], dataloader_idx: int) -> None:
+        names = self.trainer.datamodule.val_names if stage == "val" else self.trainer.datamodule.test_names
+        set_name = names[dataloader_idx]
+        loss, _, encoded = self._losses(batch)
+        hyps = self.transcribe(batch, None if stage == "val" else self.hparams.beam_size, encoded)
+        record = self._stage[stage].setdefault(set_name, {"refs": [], "hyps": [], "loss": 0.0, "utterances": 0})
+        record["refs"].extend(batch["texts"])
+        record["hyps"].extend(hyps)
+        record["loss"] += float(loss) * len(batch["texts"])
+        record["utterances"] += len(batch["texts"])
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", batch, dataloader_idx)
+
+    def _finish_eval(self, stage: str) -> dict[str, float]:
+        """WER per set (and over all sets), loss; logged as <stage>/wer/<set>, <stage>/wer, <stage>/loss."""
+        sets = {k: v for k, v in self._stage[stage].items() if isinstance(v, dict)}
+        if not sets:
+            return {}
+        sets = self._gather(sets)
+        metrics: dict[str, float] = {}
+        errors = words = 0
+        loss = utterances = 0.0
+        for set_name, record in sets.items():
+            rate, set_errors, set_words = corpus_wer(record["refs"], record["hyps"])
+            metrics[f"{stage}/wer/{set_name}"] = rate
+            errors, words = errors + set_errors, words + set_words
+            loss, utterances = loss + record["loss"], utterances + record["utterances"]
+        metrics[f"{stage}/wer"] = 100.0 * errors / max(words, 1)
+        metrics[f"{stage}/loss"] = loss / max(utterances, 1)
+        metrics[f"{stage}/utterances_per_s"] = utterances / max(time.perf_counter() - self._stage[stage]["started"], 1e-9)
+        for name, value in metrics.items():
+            self.log(name, value, prog_bar=name == f"{stage}/wer", add_dataloader_idx=False)
+        if self.trainer.is_global_zero:
+            lines = [f"{stage} WER " + " | ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in metrics.items() if "/wer/" in k)]
+            for set_name, record in list(sets.items())[:2]:
+                for ref, hyp in list(zip(record["refs"], record["hyps"]))[:EXAMPLES_PER_VALIDATION]:
+                    lines.append(f"  [{set_name}] ref: {normalize_text(ref)}\n  [{set_name}] hyp: {normalize_text(hyp)}")
+            self.print("\n".join(lines))
+        self._stage[stage]["last"] = metrics
+        return metrics
+
+    def _gather(self, sets: dict[str, dict]) -> dict[str, dict]:
+        """Every rank's references and hypotheses (DDP), merged per set."""
+        if self.trainer.world_size == 1:
+            return sets
+        gathered: list[Any] = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(gathered, sets)
+        merged: dict[str, dict] = {}
+        for part in gathered:
+            for name, record in part.items():
+                target = merged.setdefault(name, {"refs": [], "hyps": [], "loss": 0.0, "utterances": 0})
+                for key in target:
+                    target[key] += record[key]
+        return merged
+
+    # ---- optimisation ----------------------------------------------------------------------------
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if self.hparams.grad_clip_norm:
+            self.clip_gradients(optimizer, self.hparams.grad_clip_norm, gradient_clip_algorithm="norm")
+
+    def configure_optimizers(self) -> Any:
+        settings = dict(self.hparams.optimizer)
+        optimizer_class = OPTIMIZERS[settings.pop("name")]
+        try:
+            optimizer = optimizer_class(optimizer_parameter_groups(self.model), **settings)
+        except TypeError as err:
+            raise UserInputError(f"task.module.optimizer={dict(self.hparams.optimizer)}: {err}") from err
+        schedule = dict(self.hparams.lr_scheduler)
+        if schedule["name"] == "exponential":
+            decay = lambda epoch: hold_then_decay(epoch, schedule["hold_epochs"], schedule["gamma"])  # noqa: E731
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        if schedule["name"] == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=schedule["factor"], patience=schedule["patience"]
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/wer", "interval": "epoch", "strict": False},
+            }
+        return optimizer
+
+    # ---- loop bookkeeping ------------------------------------------------------------------------
+
+    def quant_epoch_metrics(self, epoch_end: bool = False) -> dict[str, Any]:
+        """As the LM task: activation ranges, saturation, PWL error; DenseShift freezing."""
+        if not epoch_end:
+            return {**monitor.epoch_metrics(self.model, self.model.quant), **self._freezing_metrics}
+        metrics = monitor.epoch_metrics(self.model, self.model.quant, self._freezing)
+        self._freezing_metrics = {k: v for k, v in metrics.items() if k.startswith(("freeze/", "sign_flip/"))}
+        return metrics
+
+    def on_train_start(self) -> None:
+        self._freezing = FreezingTracker()
+        monitor.freezing_metrics(self.model, self._freezing)
+
+    def on_train_epoch_start(self) -> None:
+        freeze_at = self.model.quant.freeze_observers_epoch
+        if self.model.quant.integer_activations and 0 <= freeze_at <= self.current_epoch:
+            monitor.freeze_observers(self.model)
+        self._epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self._stage["train"] = {"loss": 0.0, "utterances": 0, "audio_s": 0.0, "started": time.perf_counter()}
+
+    def on_validation_epoch_start(self) -> None:
+        self._stage["val"] = {"started": time.perf_counter()}
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._stage["test"] = {"started": time.perf_counter()}
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test")
+
+    def on_train_epoch_end(self) -> None:
+        train = self._stage["train"]
+        seconds = time.perf_counter() - train["started"]
+        quant = self.quant_epoch_metrics(epoch_end=True)
+        self.log_dict({f"quant/{key}": value for key, value in quant.items() if isinstance(value, (int, float))})
+        val = self._stage.get("val", {}).get("last", {})
+        record = {
+            "epoch": self.current_epoch,
+            "train_loss": train["loss"] / max(train["utterances"], 1),
+            "val_loss": val.get("val/loss"),
+            "val_wer": val.get("val/wer"),
+            "val_wer_sets": {k.split("/")[-1]: v for k, v in val.items() if "/wer/" in k},
+            "lr": self._epoch_lr,
+            "train_audio_s_per_s": train["audio_s"] / max(seconds, 1e-9),
+            "train_seconds": seconds,
+            "quant": quant,
+        }
+        self.log("lr", record["lr"])
+        if self.trainer.is_global_zero:
+            wer = "n/a" if record["val_wer"] is None else f"{record['val_wer']:.2f}"
+            self.print(
+                f"epoch {record['epoch']}: train loss {record['train_loss']:.3f} | val WER {wer} | lr {record['lr']:.4g}"
+                f" | {record['train_audio_s_per_s']:.1f} s audio/s | {seconds:.0f} s"
+            )
+            with open(Path(self.trainer.default_root_dir) / EPOCHS_FILE, "a") as epochs_file:
+                epochs_file.write(json.dumps(record, default=str) + "\n")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["task"] = self.name

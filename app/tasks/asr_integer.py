@@ -1,0 +1,96 @@
+"""Export a QAT speech recognizer to the integer engine and decode test sets with it.
+
+The engine takes int8 features on the model's input grid (``quantize_features``: the front end's last
+step, host side) and returns int32 logits; the search (``app.asr_search``) is the same code the QAT
+model decodes with, so both give the same words when their logits agree (they do, bit for bit).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from app.asr_search import beam_search, greedy_search, integer_decoder, max_decode_length
+from app.data.text import BOS_ID, EOS_ID
+from app.engine.asr import IntegerASRModel
+from app.engine.checkpoint import IntegerCheckpointError, load_integer_checkpoint, save_integer_checkpoint
+from app.errors import UserInputError
+from app.quant.monitor import float_model_bytes
+from app.tasks.asr import corpus_wer
+
+INTEGER_CHECKPOINT = "model.int.safetensors"
+
+
+def quantize_features(feats: Tensor, feat_frac: int) -> Tensor:
+    """Float features -> int8 on the 2^-feat_frac grid (round half up, saturate): the QAT model's input rounding."""
+    return torch.floor(feats * 2.0**feat_frac + 0.5).clamp(-128, 127).to(torch.int8)
+
+
+def export_integer_asr(model: Any, directory: Path, info: dict[str, Any]) -> tuple[dict[str, Any], IntegerASRModel]:
+    """Write <directory>/model.int.safetensors from a QAT model; returns metrics.json size fields and the engine."""
+    model.eval()
+    engine = model.export_integer()
+    path = directory / INTEGER_CHECKPOINT
+    integer_bytes = save_integer_checkpoint(path, engine, kind="asr", vocab=None, info=info)
+    # the CTC layer is a training loss only: the float model it is compared with has none either
+    ctc_bytes = 0 if model.ctc is None else float_model_bytes(model.ctc)
+    float_bytes = float_model_bytes(model) - ctc_bytes
+    return {
+        "integer_checkpoint": str(path),
+        "integer_param_bytes": integer_bytes,
+        "integer_file_bytes": path.stat().st_size,
+        "float_param_bytes": float_bytes,
+        "integer_size_ratio": integer_bytes / float_bytes,
+    }, engine
+
+
+def load_integer_asr(path: str, vocab_sha256: str) -> tuple[IntegerASRModel, dict[str, Any]]:
+    try:
+        engine, meta = load_integer_checkpoint(path)
+    except IntegerCheckpointError as err:
+        raise UserInputError(str(err)) from None
+    if meta.get("kind") != "asr" or not isinstance(engine, IntegerASRModel):
+        raise UserInputError(f"ckpt={path} holds an integer {meta.get('kind')!r} model, not a speech recognizer")
+    if meta.get("info", {}).get("vocab_sha256") not in (None, vocab_sha256):
+        raise UserInputError(f"ckpt={path} was trained with another tokenizer: evaluate it on the data it was trained on")
+    return engine, meta
+
+
+@torch.inference_mode()
+def transcribe_integer(engine: IntegerASRModel, batch: dict[str, Any], tokenizer, beam_size: int,
+                       length_norm: float, max_len_ratio: float) -> list[str]:  # fmt: skip
+    feats_q = quantize_features(batch["feats"], engine.feat_frac)
+    memory = engine.encode(feats_q, batch["feat_lens"])
+    max_lengths = max_decode_length(memory.lengths, max_len_ratio)
+    decoder = integer_decoder(engine)
+    if beam_size <= 1:
+        hyps = greedy_search(decoder, memory, len(batch["texts"]), max_lengths, BOS_ID, EOS_ID)
+    else:
+        hyps = beam_search(decoder, memory, len(batch["texts"]), max_lengths, BOS_ID, EOS_ID, beam_size, length_norm)
+    return [tokenizer.decode(h) for h in hyps]
+
+
+def integer_wer(engine: IntegerASRModel, datamodule: Any, split: str, beam_size: int, length_norm: float,
+                max_len_ratio: float, limits: list[int | float] | None = None) -> dict[str, Any]:  # fmt: skip
+    """WER (%) per set of ``split`` ("val" / "test") decoded by the integer engine; ``limits``: batches per set."""
+    loaders = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+    result: dict[str, Any] = {}
+    utterances, started = 0, time.perf_counter()
+    for index, (set_name, loader) in enumerate(loaders.items()):
+        limit = math.inf if limits is None else limits[index]
+        refs, hyps = [], []
+        for batch_index, batch in enumerate(loader):
+            if batch_index >= limit:
+                break
+            hyps += transcribe_integer(engine, batch, datamodule.tokenizer, beam_size, length_norm, max_len_ratio)
+            refs += batch["texts"]
+        if refs:
+            result[set_name] = corpus_wer(refs, hyps)[0]
+            utterances += len(refs)
+    result_rate = utterances / max(time.perf_counter() - started, 1e-9)
+    return {"wer": result, "utterances_per_s": result_rate}
+
