@@ -16,14 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 from app.config import build, register_resolvers
 from app.errors import UserInputError
 from app.runs import command_line, evaluate_splits, read_checkpoint, run_dir, write_metrics
-from app.engine.checkpoint import tensor_bytes
+from app.engine.checkpoint import IntegerCheckpointError, read_metadata, tensor_bytes
+from app.tasks.asr import SpeechRecognitionTask
+from app.tasks.asr_integer import integer_wer, load_integer_asr
 from app.tasks.lm import LanguageModelTask
 from app.tasks.lm_integer import integer_split_metrics, load_integer_lm
 
 register_resolvers()
 
 # The LightningModule that trained each task; a checkpoint names its task under "task".
-TASKS: dict[str, type[L.LightningModule]] = {LanguageModelTask.name: LanguageModelTask}
+TASKS: dict[str, type[L.LightningModule]] = {task.name: task for task in (LanguageModelTask, SpeechRecognitionTask)}
 
 
 def load_task(checkpoint: dict[str, Any], ckpt_path: str) -> L.LightningModule:
@@ -62,8 +64,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             task.model.quant.validate()
         except ValueError as err:
             raise UserInputError(str(err)) from None
+    if cfg.beam_size is not None:
+        if checkpoint["task"] != "asr":
+            raise UserInputError(f"beam_size={cfg.beam_size} applies to ASR checkpoints; {cfg.ckpt} is a {checkpoint['task']} one")
+        task.hparams.beam_size = int(cfg.beam_size)
     datamodule = build(cfg.data)
     datamodule.prepare_data()
+    if checkpoint["task"] != cfg.task.name:
+        raise UserInputError(
+            f"ckpt={cfg.ckpt} is a {checkpoint['task']} checkpoint: evaluate it with task={checkpoint['task']}"
+        )
     if task.hparams.vocab_sha256 != datamodule.vocab_sha256:
         raise UserInputError(
             f"ckpt={cfg.ckpt} was trained with another vocabulary than data={cfg.data.name} has: "
@@ -100,9 +110,17 @@ def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
             f"engine=integer runs integer checkpoints; ckpt={cfg.ckpt} is a train.py checkpoint: pass its run's "
             "model.int.safetensors (written by quant=irnn runs), or drop engine=integer"
         )
+    try:
+        kind = read_metadata(cfg.ckpt)["kind"]
+    except IntegerCheckpointError as err:
+        raise UserInputError(str(err)) from None
+    if kind != cfg.task.name:
+        raise UserInputError(f"ckpt={cfg.ckpt} is an integer {kind} model: evaluate it with task={kind}")
     datamodule = build(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
+    if kind == "asr":
+        return evaluate_integer_asr(cfg, datamodule, started)
     engine, meta = load_integer_lm(str(cfg.ckpt), datamodule.vocab)
     split_metrics = {split: integer_split_metrics(engine, datamodule, split) for split in ("valid", "test")}
     info = meta.get("info", {})
@@ -129,6 +147,51 @@ def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
         "quant_metrics": {},
         "engine": "integer",
         "integer": {"integer_param_bytes": tensor_bytes(str(cfg.ckpt)), "format_version": meta["version"]},
+    }
+    write_metrics(run_dir(), metrics)
+    return metrics
+
+
+def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[str, Any]:
+    """WER per set of an integer ASR checkpoint on the integer-only engine: validation greedy, test by beam search."""
+    engine, meta = load_integer_asr(str(cfg.ckpt), datamodule.vocab_sha256)
+    info = meta.get("info", {})
+    decoding = info.get("decoding", {})
+    beam = int(cfg.beam_size) if cfg.beam_size is not None else decoding.get("beam_size", 5)
+    norm, ratio = decoding.get("length_norm", 1.0), decoding.get("max_len_ratio", 1.0)
+    # trainer.limit_{val,test}_batches (a number of batches per set) limit the engine's decoding as they limit
+    # engine=qat's; fractions are not supported there
+    limits = {}
+    for split in ("val", "test"):
+        limit = cfg.trainer.get(f"limit_{split}_batches")
+        if limit is not None and not isinstance(limit, int):
+            raise UserInputError(f"trainer.limit_{split}_batches={limit}: engine=integer takes a whole number of batches")
+        limits[split] = None if limit is None else [limit] * len(getattr(datamodule, f"{split}_names"))
+    val = integer_wer(engine, datamodule, "val", 1, norm, ratio, limits["val"])
+    test = integer_wer(engine, datamodule, "test", beam, norm, ratio, limits["test"])
+    metrics = {
+        "command": command_line("evaluate.py"),
+        "task": "asr",
+        "quant": info.get("quant", {}).get("name"),
+        "model": info.get("model"),
+        "data": cfg.data.name,
+        "checkpoint": str(cfg.ckpt),
+        **{key: None for key in ("val_ppl", "val_loss", "val_tokens", "test_ppl", "test_loss", "test_tokens")},
+        "val_wer": val["wer"] or None,
+        "test_wer": test["wer"] or None,
+        "params": None,
+        "epochs": None,
+        "wall_time_s": time.perf_counter() - started,
+        "train_tokens_per_s": None,
+        "eval_tokens_per_s": None,
+        "quant_metrics": {},
+        "engine": "integer",
+        "integer": {
+            "integer_param_bytes": tensor_bytes(str(cfg.ckpt)),
+            "format_version": meta["version"],
+            "eval_utterances_per_s": test["utterances_per_s"],
+            "beam_size": beam,
+        },
     }
     write_metrics(run_dir(), metrics)
     return metrics

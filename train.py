@@ -132,9 +132,10 @@ def export_and_check_integer(
 
 def export_and_check_integer_asr(task, datamodule, directory, metrics, info, limits) -> dict[str, Any]:
     """ASR: the integer checkpoint, and the WER of each test set decoded by the integer engine (same search)."""
+    hp = task.hparams
+    info["decoding"] = {"beam_size": hp.beam_size, "length_norm": hp.length_norm, "max_len_ratio": hp.max_len_ratio}
     sizes, engine = export_integer_asr(task.model, directory, info)
     result = dict(sizes)
-    hp = task.hparams
     if metrics["test_wer"] is not None:
         decoded = integer_wer(engine, datamodule, "test", hp.beam_size, hp.length_norm, hp.max_len_ratio, limits["test"])
         result["test_wer"] = decoded["wer"]

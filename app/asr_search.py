@@ -106,14 +106,16 @@ def _beam_one(decoder: Decoder, memory: Any, utterance: int, max_length: int, bo
         log_probs, state = decoder.step(tokens, state, memory)
         total = (scores.unsqueeze(1) + log_probs.double()).flatten()
         vocab = log_probs.shape[1]
-        best = torch.topk(total, min(2 * beam_size, total.numel()))
+        # The best beam_size extensions: those ending in <eos> (or at the length limit) are finished, the
+        # others go on (ESPnet's rule: a beam of one is greedy search).
+        best = torch.topk(total, min(beam_size, total.numel()))
         keep_rows, keep_tokens, keep_scores = [], [], []
         for score, flat in zip(best.values.tolist(), best.indices.tolist()):
             row, token = divmod(flat, vocab)
             if token == eos or t == max_length:
-                hyp = hyps[row] if token == eos else hyps[row] + [token]
+                hyp = hyps[row]  # at the length limit the hypothesis ends as it is
                 finished.append((score / max(len(hyp) + 1, 1) ** length_norm, hyp))
-            elif len(keep_rows) < beam_size:
+            else:
                 keep_rows.append(row)
                 keep_tokens.append(token)
                 keep_scores.append(score)

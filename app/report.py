@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import statistics
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -28,8 +29,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from app.runs import METRICS_FILE, _flatten
-from app.sweeps import IGNORED_PREFIXES
+from app.sweeps import IGNORED_PREFIXES, METRICS_FILE, flatten
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 SCANNED = ("runs", "sweeps", "evals")  # under --outputs: train.py runs, sweep points, evaluate.py results
@@ -157,7 +157,7 @@ def _read_config(directory: Path) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     try:
-        return _flatten(OmegaConf.to_container(OmegaConf.load(path)))
+        return flatten(OmegaConf.to_container(OmegaConf.load(path)))
     except Exception as err:  # a damaged config.yaml: the run is still reported, matched by its command
         warnings.warn(f"{path}: unreadable ({err}); comparing this run by its command instead")
         return {}
@@ -242,7 +242,9 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
 
 def _wall(run: Run) -> str:
     seconds = run.metrics.get("wall_time_s")
-    return "" if seconds is None else f"{seconds / 60:.1f} min"
+    if seconds is None:
+        return ""
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
 def accuracy_table(runs: list[Run]) -> Table:
@@ -526,7 +528,7 @@ def make_plots(runs: list[Run], series: list[Series], out: Path) -> list[tuple[s
         groups[group].append((label, [p[0] for p in points], [p[1] for p in points]))
         per_weight = _freezing_curves(run)
         if per_weight:
-            freezing.append((f"{_describe(run, varying)} {run.quant} ({run.name})", per_weight))
+            freezing.append((f"{run.quant} {settings_text(run, varying)}\n{run.name}", per_weight))
     ylabel = "test perplexity / mean test WER %"
     return [
         ("Accuracy vs weight / activation bits (dashed: the float run of the same recipe)",
@@ -624,5 +626,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"rewrote the results block of {args.readme}")
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 if __name__ == "__main__":
+    warnings.showwarning = _print_warning  # one line per skipped file, not the line of code that warned
     main()

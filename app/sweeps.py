@@ -12,7 +12,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from app.errors import UserInputError
-from app.runs import METRICS_FILE, _flatten
+
+METRICS_FILE = "metrics.json"  # as app.runs names it (not imported: app.runs loads torch and Lightning)
 
 # Config keys that do not change what a run computes: where files live, the progress bar, and the
 # checkpoint a run was resumed from (a resumed run is the same run).
@@ -31,8 +32,8 @@ def finished_run(directory: Path, cfg: DictConfig) -> dict[str, Any] | None:
     saved_config = directory / "config.yaml"
     if cfg.get("ckpt_path") or not saved_config.is_file():
         return None
-    saved = _flatten(OmegaConf.to_container(OmegaConf.load(saved_config)))
-    wanted = _flatten(_run_config(cfg))
+    saved = flatten(OmegaConf.to_container(OmegaConf.load(saved_config)))
+    wanted = flatten(_run_config(cfg))
     # Keys on one side only are left out: a key added to conf/ after the run was trained is not a new config.
     differing = sorted(
         key for key in saved.keys() & wanted.keys()
@@ -58,3 +59,14 @@ def _run_config(cfg: DictConfig) -> dict[str, Any]:
     """The config as train.py writes it to config.yaml: resolved, without the `hydra` node."""
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True)
 
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"quant": {"name": "irnn"}} -> {"quant.name": "irnn"} (lists and empty dicts are values)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

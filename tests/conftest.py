@@ -13,10 +13,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from app.config import register_resolvers
+from app.data.manifest import fsdd_utterances, pocketsphinx_utterances, write_manifest, yesno_utterances
+from app.data.text import normalize_text, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
-PTB_DIR = Path(os.environ.get("QRNN_DATA_ROOT", ROOT.parent / "shared" / "data")).resolve() / "ptb"
+DATA_ROOT = Path(os.environ.get("QRNN_DATA_ROOT", ROOT.parent / "shared" / "data")).resolve()
+PTB_DIR = DATA_ROOT / "ptb"
 
 register_resolvers()
 
@@ -109,3 +112,36 @@ def trained_run(ptb_overrides: list[str], tmp_path_factory: pytest.TempPathFacto
     run_dir = tmp_path_factory.mktemp("run")
     metrics = train(compose_config("train", ptb_overrides, run_dir))
     return run_dir, metrics
+
+
+# ---- ASR: small manifests of the real recordings in shared/data, laid out as data_scripts/ writes them ----
+
+
+def asr_tokenizer(directory: Path) -> Path:
+    texts = [normalize_text(str(digit)) for digit in range(10)] * 20 + ["yes no yes", "no yes", "the market said"] * 20
+    return train_tokenizer(texts, directory / "spm", vocab_size=40)
+
+
+def real_asr_manifests(root: Path) -> None:
+    """Small copies of the real sets, laid out as data_scripts/ writes them under paths.asr_root."""
+    fsdd = fsdd_utterances(DATA_ROOT / "fsdd")
+    write_manifest(root / "synth" / "train.jsonl", fsdd["train"][::40])  # stands in for the synthetic corpus
+    write_manifest(root / "synth" / "valid.jsonl", fsdd["valid"][::60])
+    write_manifest(root / "synth" / "test.jsonl", fsdd["test"][1::60])
+    write_manifest(root / "fsdd" / "train.jsonl", fsdd["train"][1::40])
+    write_manifest(root / "fsdd" / "valid.jsonl", fsdd["valid"][1::60])
+    write_manifest(root / "fsdd" / "test.jsonl", fsdd["test"][::60])
+    write_manifest(root / "yesno" / "test.jsonl", yesno_utterances(DATA_ROOT / "yesno")[:3])
+    write_manifest(
+        root / "pocketsphinx" / "test.jsonl",
+        pocketsphinx_utterances(DATA_ROOT / "pocketsphinx_testdata", root / "pocketsphinx" / "wav"),
+    )
+    asr_tokenizer(root / "tokenizer")
+    asr_tokenizer(root / "librispeech" / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def asr_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("asr")
+    real_asr_manifests(root)
+    return root

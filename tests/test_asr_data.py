@@ -28,9 +28,8 @@ from app.data.manifest import (
 )
 from app.data.text import Tokenizer, normalize_text, train_tokenizer
 from app.errors import UserInputError
-from tests.conftest import ROOT, compose_config, run_script
+from tests.conftest import DATA_ROOT, ROOT, compose_config, run_script
 
-DATA_ROOT = Path(os.environ.get("QRNN_DATA_ROOT", ROOT.parent / "shared" / "data"))
 FSDD = DATA_ROOT / "fsdd" / "recordings"
 
 
@@ -186,38 +185,8 @@ def test_prepare_librispeech_writes_a_manifest_per_subset(tmp_path):
     assert len((tmp_path / "out" / "dev-clean.jsonl").read_text().splitlines()) == 4
 
 
-def _tokenizer(directory: Path) -> Path:
-    texts = [normalize_text(str(digit)) for digit in range(10)] * 20 + ["yes no yes", "no yes", "the market said"] * 20
-    return train_tokenizer(texts, directory / "spm", vocab_size=40)
-
-
-def _real_manifests(root: Path) -> None:
-    """Small copies of the real sets, laid out as data_scripts/ writes them under paths.asr_root."""
-    fsdd = fsdd_utterances(DATA_ROOT / "fsdd")
-    write_manifest(root / "synth" / "train.jsonl", fsdd["train"][::40])  # stands in for the synthetic corpus
-    write_manifest(root / "synth" / "valid.jsonl", fsdd["valid"][::60])
-    write_manifest(root / "synth" / "test.jsonl", fsdd["test"][1::60])
-    write_manifest(root / "fsdd" / "train.jsonl", fsdd["train"][1::40])
-    write_manifest(root / "fsdd" / "valid.jsonl", fsdd["valid"][1::60])
-    write_manifest(root / "fsdd" / "test.jsonl", fsdd["test"][::60])
-    write_manifest(root / "yesno" / "test.jsonl", yesno_utterances(DATA_ROOT / "yesno")[:3])
-    write_manifest(
-        root / "pocketsphinx" / "test.jsonl",
-        pocketsphinx_utterances(DATA_ROOT / "pocketsphinx_testdata", root / "pocketsphinx" / "wav"),
-    )
-    _tokenizer(root / "tokenizer")
-    _tokenizer(root / "librispeech" / "tokenizer")
-
-
 def _compose(data: str, overrides: list[str]):
     return compose_config("train", [f"data={data}", "seed=7", *overrides])
-
-
-@pytest.fixture(scope="module")
-def asr_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("asr")
-    _real_manifests(root)
-    return root
 
 
 def _check_batch(batch, tokenizer: Tokenizer, bos_eos: bool = False, augmented: bool = False) -> None:
@@ -240,7 +209,8 @@ def _check_batch(batch, tokenizer: Tokenizer, bos_eos: bool = False, augmented: 
 
 def test_asr_synth_config_builds_train_val_and_test_loaders(asr_root):
     cfg = _compose(
-        "asr_synth", [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0"]
+        "asr_synth",
+        [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0", "data.bos_eos=false"],
     )
     datamodule = instantiate(cfg.data)
     assert isinstance(datamodule, ASRDataModule)
@@ -271,7 +241,7 @@ def test_bos_eos_and_global_cmvn(asr_root):
     cfg = _compose(
         "asr_synth",
         [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0",
-         "data.bos_eos=true", "data.cmvn=global", "data.spec_augment=null"],
+         "data.cmvn=global", "data.spec_augment=null"],
     )  # fmt: skip
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -299,7 +269,7 @@ def test_asr_librispeech_config_reads_librispeech_layout_directories(asr_root, t
     assert len(datamodule.utterances["train"]["train_clean_100"]) == 12
     assert datamodule.test_names == ["test_clean", "fsdd", "yesno", "pocketsphinx"]
     batch = next(iter(datamodule.train_dataloader()))
-    _check_batch(batch, datamodule.tokenizer, augmented=True)
+    _check_batch(batch, datamodule.tokenizer, bos_eos=True, augmented=True)
     assert next(iter(datamodule.test_dataloader()["test_clean"]))["speakers"][0] in {"100", "101"}
 
 

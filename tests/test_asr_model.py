@@ -1,0 +1,120 @@
+"""The attention ASR model: padding and attention masks, QAT == integer engine bit for bit, search, WER."""
+import jiwer
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from app.asr_search import beam_search, greedy_search, integer_decoder, max_decode_length, qat_decoder
+from app.data.text import BOS_ID, EOS_ID, normalize_text
+from app.engine.checkpoint import load_integer_checkpoint, save_integer_checkpoint
+from app.engine.guard import IntegerOnlyGuard
+from app.models.asr import build_asr
+from app.tasks.asr import corpus_wer
+from app.tasks.asr_integer import quantize_features
+from tests.conftest import compose_config
+
+TINY = {"name": "tiny", "asr": compose_config("train", ["model=tiny"]).model.asr}
+
+
+@pytest.fixture(scope="module")
+def fsdd_batch(asr_root):
+    """A padded batch of real FSDD test utterances (different lengths), features as training sees them."""
+    cfg = compose_config(
+        "train",
+        ["task=asr", f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0"],
+    )
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("test")
+    batch = next(iter(datamodule.test_dataloader()["fsdd"]))
+    assert batch["feat_lens"].min() < batch["feat_lens"].max()  # really padded
+    return batch, datamodule
+
+
+def _model(mode: str, batch, vocab_size: int, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_asr(TINY, {"name": mode, "mode": mode}, 80, vocab_size)
+    if model.quant.integer_activations:  # calibrate the activation grids on real features, as QAT does
+        model.train()
+        with torch.no_grad():
+            model(batch["feats"], batch["feat_lens"], batch["tokens"][:, :-1])
+    return model.eval()
+
+
+@pytest.mark.parametrize("mode", ["float", "irnn"])
+def test_padding_does_not_change_an_utterance_and_attention_ignores_padded_frames(fsdd_batch, mode):
+    batch, datamodule = fsdd_batch
+    model = _model(mode, batch, datamodule.vocab_size)
+    short = int(batch["feat_lens"].argmin())
+    with torch.no_grad():
+        together = model.encode(batch["feats"], batch["feat_lens"])
+        alone = model.encode(batch["feats"][short : short + 1, : batch["feat_lens"][short]], batch["feat_lens"][short : short + 1])
+        frames = int(alone.lengths[0])
+        assert int(together.lengths[short]) == frames < together.output.shape[1]
+        assert torch.allclose(together.output[short, :frames], alone.output[0], atol=1e-6)
+        assert not together.memory.mask[short, frames:].any() and together.memory.mask[short, :frames].all()
+        query = torch.randn(len(batch["texts"]), TINY["asr"]["decoder_hidden"]).clamp(-0.99, 0.99)
+        args = (model.query_frac,) if mode == "irnn" else ()
+        context, probs = model.attention(query, together.memory, *args)
+    assert (probs[short, frames:] == 0).all()
+    assert torch.allclose(probs.sum(-1), torch.ones(len(batch["texts"]), dtype=probs.dtype), atol=1e-3)
+
+
+def test_integer_engine_equals_the_qat_model_bit_for_bit_under_the_integer_guard(fsdd_batch, tmp_path):
+    batch, datamodule = fsdd_batch
+    model = _model("irnn", batch, datamodule.vocab_size)
+    path = tmp_path / "model.int.safetensors"
+    save_integer_checkpoint(path, model.export_integer(), kind="asr", vocab=None, info={})
+    engine, _ = load_integer_checkpoint(path)
+    feats_q = quantize_features(batch["feats"], engine.feat_frac)
+    tokens = batch["tokens"][:, :-1]
+    with torch.no_grad():
+        logits, encoded = model(batch["feats"], batch["feat_lens"], tokens)  # the teacher-forced decoder, all steps
+        state = None
+        for step in range(tokens.shape[1]):  # the same decoder one step at a time
+            step_logits, state = model.decode_step(tokens[:, step], state, encoded.memory)
+            assert torch.equal(step_logits, logits[:, step])
+    with IntegerOnlyGuard() as guard:
+        memory = engine.encode(feats_q, batch["feat_lens"])
+        int_state = engine.init_state(len(batch["texts"]))
+        steps = []
+        for step in range(tokens.shape[1]):
+            step_logits, int_state = engine.decode_step(tokens[:, step], int_state, memory)
+            steps.append(step_logits)
+    assert guard.ops > 100
+    assert torch.equal(memory.keys.long(), torch.round(encoded.output * 2**model.key_frac).long())
+    int_logits = torch.stack(steps, 1)
+    assert int_logits.dtype == torch.int32
+    assert torch.equal(int_logits.long(), torch.round(logits.double() * 2**engine.logit_frac).long())
+
+
+def test_greedy_search_and_beam_search_decode_the_same_words_on_both_engines(fsdd_batch):
+    batch, datamodule = fsdd_batch
+    model = _model("irnn", batch, datamodule.vocab_size, seed=3)
+    engine = model.export_integer()
+    size = len(batch["texts"])
+    with torch.no_grad():
+        encoded = model.encode(batch["feats"], batch["feat_lens"])
+        lengths = max_decode_length(encoded.lengths, 0.3)
+        greedy = greedy_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID)
+        beam1 = beam_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, beam_size=1, length_norm=0.0)
+        beam3 = beam_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, beam_size=3)
+    memory = engine.encode(quantize_features(batch["feats"], engine.feat_frac), batch["feat_lens"])
+    assert greedy == beam1  # a beam of one is greedy search
+    assert greedy == greedy_search(integer_decoder(engine), memory, size, lengths, BOS_ID, EOS_ID)
+    assert beam3 == beam_search(integer_decoder(engine), memory, size, lengths, BOS_ID, EOS_ID, beam_size=3)
+    assert all(len(h) <= n for h, n in zip(greedy + beam3, lengths))
+    assert all(EOS_ID not in h and BOS_ID not in h for h in greedy + beam3)
+
+
+def test_corpus_wer_is_jiwer_on_normalized_text():
+    references = ["The cat sat on the mat.", "Seven 7", "yes no yes"]
+    hypotheses = ["the cat sat on mat", "seven seven", "yes yes no yes"]
+    rate, errors, words = corpus_wer(references, hypotheses)
+    expected = jiwer.wer([normalize_text(r) for r in references], [normalize_text(h) for h in hypotheses])
+    assert rate == pytest.approx(100 * expected) and (errors, words) == (2, 11)
+    assert corpus_wer(["one two"], [""])[:2] == (100.0, 2)  # an empty hypothesis deletes every word
+
+
+def test_an_lm_model_preset_without_an_asr_section_is_refused():
+    with pytest.raises(ValueError, match="no asr section"):
+        build_asr({"name": "medium", "lm": {}}, None, 80, 40)

@@ -1,0 +1,85 @@
+"""task=asr end to end on real recordings: train, beam-decode every test set, integer export, evaluate.py."""
+import json
+
+import pytest
+
+from app.errors import UserInputError
+from evaluate import evaluate
+from tests.conftest import compose_config
+from train import train
+
+TEST_SETS = ["synth", "fsdd", "yesno", "pocketsphinx"]
+
+
+def _overrides(asr_root, *extra: str) -> list[str]:
+    return [
+        "task=asr",
+        "model=tiny",
+        f"+paths.asr_root={asr_root}",
+        f"paths.cache_dir={asr_root / 'cache'}",
+        "data.num_workers=0",
+        "data.max_batch_size=4",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.num_sanity_val_steps=0",
+        "task.module.beam_size=2",
+        "task.module.max_len_ratio=0.3",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def irnn_asr_run(asr_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("asr_irnn")
+    return run_dir, train(compose_config("train", _overrides(asr_root, "quant=irnn"), run_dir))
+
+
+def test_float_asr_trains_and_reports_wer_per_test_set(asr_root, tmp_path):
+    metrics = train(compose_config("train", _overrides(asr_root, "quant=float"), tmp_path))
+    assert metrics["task"] == "asr" and metrics["engine"] == "float" and metrics["integer"] is None
+    assert list(metrics["test_wer"]) == TEST_SETS and list(metrics["val_wer"]) == ["synth", "fsdd"]
+    assert all(rate >= 0 for rate in metrics["test_wer"].values())
+    assert metrics["val_ppl"] is None and metrics["test_ppl"] is None
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["test_wer"] == metrics["test_wer"]
+    epoch = json.loads((tmp_path / "epochs.jsonl").read_text().splitlines()[0])
+    assert epoch["train_loss"] > 0 and set(epoch["val_wer_sets"]) == {"synth", "fsdd"}
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_irnn_asr_integer_engine_decodes_the_same_words_as_qat(irnn_asr_run):
+    run_dir, metrics = irnn_asr_run
+    integer = metrics["integer"]
+    assert integer["integer_checkpoint"] == str(run_dir / "model.int.safetensors")
+    assert integer["test_wer"] == metrics["test_wer"]  # equal, not close: same logits, same search
+    assert all(diff == 0 for diff in integer["test_wer_abs_diff_vs_qat"].values())
+    assert integer["integer_param_bytes"] < 0.35 * integer["float_param_bytes"]
+    assert metrics["quant_metrics"]["conv.0.frac_bits"] >= 0
+
+
+def test_evaluate_reruns_the_checkpoint_and_the_integer_checkpoint(irnn_asr_run, asr_root, tmp_path):
+    run_dir, metrics = irnn_asr_run
+    common = [o for o in _overrides(asr_root) if not o.startswith(("model=", "trainer.limit_train", "trainer.max_epochs", "task.module"))]
+    qat = evaluate(compose_config("evaluate", [*common, f"ckpt={metrics['checkpoint']}", "beam_size=2"], tmp_path / "q"))
+    assert qat["test_wer"] == metrics["test_wer"] and qat["engine"] == "qat"
+    integer = evaluate(
+        compose_config("evaluate", [*common, f"ckpt={run_dir / 'model.int.safetensors'}", "engine=integer"], tmp_path / "i")
+    )
+    assert integer["engine"] == "integer" and integer["test_wer"] == metrics["test_wer"]
+    with pytest.raises(UserInputError, match="task=asr"):
+        evaluate(compose_config("evaluate", [f"ckpt={metrics['checkpoint']}"], tmp_path / "lm"))
+
+
+def test_bad_asr_settings_fail_with_one_clear_line(asr_root, tmp_path):
+    with pytest.raises(UserInputError, match="no asr section"):
+        train(compose_config("train", _overrides(asr_root, "model=medium"), tmp_path / "a"))
+    with pytest.raises(UserInputError, match="model.asr.ctc=true"):
+        train(compose_config("train", _overrides(asr_root, "model.asr.ctc=false"), tmp_path / "b"))
+    with pytest.raises(UserInputError, match="data.bos_eos=true"):
+        train(compose_config("train", _overrides(asr_root, "data.bos_eos=false"), tmp_path / "c"))
+    with pytest.raises(UserInputError, match="cannot train on data=asr_synth"):
+        lm_on_speech = [o for o in _overrides(asr_root, "task=lm", "data=asr_synth") if not o.startswith("task.module")]
+        train(compose_config("train", lm_on_speech, tmp_path / "d"))
