@@ -29,6 +29,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from app.sweeps import IGNORED_PREFIXES, METRICS_FILE, flatten
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -154,8 +156,6 @@ def _read_config(directory: Path) -> dict[str, Any]:
     path = directory / "config.yaml"
     if not path.is_file():
         return {}
-    from omegaconf import OmegaConf
-
     try:
         return flatten(OmegaConf.to_container(OmegaConf.load(path)))
     except Exception as err:  # a damaged config.yaml: the run is still reported, matched by its command
@@ -327,24 +327,22 @@ def size_table(runs: list[Run]) -> Table:
     return Table("size", body, records)
 
 
-# Benchmark JSON keys -> table headers and formats (others are shown under their own name)
-BENCH_COLUMNS = {
-    "latency_ms_per_token": ("ms / token", ".3f"),
-    "tokens_per_s": ("tokens/s", ".0f"),
-    "speedup_vs_float": ("speed-up vs float", ".2f"),
-}
+# Benchmark JSON keys -> table headers (other keys are shown under their own name)
+BENCH_HEADERS = {"latency_ms_per_token": "ms / token", "tokens_per_s": "tokens/s", "speedup_vs_float": "speed-up vs float"}
+
+
+def _bench_header(key: str) -> str:
+    return BENCH_HEADERS.get(key) or key.replace("tokens_per_s", "tokens/s").replace("_", " ")
 
 
 def _bench_cell(key: str, value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        spec = BENCH_COLUMNS.get(key, (key, ".4g"))[1]
-        if key.endswith("tokens_per_s"):
-            spec = ".0f"
-        suffix = "x" if "speedup" in key or "slowdown" in key else ""
-        return format(value, spec if not suffix else ".2f") + suffix
-    return str(value)
+    if not isinstance(value, float):
+        return "" if value is None else str(value)
+    if "speedup" in key or "slowdown" in key:
+        return f"{value:.2f}x"
+    if key.endswith("tokens_per_s"):
+        return f"{value:.0f}"
+    return f"{value:.3f}" if key.startswith("latency") else f"{value:.4g}"
 
 
 def load_benchmarks(root: Path) -> dict[str, dict]:
@@ -367,10 +365,10 @@ def speed_table(benchmarks: dict[str, dict]) -> Table:
         ]
         columns = list(dict.fromkeys(key for row in rows for key in row))
         measured = {key for row in rows for key, value in row.items() if isinstance(value, float)}
-        columns = [k for k in columns if k not in measured] + [k for k in columns if k in measured]  # what, then how fast
-        headers = [BENCH_COLUMNS.get(key, (key.replace("tokens_per_s", "tokens/s").replace("_", " "),))[0] for key in columns]
-        parts.append(f"`python -m app.bench {name}` on {data.get('machine', 'an unrecorded machine')}:\n\n"
-                     + _markdown(headers, [[_bench_cell(k, row.get(k)) for k in columns] for row in rows]))
+        # what was measured, then how fast, speed-ups last
+        columns = sorted(columns, key=lambda k: (k in measured, "speedup" in k or "slowdown" in k))
+        table = _markdown([_bench_header(k) for k in columns], [[_bench_cell(k, row.get(k)) for k in columns] for row in rows])
+        parts.append(f"`python -m app.bench {name}` on {data.get('machine', 'an unrecorded machine')}:\n\n{table}")
         records += [{"benchmark": name, "machine": data.get("machine"), **row} for row in rows]
     body = "\n\n".join(parts) or "No benchmark yet: `python -m app.bench engine` and `python -m app.bench train` write them."
     return Table("speed", body, records)

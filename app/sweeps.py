@@ -60,7 +60,6 @@ def _run_config(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True)
 
 
-
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"quant": {"name": "irnn"}} -> {"quant.name": "irnn"} (lists and empty dicts are values)."""
     flat: dict[str, Any] = {}

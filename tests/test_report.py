@@ -1,33 +1,144 @@
-"""python -m app.report: tables from run directories; bad metrics.json files are named and skipped."""
+"""python -m app.report: tables, CSVs and plots from run directories; bad metrics.json files are named and skipped."""
+import csv
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
+from app import plots
 from app.report import END, START, main
+from evaluate import evaluate
+from tests.conftest import compose_config, eval_overrides
+from train import train
+
+# Benchmarks in app.bench's format (their timings are not what is tested here)
+ENGINE_BENCH = {
+    "machine": "Test CPU, torch x, 2 threads",
+    "rows": [
+        {"size": "small", "hidden": 200, "batch": 1, "method": "float nn.LSTM", "latency_ms_per_token": 3.0, "speedup_vs_float": 1.0},
+        {"size": "small", "hidden": 200, "batch": 1, "method": "integer engine", "latency_ms_per_token": 1.5, "speedup_vs_float": 2.0},
+        {"size": "small", "hidden": 200, "batch": 1, "method": "DenseShift shift-add", "weight_bits": 3, "weight_path": "shift_kernel",
+         "latency_ms_per_token": 2.0, "speedup_vs_float": 1.5},
+        {"size": "small", "hidden": 200, "batch": 1, "method": "DenseShift int8 decode", "weight_bits": 3, "weight_path": "int8_decode",
+         "latency_ms_per_token": 1.0, "speedup_vs_float": 3.0},
+    ],
+}  # fmt: skip
+TRAIN_BENCH = {"machine": "Test CPU", "size": "small", "batch": 20, "bptt": 35, "float_tokens_per_s": 5000.0,
+               "irnn_tokens_per_s": 2000.0, "irnn_slowdown": 2.5}  # fmt: skip
 
 
-def _run(root, name, **fields):
-    directory = root / "runs" / "lm" / name
+@pytest.fixture(scope="module")
+def outputs(ptb_overrides: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """outputs/ with real tiny runs: a DenseShift sweep point and its float control (2 epochs each, same
+    recipe), a re-evaluation of the DenseShift run with 8-piece PWLs, and two benchmark files."""
+    root = tmp_path_factory.mktemp("outputs")
+    two_epochs = [*ptb_overrides, "task.max_epochs=2"]
+    for mode in ("float_adam", "irnn_denseshift_3bit"):
+        train(compose_config("train", [*two_epochs, f"+mode={mode}"], root / "sweeps" / "test" / f"+mode-{mode}"))
+    checkpoint = root / "sweeps" / "test" / "+mode-irnn_denseshift_3bit" / "checkpoints" / "best.ckpt"
+    evaluate(compose_config("evaluate", [*eval_overrides(ptb_overrides), f"ckpt={checkpoint}", "pwl_segments=8"],
+                            root / "evals" / "ptb" / "pwl8"))  # fmt: skip
+    (root / "bench").mkdir()
+    (root / "bench" / "engine.json").write_text(json.dumps(ENGINE_BENCH))
+    (root / "bench" / "train.json").write_text(json.dumps(TRAIN_BENCH))
+    return root
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_report_compares_real_runs_with_their_float_control_and_draws_the_plots(outputs: Path, monkeypatch) -> None:
+    monkeypatch.setattr(plots, "PWL_SEGMENTS", (4, 8, 16, 32))  # 64 pieces: a slow fit that adds nothing here
+    readme = outputs.parent / "README.md"
+    readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
+    main(["--outputs", str(outputs), "--readme", str(readme)])
+    reports = outputs / "reports"
+    metrics = {mode: json.loads((outputs / "sweeps" / "test" / f"+mode-{mode}" / "metrics.json").read_text())
+               for mode in ("float_adam", "irnn_denseshift_3bit")}  # fmt: skip
+    float_ppl, shift = metrics["float_adam"]["test_ppl"], metrics["irnn_denseshift_3bit"]
+
+    accuracy = {(r["quant"], r["engine"], r["settings"]): r for r in _csv(reports / "accuracy.csv")}
+    trained = accuracy[("irnn_denseshift", "qat", "pwl_segments=32")]
+    assert float(trained["change"]) == pytest.approx(100 * (shift["test_ppl"] / float_ppl - 1))
+    assert float(trained["integer_test"]) == pytest.approx(shift["integer"]["test_ppl"])
+    evaluated = accuracy[("irnn_denseshift", "qat", "pwl_segments=8")]  # the evaluation is matched to its run's recipe
+    assert float(evaluated["float_test"]) == pytest.approx(float_ppl)
+    assert f"% (vs {float_ppl:.2f})" in (reports / "accuracy.md").read_text()
+
+    (size,) = _csv(reports / "size.csv")
+    assert size["weights_stored_as"] == "packed 3-bit shift codes"
+    assert int(size["integer_bytes"]) == shift["integer"]["integer_param_bytes"]
+    assert float(size["ratio"]) == pytest.approx(shift["integer"]["integer_size_ratio"])
+
+    speed = (reports / "speed.md").read_text()
+    assert "`python -m app.bench engine` on Test CPU, torch x, 2 threads" in speed and "| DenseShift shift-add |" in speed
+    assert "| 2.50x |" in speed  # train.json's irnn_slowdown
+
+    ablations = _csv(reports / "ablations.csv")
+    assert sorted((r["axis"], r["value"]) for r in ablations) == [("quant.pwl_segments", "32"), ("quant.pwl_segments", "8")]
+    assert all(float(r["frozen_fraction"]) >= 0 for r in ablations if r["command"].startswith("python train.py"))
+
+    results = (reports / "results.md").read_text()
+    assert "1.6x over existing methods" in results and "ARM Cortex-A57" in results  # the paper's, labelled
+    assert "shift-add kernel vs the same codes decoded to int8: 0.50x (small, batch 1), Test CPU" in results
+    for png in ("pwl_error_vs_segments", "learning_curves", "denseshift_freezing"):
+        assert (reports / f"{png}.png").read_bytes()[:4] == b"\x89PNG" and f"]({png}.png)" in results
+    assert not (reports / "accuracy_vs_bits.png").exists()  # no runs that differ in bits
+
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    assert "### Accuracy: each run vs the float run of the same recipe" in text and ".png" not in text
+
+
+def _fake_run(root: Path, where: str, config: dict | None, metrics: dict | str, epochs: list[dict] = ()) -> Path:
+    directory = root / where
     directory.mkdir(parents=True)
-    metrics = {"task": "lm", "data": "ptb", "model": "small", "val_ppl": 110.0, "wall_time_s": 60.0,
-               "train_tokens_per_s": 3000.0, "engine": "float", "integer": None, **fields}  # fmt: skip
-    (directory / "metrics.json").write_text(json.dumps(metrics))
+    if config is not None:
+        (directory / "config.yaml").write_text(yaml.safe_dump(config))
+    if metrics is not None:
+        (directory / "metrics.json").write_text(metrics if isinstance(metrics, str) else json.dumps(metrics))
+    (directory / "epochs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
     return directory
 
 
-def test_report_compares_each_quant_mode_with_float_and_skips_corrupt_metrics(tmp_path):
-    _run(tmp_path, "float", quant="float", test_ppl=100.0, command="python train.py model=small quant=float")
-    integer = {"test_ppl": 101.0, "integer_param_bytes": 26, "float_param_bytes": 100, "integer_size_ratio": 0.26}
-    _run(tmp_path, "irnn", quant="irnn", test_ppl=101.0, engine="qat", integer=integer, command="python train.py model=small quant=irnn quant.pwl_segments=8")
-    broken = tmp_path / "runs" / "lm" / "broken"
-    broken.mkdir(parents=True)
-    (broken / "metrics.json").write_text("{not json")
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
-    with pytest.warns(UserWarning, match="broken"):
-        main(["--outputs", str(tmp_path), "--readme", str(readme)])
-    text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
-    irnn_row = next(line for line in text.splitlines() if "| irnn |" in line)
-    assert "+1.00% (vs 100.00)" in irnn_row and "26.0% of 100" in irnn_row and "`python train.py model=small quant=irnn quant.pwl_segments=8`" in irnn_row
-    assert (tmp_path / "reports" / "results.md").read_text().count("| ptb |") == 2
+def _asr_metrics(quant: str, wer: dict[str, float], **fields) -> dict:
+    return {"command": f"python train.py task=asr quant={quant}", "task": "asr", "quant": quant, "model": "small",
+            "data": "asr_synth", "val_ppl": None, "test_ppl": None, "val_wer": wer, "test_wer": wer,
+            "engine": "float" if quant == "float" else "qat", "integer": None, **fields}  # fmt: skip
+
+
+def test_asr_wer_is_compared_in_absolute_points_per_set_and_bits_are_plotted(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(plots, "PWL_SEGMENTS", (4, 8))
+    recipe = {"task": {"name": "asr", "max_epochs": 3}, "model": {"name": "small"}, "seed": 1}
+    _fake_run(tmp_path, "sweeps/asr/quant=float", {**recipe, "quant": {"name": "float"}},
+              _asr_metrics("float", {"synth": 10.0, "fsdd": 20.0}), [{"epoch": 0, "val_wer": {"synth": 30.0}}])  # fmt: skip
+    for bits, wer in ((4, 14.0), (8, 11.5)):
+        _fake_run(tmp_path, f"sweeps/asr/quant.weight_bits={bits}", {**recipe, "quant": {"name": "irnn", "weight_bits": bits}},
+                  _asr_metrics("irnn", {"synth": wer, "fsdd": 21.0}, integer={"test_wer": {"synth": wer}}))  # fmt: skip
+    main(["--outputs", str(tmp_path)])
+    reports = tmp_path / "reports"
+    rows = {(r["settings"], r["set"]): r for r in _csv(reports / "accuracy.csv")}
+    assert float(rows[("weight_bits=8", "synth")]["change"]) == pytest.approx(1.5)
+    assert rows[("weight_bits=8", "synth")]["change_unit"] == "points"
+    assert "| +1.50 pts (vs 10.00) |" in (reports / "accuracy.md").read_text()
+    assert (reports / "accuracy_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
+    assert "quant.weight_bits" in (reports / "ablations.md").read_text()
+
+
+def test_a_missing_or_corrupt_metrics_json_is_skipped_with_a_warning_naming_it(tmp_path: Path) -> None:
+    config = {"task": {"name": "lm"}, "quant": {"name": "float"}}
+    good = {"command": "python train.py quant=float", "task": "lm", "quant": "float", "data": "ptb", "test_ppl": 100.0}
+    _fake_run(tmp_path, "runs/lm/good/t0", config, good)
+    _fake_run(tmp_path, "runs/lm/stopped/t0", config, None)
+    _fake_run(tmp_path, "runs/lm/torn/t0", config, '{"command": "python train.py", "test_')
+    _fake_run(tmp_path, "evals/ptb/t1", None, "[1, 2]")
+    with pytest.warns(UserWarning) as caught:
+        main(["--outputs", str(tmp_path), "--no-plots"])
+    messages = "\n".join(str(w.message) for w in caught)
+    assert "runs/lm/stopped/t0: no metrics.json" in messages
+    assert "runs/lm/torn/t0/metrics.json: unreadable metrics.json" in messages
+    assert "evals/ptb/t1/metrics.json: not a metrics.json written by train.py or evaluate.py" in messages
+    assert [r["command"] for r in _csv(tmp_path / "reports" / "accuracy.csv")] == [good["command"]]

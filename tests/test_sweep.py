@@ -1,0 +1,104 @@
+"""Sweep presets (conf/sweep/, conf/mode/): every grid point composes and builds, and a sweep run again
+skips the points it finished (app/sweeps.py)."""
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from app.errors import UserInputError
+from app.sweeps import finished_run
+from tests.conftest import CONF_DIR, ROOT, compose_config, run_script
+
+PRESETS = sorted(path.stem for path in (CONF_DIR / "sweep").glob("*.yaml"))
+
+
+def grid(params: dict) -> list[list[str]]:
+    """The overrides of every point of `hydra.sweeper.params`, as Hydra's basic sweeper expands them."""
+    overrides = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
+    choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+               else [f"{o.get_key_element()}={o.get_value_element_as_str()}"] for o in overrides]  # fmt: skip
+    return [list(point) for point in itertools.product(*choices)]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_point_of_every_sweep_preset_composes_and_builds(preset: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", [f"+sweep={preset}", f"paths.output_root={tmp_path}"], tmp_path)
+    assert cfg.hydra.sweep.dir == f"{tmp_path}/sweeps/{preset}"
+    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${hydra.job.override_dirname}"
+    points = grid(cfg.hydra.sweeper.params)
+    assert len(points) >= 2
+    for point in points:
+        point_cfg = compose_config("train", [f"+sweep={preset}", f"paths.output_root={tmp_path}", *point], tmp_path)
+        if point_cfg.task.name != "lm":
+            assert point_cfg.data.name.startswith(point_cfg.task.name), point  # the task's own data
+            continue  # ASR modules need the data's features to be built: test_configs builds task=asr
+        tiny = compose_config("train", [f"+sweep={preset}", f"paths.output_root={tmp_path}", *point, "model=tiny"], tmp_path)
+        model_cfg = OmegaConf.to_container(tiny.model, resolve=True)  # the point's quant settings, built small
+        quant_cfg = OmegaConf.to_container(tiny.quant, resolve=True)
+        task = instantiate(tiny.task.module, model_cfg=model_cfg, quant_cfg=quant_cfg, vocab_size=50, _convert_="all")
+        assert task.model.quant.mode == point_cfg.quant.mode, point
+
+
+def test_modes_set_the_quant_mode_bits_and_optimizer(tmp_path: Path) -> None:
+    expected = {  # mode: (quant, weight bits, optimizer)
+        "float": ("float", None, "sgd"), "float_adam": ("float", None, "adam"), "irnn": ("irnn", 8, "sgd"),
+        "denseshift_2bit": ("denseshift", 2, "adam"), "denseshift_3bit": ("denseshift", 3, "adam"),
+        "denseshift_4bit": ("denseshift", 4, "adam"), "irnn_denseshift_2bit": ("irnn_denseshift", 2, "adam"),
+        "irnn_denseshift_3bit": ("irnn_denseshift", 3, "adam"),
+    }  # fmt: skip
+    assert sorted(path.stem for path in (CONF_DIR / "mode").glob("*.yaml")) == sorted(expected)
+    for mode, (quant, bits, optimizer) in expected.items():
+        cfg = compose_config("train", [f"+mode={mode}", "experiment=lm_ptb_small"], tmp_path)
+        assert (cfg.quant.name, cfg.quant.get("weight_bits"), cfg.task.module.optimizer.name) == (quant, bits, optimizer)
+
+
+def test_a_sweep_run_again_skips_the_points_it_finished(ptb_overrides: list[str], tmp_path: Path) -> None:
+    tiny = [o for o in ptb_overrides if not o.startswith("trainer.enable_progress_bar")]
+    command = ["tests/sweep_probe.py", "-m", "+sweep=lm_cpu", "+mode=float,float_adam", *tiny,
+               f"paths.output_root={tmp_path}", "trainer.enable_progress_bar=false"]  # fmt: skip
+
+    def points(result) -> dict[str, dict]:
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = [json.loads(l.removeprefix("SWEEP_POINT ")) for l in result.stdout.splitlines() if l.startswith("SWEEP_POINT ")]
+        return {Path(p["directory"]).name.split("__")[0]: p for p in lines}
+
+    env = {"PYTHONPATH": str(ROOT)}  # the probe imports train.py
+    first = points(run_script(*command, timeout=300, env=env))
+    assert sorted(first) == ["+mode-float", "+mode-float_adam"] and not any(p["skipped"] for p in first.values())
+    for point in first.values():  # one directory per point, named by its overrides only
+        assert Path(point["directory"]).parent == tmp_path / "sweeps" / "lm_cpu"
+        assert (Path(point["directory"]) / "metrics.json").is_file()
+    shutil.rmtree(Path(first["+mode-float_adam"]["directory"]) / "checkpoints")
+    (Path(first["+mode-float_adam"]["directory"]) / "metrics.json").unlink()  # as if it had been stopped
+
+    again = points(run_script(*command, timeout=300, env=env))
+    assert again["+mode-float"]["skipped"] and again["+mode-float"]["test_ppl"] == first["+mode-float"]["test_ppl"]
+    assert not again["+mode-float_adam"]["skipped"]  # no metrics.json: trained again, in its own directory
+    assert again["+mode-float_adam"]["directory"] == first["+mode-float_adam"]["directory"]
+
+
+def test_finished_run_returns_the_metrics_of_the_same_config_only(trained_run, ptb_overrides: list[str]) -> None:
+    run_dir, metrics = trained_run
+    same = compose_config("train", ptb_overrides, run_dir)
+    assert finished_run(run_dir, same) == json.loads((run_dir / "metrics.json").read_text())
+    assert finished_run(run_dir, compose_config("train", [*ptb_overrides, "trainer.enable_progress_bar=true"], run_dir))
+    resumed = compose_config("train", [*ptb_overrides, f"ckpt_path={run_dir}/checkpoints/last.ckpt"], run_dir)
+    assert finished_run(run_dir, resumed) is None  # resuming (e.g. to train longer) is always allowed
+    assert finished_run(run_dir.parent / "never-ran", same) is None
+    with pytest.raises(UserInputError, match=r"holds a run with task.max_epochs=1, this run has task.max_epochs=2"):
+        finished_run(run_dir, compose_config("train", [*ptb_overrides, "task.max_epochs=2"], run_dir))
+
+
+def test_a_damaged_metrics_json_is_not_a_finished_run(trained_run, ptb_overrides: list[str], tmp_path: Path) -> None:
+    run_dir, _ = trained_run
+    copy = tmp_path / "run"
+    copy.mkdir()
+    shutil.copy(run_dir / "config.yaml", copy / "config.yaml")
+    (copy / "metrics.json").write_text('{"command": "python train.py", "test_')
+    assert finished_run(copy, compose_config("train", ptb_overrides, copy)) is None
