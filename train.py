@@ -27,6 +27,7 @@ from app.runs import (
     write_metrics,
     write_run_config,
 )
+from app.sweeps import finished_run
 from app.tasks.asr_integer import export_integer_asr, integer_wer
 from app.tasks.lm_integer import export_integer_lm, integer_split_metrics
 
@@ -50,6 +51,8 @@ def task_inputs(cfg: DictConfig, datamodule) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint on valid and test; returns (and writes) metrics.json."""
+    if (finished := finished_run(run_dir(), cfg)) is not None:
+        return finished  # a sweep run again: this point already finished with this config (app/sweeps.py)
     started = time.perf_counter()
     seed_everything(cfg.seed, workers=True, verbose=False)
     directory = run_dir()

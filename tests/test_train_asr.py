@@ -83,3 +83,10 @@ def test_bad_asr_settings_fail_with_one_clear_line(asr_root, tmp_path):
     with pytest.raises(UserInputError, match="cannot train on data=asr_synth"):
         lm_on_speech = [o for o in _overrides(asr_root, "task=lm", "data=asr_synth") if not o.startswith("task.module")]
         train(compose_config("train", lm_on_speech, tmp_path / "d"))
+
+
+def test_fast_dev_run_trains_one_batch_and_beam_decodes_every_test_set(asr_root, tmp_path):
+    overrides = [o for o in _overrides(asr_root, "quant=float") if not o.startswith("trainer.limit_")]
+    metrics = train(compose_config("train", [*overrides, "trainer.fast_dev_run=true"], tmp_path))
+    assert metrics["checkpoint"] is None  # fast_dev_run saves nothing: the weights in memory are tested
+    assert list(metrics["test_wer"]) == TEST_SETS
