@@ -139,7 +139,8 @@ def bench_engine(sizes: list[str], rounds: int, out: Path) -> dict:
                 seconds = statistics.median(times)
                 value = seconds / steps * 1e3 if batch == 1 else batch * steps / seconds
                 speedup = statistics.median(b / t for b, t in zip(base, times))
-                row = {"size": size, "hidden": hidden, "batch": batch, "method": name, label: value, "speedup_vs_float": speedup}
+                row = {"size": size, "hidden": hidden, "batch": batch, "method": name, label: value}
+                row["speedup_vs_float"] = speedup
                 if name in WEIGHT_PATHS:
                     row.update(weight_bits=DENSESHIFT_BITS, weight_path=WEIGHT_PATHS[name])
                 results["rows"].append(row)

@@ -5,7 +5,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from app.engine.guard import IntegerOnlyGuard
-from app.engine.packing import pack_codes, packed_size, unpack_codes
+from app.engine.packing import ShiftCodes, pack_codes, packed_size, unpack_codes
 from app.engine.shift import decode_weight, decoded_matmul, shift_matmul
 from app.quant.denseshift import DenseShiftWeight
 
@@ -50,6 +50,19 @@ def test_unpacking_with_the_wrong_bit_width_names_expected_and_found_sizes():
         unpack_codes(packed, 2, 8)
     with pytest.raises(ValueError, match="8 codes of 4 bits need 4 uint8 bytes, found 3"):
         unpack_codes(packed, 4, 8)
+
+
+def test_codes_read_with_another_bit_width_are_caught_by_their_nonzero_padding():
+    # 12 codes: 4-bit packing fills 6 bytes exactly, 3-bit packing of 12 codes also takes 6 bytes (4 codes padding)
+    sign_bit, exponent = random_codes((12,), 4, seed=1)
+    exponent[-3:] = 7
+    packed = pack_codes(sign_bit, exponent, 4)
+    assert packed.numel() == packed_size(12, 3)
+    with pytest.raises(ValueError, match="padding after the last of 12 3-bit codes is not zero"):
+        unpack_codes(packed, 3, 12)
+    with pytest.raises(ValueError, match="padding after the last of 12 3-bit codes is not zero"):
+        ShiftCodes(packed, 3, [3, 4])  # the integer checkpoint builds these at load
+    assert ShiftCodes(packed, 4, [3, 4]).sign_exponent[1].flatten().tolist() == exponent.tolist()
 
 
 def test_packing_rejects_exponents_outside_the_bit_width_and_unsupported_widths():
@@ -112,4 +125,4 @@ def test_shift_kernel_uses_no_multiplication():
         shift_matmul(x_q, sign_bit, exponent)
     multiplies = {name for name in recorder.names if "mul" in name or "mm" in name or name in ("bmm", "addmm", "dot")}
     assert not multiplies, recorder.names
-    assert "sum" in recorder.names
+    assert {"cumsum", "sub", "__lshift__"} <= recorder.names  # running sums, +sum - -sum, one shift per exponent

@@ -169,6 +169,26 @@ def test_packed_checkpoint_round_trip_stores_three_bit_codes(irnn_denseshift_lm,
         assert torch.equal(loaded(tokens)[0], engine(tokens)[0])
 
 
+@pytest.mark.parametrize("stored_bits", [2, 4])
+def test_a_packed_checkpoint_whose_stored_bit_width_does_not_match_its_codes_is_one_clear_error(
+    irnn_denseshift_lm, tmp_path, stored_bits
+):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from app.engine.checkpoint import METADATA_KEY, IntegerCheckpointError
+
+    path = tmp_path / "model.int.safetensors"
+    save_integer_checkpoint(path, irnn_denseshift_lm.export_integer(VOCAB), kind="lm", vocab=VOCAB, info={})
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()[METADATA_KEY])
+    meta["model"]["lstm"]["layers"][0][0]["w_hh"]["bits"] = stored_bits  # 3-bit codes, metadata says otherwise
+    save_file(load_file(str(path)), str(path), metadata={METADATA_KEY: json.dumps(meta)})
+    with pytest.raises(IntegerCheckpointError, match=rf"model.lstm.layers.0.0.w_hh \(ShiftCodes\): .*{stored_bits} bits") as error:
+        load_integer_checkpoint(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
 def test_shift_kernel_gives_the_int8_paths_logits(irnn_denseshift_lm):
     engine = irnn_denseshift_lm.export_integer(VOCAB)
     tokens = torch.randint(0, 50, (2, 9))
@@ -293,6 +313,11 @@ def test_irnn_denseshift_run_exports_packed_codes_that_match_the_qat_model(irnn_
         (["quant=denseshift", "quant.weight_bits=8"], "quant.weight_bits=8: denseshift supports 2, 3 or 4 bits"),
         (["quant=irnn_denseshift", "quant.weight_bits=4"], "quant.weight_bits=4: irnn_denseshift weights reach"),
         (["quant=denseshift", "quant.init=he"], "quant.init='he' is unknown"),
+        (["quant=denseshift", "quant.weight_bits=1"], "quant.weight_bits=1: denseshift supports 2, 3 or 4 bits"),
+        (["quant=denseshift", "quant.weight_bits=5"], "quant.weight_bits=5: denseshift supports 2, 3 or 4 bits"),
+        (["quant=irnn_denseshift", "quant.weight_bits=1"], "quant.weight_bits=1: irnn_denseshift supports 2 or 3 bits"),
+        (["quant=irnn_denseshift", "quant.weight_bits=5"], "quant.weight_bits=5: irnn_denseshift supports 2 or 3 bits"),
+        (["quant=irnn", "+quant.decomposition=false"], "quant.decomposition=false: irnn has no DenseShift weights"),
     ],
 )
 def test_bad_denseshift_config_is_one_clear_error(ptb_overrides, tmp_path, overrides, message):

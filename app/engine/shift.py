@@ -99,7 +99,9 @@ class ShiftPlan:
             for p in range(1, group_sums.shape[1] // 2):
                 acc = acc + ((group_sums[:, 2 * p] - group_sums[:, 2 * p + 1]) << p)  # (+sum - -sum) << p
             out.append(acc)
-        return torch.cat(out, dim=0).t().contiguous() if out else torch.zeros(m, 0, dtype=torch.int64, device=x_q.device)
+        if not out:
+            return torch.zeros(m, 0, dtype=torch.int64, device=x_q.device)
+        return torch.cat(out, dim=0).t().contiguous()
 
 
 def shift_matmul(x_q: Tensor, sign_bit: Tensor, exponent: Tensor) -> Tensor:

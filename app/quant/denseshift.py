@@ -146,7 +146,8 @@ class DenseShiftWeight(ShiftWeight):
         self.gates = nn.Parameter(torch.zeros(self.levels, *self.weight_shape))
 
     def latent_parameters(self) -> list[nn.Parameter]:
-        """``sign`` and ``gates`` (official recipe: wd pulls them toward the 0 threshold, which keeps them flippable)."""
+        """``sign`` and ``gates`` (official recipe: weight decay pulls them toward the 0 threshold, which keeps
+        them flippable)."""
         return [self.sign, self.gates]
 
     @torch.no_grad()
@@ -305,9 +306,9 @@ def set_decomposition(model: nn.Module, decomposition: bool) -> int:
 class DenseShiftQuant:
     """A DenseShift weight behind the ``WeightQuant`` interface, so the irnn integer path runs unchanged.
 
-    ``fake`` (C, ...) float: ``alpha_q[c] * s * 2^p`` with the weight's gradient (surrogate or straight through); ``q``: the integers
-    ``s * 2^p`` as a float tensor; ``m0``/``exp``/``scale`` (C,): alpha in the engine's 16-bit fixed point,
-    so ``fake == scale * q`` exactly.
+    ``fake`` (C, ...) float: ``alpha_q[c] * s * 2^p`` with the weight's gradient (surrogate or straight through);
+    ``q``: the integers ``s * 2^p`` as a float tensor; ``m0``/``exp``/``scale`` (C,): alpha in the engine's
+    16-bit fixed point, so ``fake == scale * q`` exactly.
     """
 
     def __init__(self, weight: ShiftWeight):
@@ -329,7 +330,8 @@ class DenseShiftQuant:
 
 
 def shift_weights(model: nn.Module) -> dict[str, ShiftWeight]:
-    """Every DenseShift weight (either parametrization) in ``model``, keyed by the float weight it stands for ("lstm.weight_ih_l0").
+    """Every DenseShift weight (either parametrization) in ``model``, keyed by the float weight it stands for
+    ("lstm.weight_ih_l0").
 
     A weight shared by two layers (the tied decoder) is listed once, under its first name.
     """
@@ -344,7 +346,18 @@ def shift_weights(model: nn.Module) -> dict[str, ShiftWeight]:
 
 def optimizer_parameter_groups(model: nn.Module) -> list[dict]:
     """``model``'s parameters as optimizer groups: every DenseShift alpha without weight decay (a scale,
-    not a latent: ``latent_parameters``), everything else with the optimizer's settings."""
+    not a latent: ``latent_parameters``), everything else with the optimizer's settings.
+
+    A model whose ``quant.decomposition`` its shift weights do not implement (its constructor did not call
+    ``set_decomposition``) is a ValueError here, before any training step, rather than a silently other run.
+    """
+    quant = getattr(model, "quant", None)
+    for name, module in shift_weights(model).items():
+        if quant is not None and module.decomposition != quant.decomposition:
+            raise ValueError(
+                f"quant.decomposition={str(quant.decomposition).lower()}, but {type(model).__name__}'s {name} is a "
+                f"{type(module).__name__}: build the model with app.quant.denseshift.set_decomposition"
+            )
     alphas = {id(module.alpha): module.alpha for module in shift_weights(model).values()}
     rest = [p for p in model.parameters() if id(p) not in alphas]
     groups = [{"params": rest}]
