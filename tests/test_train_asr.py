@@ -90,3 +90,14 @@ def test_fast_dev_run_trains_one_batch_and_beam_decodes_every_test_set(asr_root,
     metrics = train(compose_config("train", [*overrides, "trainer.fast_dev_run=true"], tmp_path))
     assert metrics["checkpoint"] is None  # fast_dev_run saves nothing: the weights in memory are tested
     assert list(metrics["test_wer"]) == TEST_SETS
+
+
+@pytest.mark.parametrize("quant", [["quant=irnn_denseshift"], ["quant=denseshift", "quant.decomposition=false"]])
+def test_denseshift_asr_trains_and_irnn_denseshift_exports_packed_codes(asr_root, tmp_path, quant):
+    metrics = train(compose_config("train", _overrides(asr_root, *quant, "trainer.limit_test_batches=1"), tmp_path))
+    assert list(metrics["test_wer"]) == TEST_SETS
+    if quant[0] == "quant=irnn_denseshift":
+        assert metrics["integer"]["test_wer"] == metrics["test_wer"]
+        assert metrics["integer"]["integer_param_bytes"] < 0.25 * metrics["integer"]["float_param_bytes"]
+    else:
+        assert metrics["integer"] is None and any(key.startswith("freeze/") for key in metrics["quant_metrics"])

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from app.engine.asr import IntegerASRModel, conv_lengths, unfold_time
 from app.quant.attention import AttentionMemory, QuantAdditiveAttention
 from app.quant.config import QuantConfig
-from app.quant.denseshift import shift_weights
+from app.quant.denseshift import set_decomposition, shift_weights
 from app.quant.layers import LOGIT_FRAC, QuantEmbedding, QuantLinear
 from app.quant.lstm import QuantLSTM
 from app.quant.quantizers import PowerOfTwoObserver, snap
@@ -95,6 +95,8 @@ class AttentionASR(nn.Module):
         )
         self.ctc = QuantLinear(2 * encoder_hidden, vocab_size, quant=q, exact_in_training=False) if ctc else None
         self.drop = nn.Dropout(dropout)
+        if q.denseshift:
+            set_decomposition(self, q.decomposition)  # the layers build the decomposed weights
         self._init_weights()
 
     # ---- grids (integer activations) -------------------------------------------------------------
@@ -123,7 +125,7 @@ class AttentionASR(nn.Module):
     def _init_weights(self) -> None:
         shifted = shift_weights(self)
         for module in shifted.values():
-            module.init_from_float(torch.empty_like(module.sign).uniform_(-0.1, 0.1), self.quant.init)
+            module.init_from_float(module.alpha.new_empty(module.weight_shape).uniform_(-0.1, 0.1), self.quant.init)
         for name, param in self.named_parameters():
             if name.endswith("bias") and "ln_" not in name:
                 nn.init.zeros_(param)

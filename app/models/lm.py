@@ -115,6 +115,10 @@ class LSTMLanguageModel(nn.Module):
 
 def build_lm(model_cfg: Mapping[str, Any], quant_cfg: Mapping[str, Any] | None, vocab_size: int) -> LSTMLanguageModel:
     """Build the LM from a `model` preset (`conf/model/*.yaml`; its `lm:` section) and the `quant` config."""
+    if "lm" not in model_cfg:
+        raise ValueError(
+            f"model={model_cfg.get('name')} has no lm section: choose a language-model preset (tiny, small, medium, large)"
+        )
     lm = model_cfg["lm"]
     return LSTMLanguageModel(
         vocab_size=vocab_size,
