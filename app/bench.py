@@ -5,6 +5,9 @@
         torch's dynamic int8 LSTM (quantize_dynamic, fbgemm/x86), our integer engine (iRNN, int8
         weights) and the DenseShift integer engine (irnn_denseshift, 3-bit codes) with each weight path:
         the multiplication-free shift-and-add kernel and the codes decoded to int8 for the int8 GEMM.
+    python -m app.bench asr [--seconds 2.0]
+        speech recognition latency of one utterance (encoder + a fixed number of greedy decoder steps)
+        for the float model=small recognizer and its integer engine (iRNN).
     python -m app.bench train [--size small]
         training tokens/s of the float model and the irnn QAT model of the same configuration.
 
@@ -203,6 +206,68 @@ def bench_train(size: str, rounds: int, batch: int, steps: int, out: Path) -> di
     return result
 
 
+ASR_TOKENS = 15  # decoder steps per utterance (about a 6-word synthetic sentence with the 256-piece tokenizer)
+
+
+def bench_asr(seconds: float, rounds: int, out: Path) -> dict:
+    """One utterance of ``seconds`` (random unit-variance fbank-like features: the cost does not depend on
+    the values): encode it, then ASR_TOKENS greedy steps, float model vs integer engine."""
+    from omegaconf import OmegaConf
+
+    from app.models.asr import build_asr
+    from app.tasks.asr_integer import quantize_features
+
+    preset = {"name": "small", "asr": OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf/model/small.yaml").asr)}
+    frames = int(seconds * 100)
+    feats, lengths = torch.randn(1, frames, 80), torch.tensor([frames])
+    models = {}
+    for mode in ("float", "irnn"):
+        torch.manual_seed(0)
+        model = build_asr(preset, {"name": mode, "mode": mode}, 80, 256)
+        if mode == "irnn":  # calibrate the activation grids once, as QAT does
+            with torch.no_grad():
+                model.train()(torch.randn(4, frames, 80), torch.full((4,), frames), torch.randint(4, 256, (4, ASR_TOKENS)))
+        models[mode] = model.eval()
+    engine = models["irnn"].export_integer()
+
+    def float_fn():
+        encoded = models["float"].encode(feats, lengths)
+        tokens, state = torch.tensor([2]), None
+        for _ in range(ASR_TOKENS):
+            logits, state = models["float"].decode_step(tokens, state, encoded.memory)
+            tokens = logits.argmax(-1)
+
+    def integer_fn():
+        memory = engine.encode(quantize_features(feats, engine.feat_frac), lengths)
+        tokens, state = torch.tensor([2]), engine.init_state(1)
+        for _ in range(ASR_TOKENS):
+            logits, state = engine.decode_step(tokens, state, memory)
+            tokens = logits.argmax(-1)
+
+    fns = {FLOAT: float_fn, IRNN: integer_fn}
+    per_round = {name: [] for name in fns}
+    with torch.inference_mode():
+        for fn in fns.values():
+            fn()
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                time.sleep(0.05)
+                per_round[name].append(_time(fn, 1.0))
+    result = {"machine": _machine(), "model": "small", "audio_seconds": seconds, "decoder_steps": ASR_TOKENS, "rows": []}
+    for name, times in per_round.items():
+        speedup = statistics.median(f / t for f, t in zip(per_round[FLOAT], times))
+        result["rows"].append({"method": name, "latency_ms": 1e3 * statistics.median(times), "speedup_vs_float": speedup,
+                               "real_time_factor": statistics.median(times) / seconds})  # fmt: skip
+    print(f"\n{result['machine']}")
+    print(f"ASR model=small, {seconds:g} s utterance + {ASR_TOKENS} greedy steps, batch 1:")
+    for row in result["rows"]:
+        print(f"  {row['method']:16} {row['latency_ms']:8.1f} ms  RTF {row['real_time_factor']:.3f}  x float {row['speedup_vs_float']:.2f}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return result
+
+
 def _machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -224,6 +289,10 @@ def main(argv: list[str] | None = None) -> None:
     engine.add_argument("--sizes", nargs="+", default=["small", "medium"], choices=sorted(SIZES))
     engine.add_argument("--rounds", type=int, default=5)
     engine.add_argument("--out", type=Path, default=Path("outputs/bench/engine.json"))
+    asr = sub.add_parser("asr", help="speech recognition latency: float model vs integer engine")
+    asr.add_argument("--seconds", type=float, default=2.0, help="utterance length")
+    asr.add_argument("--rounds", type=int, default=5)
+    asr.add_argument("--out", type=Path, default=Path("outputs/bench/asr.json"))
     train = sub.add_parser("train", help="training tokens/s: float vs irnn QAT")
     train.add_argument("--size", default="small", choices=sorted(SIZES))
     train.add_argument("--rounds", type=int, default=3)
@@ -233,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.what == "engine":
         bench_engine(args.sizes, args.rounds, args.out)
+    elif args.what == "asr":
+        bench_asr(args.seconds, args.rounds, args.out)
     else:
         bench_train(args.size, args.rounds, args.batch, args.bptt, args.out)
 

