@@ -26,8 +26,9 @@ from app.data.text import BOS_ID, EOS_ID, PAD_ID, normalize_text
 from app.errors import UserInputError
 from app.models.asr import build_asr
 from app.quant import monitor
-from app.quant.denseshift import FreezingTracker, optimizer_parameter_groups
-from app.tasks.lm import EPOCHS_FILE, LR_SCHEDULERS, OPTIMIZERS, hold_then_decay
+from app.quant.denseshift import FreezingTracker
+from app.tasks.lm import EPOCHS_FILE
+from app.tasks.optim import check_optimization, configure_optimization
 
 EXAMPLES_PER_VALIDATION = 3
 
@@ -74,14 +75,7 @@ class SpeechRecognitionTask(L.LightningModule):
         optimizer / lr_scheduler: as the LM task (``conf/task/lm.yaml``).
         """
         super().__init__()
-        if optimizer["name"] not in OPTIMIZERS:
-            raise UserInputError(
-                f"task.module.optimizer.name={optimizer['name']!r} is unknown: choose one of {', '.join(OPTIMIZERS)}"
-            )
-        if lr_scheduler["name"] not in LR_SCHEDULERS:
-            raise UserInputError(
-                f"task.module.lr_scheduler.name={lr_scheduler['name']!r} is unknown: choose one of {', '.join(LR_SCHEDULERS)}"
-            )
+        check_optimization(optimizer, lr_scheduler)
         if not 0.0 <= ctc_weight < 1.0:
             raise UserInputError(f"task.module.ctc_weight={ctc_weight}: must be in [0, 1)")
         if beam_size < 1:
@@ -215,26 +209,7 @@ class SpeechRecognitionTask(L.LightningModule):
             self.clip_gradients(optimizer, self.hparams.grad_clip_norm, gradient_clip_algorithm="norm")
 
     def configure_optimizers(self) -> Any:
-        settings = dict(self.hparams.optimizer)
-        optimizer_class = OPTIMIZERS[settings.pop("name")]
-        try:
-            optimizer = optimizer_class(optimizer_parameter_groups(self.model), **settings)
-        except TypeError as err:
-            raise UserInputError(f"task.module.optimizer={dict(self.hparams.optimizer)}: {err}") from err
-        schedule = dict(self.hparams.lr_scheduler)
-        if schedule["name"] == "exponential":
-            decay = lambda epoch: hold_then_decay(epoch, schedule["hold_epochs"], schedule["gamma"])  # noqa: E731
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-        if schedule["name"] == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="min", factor=schedule["factor"], patience=schedule["patience"]
-            )
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/wer", "interval": "epoch", "strict": False},
-            }
-        return optimizer
+        return configure_optimization(self.model, self.hparams.optimizer, self.hparams.lr_scheduler, "val/wer")
 
     # ---- loop bookkeeping ------------------------------------------------------------------------
 

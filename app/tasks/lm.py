@@ -6,7 +6,6 @@ Perplexity is exp(sum of token NLL / number of tokens) over the whole split, wit
 across DDP ranks, not a mean of per-batch perplexities.
 """
 
-import functools
 import json
 import math
 import time
@@ -22,16 +21,10 @@ from torch import Tensor
 from app.errors import UserInputError
 from app.models.lm import LSTMState, build_lm
 from app.quant import monitor
-from app.quant.denseshift import FreezingTracker, optimizer_parameter_groups
+from app.quant.denseshift import FreezingTracker
+from app.tasks.optim import check_optimization, configure_optimization
 
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-LR_SCHEDULERS = ("none", "exponential", "plateau")
 EPOCHS_FILE = "epochs.jsonl"  # one JSON line per training epoch, in the run directory
-
-
-def hold_then_decay(epoch: int, hold_epochs: int, gamma: float) -> float:
-    """LR factor after `epoch` finished epochs: 1 for the first `hold_epochs`, then x gamma per epoch (Zaremba)."""
-    return gamma ** max(epoch + 1 - hold_epochs, 0)
 
 
 class LanguageModelTask(L.LightningModule):
@@ -57,15 +50,7 @@ class LanguageModelTask(L.LightningModule):
         (multiply by `factor` when val loss has not improved for `patience` epochs).
         """
         super().__init__()
-        if optimizer["name"] not in OPTIMIZERS:
-            raise UserInputError(
-                f"task.module.optimizer.name={optimizer['name']!r} is unknown: choose one of {', '.join(OPTIMIZERS)}"
-            )
-        if lr_scheduler["name"] not in LR_SCHEDULERS:
-            raise UserInputError(
-                f"task.module.lr_scheduler.name={lr_scheduler['name']!r} is unknown: "
-                f"choose one of {', '.join(LR_SCHEDULERS)}"
-            )
+        check_optimization(optimizer, lr_scheduler)
         self.save_hyperparameters()
         try:
             self.model = build_lm(model_cfg, quant_cfg, vocab_size)
@@ -139,27 +124,7 @@ class LanguageModelTask(L.LightningModule):
             self.clip_gradients(optimizer, self.hparams.grad_clip_norm, gradient_clip_algorithm="norm")
 
     def configure_optimizers(self) -> Any:
-        settings = dict(self.hparams.optimizer)
-        optimizer_class = OPTIMIZERS[settings.pop("name")]
-        try:
-            optimizer = optimizer_class(optimizer_parameter_groups(self.model), **settings)
-        except TypeError as err:
-            raise UserInputError(f"task.module.optimizer={dict(self.hparams.optimizer)}: {err}") from err
-        schedule = dict(self.hparams.lr_scheduler)
-        if schedule["name"] == "exponential":
-            decay = functools.partial(hold_then_decay, hold_epochs=schedule["hold_epochs"], gamma=schedule["gamma"])
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-        if schedule["name"] == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="min", factor=schedule["factor"], patience=schedule["patience"]
-            )
-            # strict=False: a run without validation (limit_val_batches=0) keeps its LR instead of failing.
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch", "strict": False},
-            }
-        return optimizer
+        return configure_optimization(self.model, self.hparams.optimizer, self.hparams.lr_scheduler, "val/loss")
 
     # ---- loop bookkeeping: state resets, whole-split sums, throughput ------------------------------
 
