@@ -91,6 +91,5 @@ def integer_wer(engine: IntegerASRModel, datamodule: Any, split: str, beam_size:
         if refs:
             result[set_name] = corpus_wer(refs, hyps)[0]
             utterances += len(refs)
-    result_rate = utterances / max(time.perf_counter() - started, 1e-9)
-    return {"wer": result, "utterances_per_s": result_rate}
+    return {"wer": result, "utterances_per_s": utterances / max(time.perf_counter() - started, 1e-9)}
 
