@@ -26,6 +26,7 @@ export alpha folds into the requantization multiplier.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -58,7 +59,7 @@ def thermometer_exponent(on: Tensor) -> Tensor:
     return exponent
 
 
-class ShiftWeight(nn.Module):
+class ShiftWeight(nn.Module, ABC):
     """One (C, ...) weight with zero-free ``bits``-bit codes ``s * 2^p`` and a positive per-channel scale alpha.
 
     What both parametrizations share: ``alpha`` (C,) float, ``codes()``, ``integer_weight()``,
@@ -78,17 +79,17 @@ class ShiftWeight(nn.Module):
     def extra_repr(self) -> str:
         return f"shape={self.weight_shape}, bits={self.bits}"
 
+    @abstractmethod
     def latent_parameters(self) -> list[nn.Parameter]:
         """The latents that take weight decay. ``alpha`` is a scale, not a latent: leave it out of weight decay."""
-        raise NotImplementedError
 
     def channel_scale(self) -> tuple[Tensor, Tensor]:
         """alpha as the engine stores it: (m0 (C,) int64 in [2^14, 2^15), exp (C,) int64), alpha ~= m0 * 2^-exp."""
         return fixed_point_scale(self.alpha.detach().clamp_min(ALPHA_MIN))
 
+    @abstractmethod
     def codes(self) -> tuple[Tensor, Tensor]:
         """The discrete code: (sign_bit (C, ...) uint8, 1 where s = -1; exponent (C, ...) int64 in [0, L])."""
-        raise NotImplementedError
 
     def integer_weight(self) -> Tensor:
         """(C, ...) int64 weight s * 2^p, the integer the engine multiplies by (with alpha in the requant)."""
@@ -101,8 +102,9 @@ class ShiftWeight(nn.Module):
         return alpha.reshape(-1, *([1] * (dim - 1)))
 
     @classmethod
+    @abstractmethod
     def from_float(cls, weight: Tensor, bits: int, init: str = "low_variance") -> "ShiftWeight":
-        raise NotImplementedError
+        """A weight of this parametrization standing for the float ``weight`` (``quant.init``)."""
 
     @torch.no_grad()
     def init_from_float(self, weight: Tensor, init: str = "low_variance") -> "ShiftWeight":

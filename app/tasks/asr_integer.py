@@ -21,8 +21,8 @@ from app.engine.checkpoint import IntegerCheckpointError, load_integer_checkpoin
 from app.errors import UserInputError
 from app.quant.monitor import float_model_bytes
 from app.tasks.asr import corpus_wer
+from app.tasks.lm_integer import INTEGER_CHECKPOINT, size_fields
 
-INTEGER_CHECKPOINT = "model.int.safetensors"
 
 
 def quantize_features(feats: Tensor, feat_frac: int) -> Tensor:
@@ -38,14 +38,7 @@ def export_integer_asr(model: Any, directory: Path, info: dict[str, Any]) -> tup
     integer_bytes = save_integer_checkpoint(path, engine, kind="asr", vocab=None, info=info)
     # the CTC layer is a training loss only: the float model it is compared with has none either
     ctc_bytes = 0 if model.ctc is None else float_model_bytes(model.ctc)
-    float_bytes = float_model_bytes(model) - ctc_bytes
-    return {
-        "integer_checkpoint": str(path),
-        "integer_param_bytes": integer_bytes,
-        "integer_file_bytes": path.stat().st_size,
-        "float_param_bytes": float_bytes,
-        "integer_size_ratio": integer_bytes / float_bytes,
-    }, engine
+    return size_fields(path, integer_bytes, float_model_bytes(model) - ctc_bytes), engine
 
 
 def load_integer_asr(path: str, vocab_sha256: str) -> tuple[IntegerASRModel, dict[str, Any]]:

@@ -63,13 +63,18 @@ def export_integer_lm(
     path = directory / INTEGER_CHECKPOINT
     integer_bytes = save_integer_checkpoint(path, engine, kind="lm", vocab=list(vocab), info=info)
     float_bytes = float_model_bytes(model)  # tied weights count once; DenseShift latents as float weights
+    return size_fields(path, integer_bytes, float_bytes), engine
+
+
+def size_fields(path: Path, integer_bytes: int, float_bytes: int) -> dict[str, Any]:
+    """The size fields of metrics.json's ``integer`` entry for the integer checkpoint at ``path``."""
     return {
         "integer_checkpoint": str(path),
         "integer_param_bytes": integer_bytes,
         "integer_file_bytes": path.stat().st_size,
         "float_param_bytes": float_bytes,
         "integer_size_ratio": integer_bytes / float_bytes,
-    }, engine
+    }
 
 
 def load_integer_lm(path: str, vocab: list[str]) -> tuple[IntegerLanguageModel, dict[str, Any]]:
