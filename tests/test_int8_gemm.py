@@ -30,3 +30,16 @@ def test_kernel_source_has_no_floating_point_type():
 def test_kernel_rejects_non_int8_inputs():
     with pytest.raises(TypeError, match="int8"):
         kernels.int8_gemm_nt(torch.zeros(2, 2, dtype=torch.int16), torch.zeros(2, 2, dtype=torch.int8))
+
+
+def test_gpu_form_of_the_int8_gemm_is_exact_at_the_extremes():
+    """QAT on a GPU runs the op's float64 form: every int8 product and sum below 2^53 stays exact, even where
+    all K products are the largest (-128 * -128) and float32 would already round (K = 2048: 2^25)."""
+    gen = torch.Generator().manual_seed(7)
+    k = 2048
+    x = torch.randint(-128, 128, (5, k), dtype=torch.int8, generator=gen)
+    w = torch.randint(-128, 128, (6, k), dtype=torch.int8, generator=gen)
+    x[0], w[0] = -128, -128  # y[0, 0] = 2048 * 16384 = 2^25
+    y = kernels._int8_gemm_nt_float64(x, w)
+    assert y.dtype == torch.int32 and int(y[0, 0]) == 1 << 25
+    assert torch.equal(y, torch._int_mm(x, w.t()))

@@ -74,11 +74,12 @@ def int_matmul(x_q: Tensor, w_q_t: Tensor) -> Tensor:
     """int8 (M, K) x int8 (K, N) -> int64 (M, N), exact.
 
     ``w_q_t`` is the transposed view of a row-major (N, K) int8 weight. The compiled integer GEMM
-    of ``app.engine.kernels`` runs it where available; ``torch._int_mm`` otherwise (same integers).
+    of ``app.engine.kernels`` runs it where available (on a GPU: its exact float64 form); ``torch._int_mm``
+    otherwise (same integers).
     """
     from app.engine import kernels
 
-    if kernels.c_kernels_available():
+    if x_q.is_cuda or kernels.c_kernels_available():
         return kernels.int8_gemm_nt(x_q, w_q_t.t()).to(torch.int64)
     return torch._int_mm(x_q, w_q_t).to(torch.int64)
 

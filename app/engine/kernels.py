@@ -68,10 +68,18 @@ def _int8_gemm_nt_cpu(x: Tensor, w: Tensor) -> Tensor:
     return y
 
 
+def _int8_gemm_nt_float64(x: Tensor, w: Tensor) -> Tensor:
+    """The same integers through a float64 GEMM, for GPUs (QAT there runs the engine's integer LSTM cell):
+    every int8 product and every partial sum is an integer below 2^53, so float64 holds each exactly.
+    CUDA has no int64 GEMM, and ``torch._int_mm`` needs M > 16 and K, N multiples of 8."""
+    return (x.to(torch.float64) @ w.to(torch.float64).t()).to(torch.int32)
+
+
 # A plain Library op (not torch.library.custom_op): ~5 us of dispatch instead of ~30 us per call.
 _LIB = torch.library.Library("qrnn", "DEF")
 _LIB.define("int8_gemm_nt(Tensor x, Tensor w) -> Tensor")
 _LIB.impl("int8_gemm_nt", _int8_gemm_nt_cpu, "CPU")
+_LIB.impl("int8_gemm_nt", _int8_gemm_nt_float64, "CUDA")
 
 
 def int8_gemm_nt(x: Tensor, w: Tensor) -> Tensor:

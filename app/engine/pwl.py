@@ -32,12 +32,13 @@ class PWLTable:
         return int(self.slopes.numel())
 
     def segment_index(self, x: Tensor) -> Tensor:
-        return torch.bucketize(x, self.boundaries, right=True)
+        return torch.bucketize(x, self.boundaries.to(x.device), right=True)
 
     def __call__(self, x: Tensor) -> Tensor:
         """Evaluate the PWL on int64 ``x`` (already inside [in_min, in_max])."""
         j = self.segment_index(x)
-        y = rounding_right_shift(self.slopes[j] * x + self.intercepts[j], self.slope_frac_bits)
+        slopes, intercepts = self.slopes.to(x.device), self.intercepts.to(x.device)
+        y = rounding_right_shift(slopes[j] * x + intercepts[j], self.slope_frac_bits)
         return y.clamp(self.out_min, self.out_max)
 
     def lookup(self) -> Tensor:
@@ -71,6 +72,23 @@ class PWLTable:
         )
 
 
+class DeviceCopies:
+    """One tensor (a lookup table) and its copies on the devices it has been used on.
+
+    QAT on a GPU evaluates the same integer tables as the engine: each device gets its copy once.
+    """
+
+    def __init__(self, tensor: Tensor):
+        self.tensor = tensor
+        self._copies = {tensor.device: tensor}
+
+    def on(self, device: torch.device) -> Tensor:
+        copy = self._copies.get(device)
+        if copy is None:
+            copy = self._copies[device] = self.tensor.to(device)
+        return copy
+
+
 class LookupActivation:
     """A PWL expanded into a lookup table: ``y = lut[x - in_min]`` (identical to ``PWLTable.__call__``)."""
 
@@ -78,7 +96,8 @@ class LookupActivation:
         self.table = table
         self.lut = table.lookup()
         self.offset = table.in_min
+        self._lut = DeviceCopies(self.lut)
 
     def __call__(self, x: Tensor) -> Tensor:
         # index_select, not lut[x]: advanced indexing costs ~1000x more here (30 ms vs 0.03 ms for 6k lookups)
-        return self.lut.index_select(0, (x - self.offset).reshape(-1)).view(x.shape)
+        return self._lut.on(x.device).index_select(0, (x - self.offset).reshape(-1)).view(x.shape)

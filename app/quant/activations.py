@@ -9,7 +9,7 @@ from torch import Tensor
 
 from app.engine.attention import PROB_FRAC, SCORE_FRAC
 from app.engine.lstm import GATE_FRAC, PWL_OUT_FRAC, CellActivations
-from app.engine.pwl import LookupActivation, PWLTable
+from app.engine.pwl import DeviceCopies, LookupActivation, PWLTable
 from app.quant.pwl import fit_pwl, pwl_slopes_real
 from app.quant.quantizers import ste
 
@@ -25,9 +25,11 @@ class PWLGradient:
     def __post_init__(self):
         x = torch.arange(self.table.in_min, self.table.in_max + 1, dtype=torch.int64)
         self.slope_lut = pwl_slopes_real(self.table, self.in_frac, self.out_frac).float()[self.table.segment_index(x)]
+        self._slope_lut = DeviceCopies(self.slope_lut)
 
     def slope(self, x_int: Tensor) -> Tensor:
-        return self.slope_lut.index_select(0, (x_int - self.table.in_min).reshape(-1)).view(x_int.shape)
+        lut = self._slope_lut.on(x_int.device)
+        return lut.index_select(0, (x_int - self.table.in_min).reshape(-1)).view(x_int.shape)
 
 
 def pwl_apply(x: Tensor, x_int: Tensor, exact_int: Tensor, grad: PWLGradient) -> Tensor:

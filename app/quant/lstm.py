@@ -96,7 +96,7 @@ class QuantLSTM(nn.LSTM):
         ln = {}
         if q.layer_norm:
             gate_eps = ln_eps_on_grid(GATE_FRAC)
-            zeros = torch.zeros(4 * self.hidden_size, dtype=torch.int64)
+            zeros = torch.zeros(4 * self.hidden_size, dtype=torch.int64, device=bias.device)
             for key in ("ih", "hh"):
                 gamma = getattr(self, f"ln_{key}_weight{name}")
                 surrogate[f"ln_{key}"] = gamma
