@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from app.config import build, register_resolvers
 from app.errors import UserInputError
-from app.runs import command_line, evaluate_splits, read_checkpoint, run_dir, write_metrics
+from app.runs import command_line, evaluate_splits, machine_text, read_checkpoint, run_dir, write_metrics
 from app.engine.checkpoint import IntegerCheckpointError, read_metadata, tensor_bytes
 from app.tasks.asr import SpeechRecognitionTask
 from app.tasks.asr_integer import integer_wer, load_integer_asr
@@ -97,6 +97,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "quant_metrics": task.quant_epoch_metrics(),
         "engine": "qat" if task.model.quant.quantized else "float",
         "integer": None,
+        "hardware": machine_text(trainer.strategy.root_device),
     }
     if trainer.is_global_zero:
         write_metrics(directory, metrics)
@@ -147,6 +148,7 @@ def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
         "quant_metrics": {},
         "engine": "integer",
         "integer": {"integer_param_bytes": tensor_bytes(str(cfg.ckpt)), "format_version": meta["version"]},
+        "hardware": machine_text("cpu"),
     }
     write_metrics(run_dir(), metrics)
     return metrics
@@ -192,6 +194,7 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
             "eval_utterances_per_s": test["utterances_per_s"],
             "beam_size": beam,
         },
+        "hardware": machine_text("cpu"),
     }
     write_metrics(run_dir(), metrics)
     return metrics

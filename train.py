@@ -22,6 +22,7 @@ from app.runs import (
     check_resumable,
     command_line,
     evaluate_splits,
+    machine_text,
     read_checkpoint,
     run_dir,
     write_metrics,
@@ -99,6 +100,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "quant_metrics": task.quant_epoch_metrics(),
         "engine": "qat" if task.model.quant.quantized else "float",
         "integer": None,
+        "hardware": machine_text(trainer.strategy.root_device),
     }
     if trainer.is_global_zero and task.model.quant.integer_activations:
         limits = {"valid": trainer.num_val_batches, "test": trainer.num_test_batches}

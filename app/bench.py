@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 import warnings
@@ -29,6 +28,7 @@ from torch import nn
 
 from app.engine.shift import use_shift_kernel
 from app.models.lm import LSTMLanguageModel
+from app.runs import machine_text
 
 SIZES = {  # (embed = hidden, layers): the LM presets of conf/model
     "small": 200,
@@ -269,15 +269,7 @@ def bench_asr(seconds: float, rounds: int, out: Path) -> dict:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return machine_text("cpu")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -247,6 +247,14 @@ def _wall(run: Run) -> str:
     return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
+def hardware_text(run: Run) -> str:
+    """metrics.json's ``hardware``; runs from before it was recorded: GPU or CPU, read off the command."""
+    recorded = run.metrics.get("hardware")
+    if recorded:
+        return str(recorded)
+    return "a GPU (model not recorded)" if "trainer=gpu" in run.command.split() else "the CPU (model not recorded)"
+
+
 def accuracy_table(runs: list[Run]) -> Table:
     """Claim 1: every run's perplexity (LM) or WER per test set (ASR) against its same-recipe float run."""
     floats, varying = float_baselines(runs), varying_settings(runs)
@@ -265,11 +273,12 @@ def accuracy_table(runs: list[Run]) -> Table:
                 integer_test = (integer.get("test_wer") or {}).get(name)
                 records.append({**common, "set": name, "metric": "wer_percent", "val": val_sets.get(name), "test": test,
                                 "float_test": float_test, "change": change, "change_unit": "points",
-                                "integer_test": integer_test, "command": run.command, "directory": str(run.directory)})  # fmt: skip
+                                "integer_test": integer_test, "hardware": hardware_text(run), "command": run.command,
+                                "directory": str(run.directory)})  # fmt: skip
                 asr_rows.append([
                     common["data"], common["model"] or "", run.quant, common["settings"], run.engine, name,
                     _fmt(val_sets.get(name)), _fmt(test), "" if change is None else f"{change:+.2f} pts (vs {float_test:.2f})",
-                    _fmt(integer_test), f"`{run.command}`",
+                    _fmt(integer_test), hardware_text(run), f"`{run.command}`",
                 ])  # fmt: skip
         elif m.get("test_ppl") is not None or m.get("val_ppl") is not None:
             float_test = base.metrics.get("test_ppl") if base else None
@@ -278,21 +287,21 @@ def accuracy_table(runs: list[Run]) -> Table:
                             "float_test": float_test, "change": change, "change_unit": "percent",
                             "integer_test": integer.get("test_ppl"), "epochs": m.get("epochs"),
                             "wall_time_s": m.get("wall_time_s"), "train_tokens_per_s": m.get("train_tokens_per_s"),
-                            "command": run.command, "directory": str(run.directory)})  # fmt: skip
+                            "hardware": hardware_text(run), "command": run.command, "directory": str(run.directory)})  # fmt: skip
             lm_rows.append([
                 common["data"], common["model"] or "", run.quant, common["settings"], run.engine, _fmt(m.get("val_ppl")),
                 _fmt(m.get("test_ppl")), change_text(run, base), _fmt(integer.get("test_ppl")), _fmt(m.get("epochs"), "d"),
-                _wall(run), _fmt(m.get("train_tokens_per_s"), ".0f"), f"`{run.command}`",
+                _wall(run), _fmt(m.get("train_tokens_per_s"), ".0f"), hardware_text(run), f"`{run.command}`",
             ])  # fmt: skip
     parts = []
     if lm_rows:
         parts.append(_markdown(
             ["data", "model", "quant", "settings", "engine", "val ppl", "test ppl", "vs float (same recipe)",
-             "integer-engine test ppl", "epochs", "wall time", "train tokens/s", "command"], lm_rows))  # fmt: skip
+             "integer-engine test ppl", "epochs", "wall time", "train tokens/s", "hardware", "command"], lm_rows))  # fmt: skip
     if asr_rows:
         parts.append(_markdown(
             ["data", "model", "quant", "settings", "engine", "set", "val WER %", "test WER %", "vs float (same recipe)",
-             "integer-engine test WER %", "command"], asr_rows))  # fmt: skip
+             "integer-engine test WER %", "hardware", "command"], asr_rows))  # fmt: skip
     return Table("accuracy", "\n\n".join(parts) or "No finished runs yet.", records)
 
 

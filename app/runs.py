@@ -7,6 +7,7 @@ atomically), `epochs.jsonl` (one line per epoch), `tensorboard/` and `metrics.js
 import dataclasses
 import io
 import json
+import platform
 import shlex
 import sys
 from collections.abc import Mapping
@@ -31,7 +32,7 @@ METRIC_FIELDS = (
     "val_ppl", "val_loss", "val_tokens", "test_ppl", "test_loss", "test_tokens",
     "val_wer", "test_wer",
     "params", "epochs", "wall_time_s", "train_tokens_per_s", "eval_tokens_per_s", "quant_metrics",
-    "engine", "integer",
+    "engine", "integer", "hardware",
 )  # fmt: skip
 
 
@@ -153,6 +154,22 @@ def _per_set(logged: Mapping[str, Any], prefix: str) -> dict[str, float] | None:
 
 def _int_or_none(value: float | None) -> int | None:
     return None if value is None else int(value)
+
+
+def machine_text(device: torch.device | str = "cpu") -> str:
+    """What a run's numbers were measured on: the GPU's name, or the CPU model and torch's thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (GPU), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def write_metrics(directory: Path, metrics: Mapping[str, Any]) -> None:

@@ -67,6 +67,7 @@ def test_report_compares_real_runs_with_their_float_control_and_draws_the_plots(
     evaluated = accuracy[("irnn_denseshift", "qat", "pwl_segments=8")]  # the evaluation is matched to its run's recipe
     assert float(evaluated["float_test"]) == pytest.approx(float_ppl)
     assert f"% (vs {float_ppl:.2f})" in (reports / "accuracy.md").read_text()
+    assert trained["hardware"] == shift["hardware"] and trained["hardware"].endswith("threads")  # recorded by train.py
 
     (size,) = _csv(reports / "size.csv")
     assert size["weights_stored_as"] == "packed 3-bit shift codes"
@@ -126,6 +127,7 @@ def test_asr_wer_is_compared_in_absolute_points_per_set_and_bits_are_plotted(tmp
     assert "| +1.50 pts (vs 10.00) |" in (reports / "accuracy.md").read_text()
     assert (reports / "accuracy_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
     assert "quant.weight_bits" in (reports / "ablations.md").read_text()
+    assert {r["hardware"] for r in rows.values()} == {"the CPU (model not recorded)"}  # metrics.json without the field
 
 
 def test_a_missing_or_corrupt_metrics_json_is_skipped_with_a_warning_naming_it(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ def test_a_run_writes_checkpoints_config_epoch_log_tensorboard_and_metrics(train
     assert written["checkpoint"] == str(run_dir / "checkpoints" / "best.ckpt")
     assert written["val_tokens"] == written["test_tokens"] == 3 * 8 * 35
     assert written["epochs"] == 1 and written["params"] == 10_000 * 32 + 10_000 + 2 * 4 * 32 * (32 + 32 + 2)
+    assert written["hardware"].endswith(f"{torch.get_num_threads()} threads")  # the CPU it ran on
     assert written["train_tokens_per_s"] > 0 and written["val_ppl"] == pytest.approx(metrics["val_ppl"])
 
 
