@@ -4,14 +4,16 @@ Writes metrics.json (the same fields as train.py's) into outputs/evals/<data>/<t
 """
 
 import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
+import math
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 from lightning import seed_everything
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from app.config import build, register_resolvers
 from app.errors import UserInputError
@@ -40,6 +42,49 @@ def load_task(checkpoint: dict[str, Any], ckpt_path: str) -> L.LightningModule:
 
 
 ENGINES = ("qat", "integer")
+SWEEP_EVALS = "evals"  # <sweep point>/evals/<engine>/metrics.json
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """Where metrics.json goes: ``output_dir`` when set (a sweep's point), else Hydra's run directory."""
+    return Path(cfg.output_dir) if cfg.get("output_dir") else run_dir()
+
+
+def evaluate_sweep(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Every finished point of the sweep in ``cfg.sweep_dir`` with every engine of ``cfg.sweep_engines``.
+
+    Each point is evaluated on its own data and task (from its config.yaml): ``engine=qat`` on
+    ``checkpoints/best.ckpt`` and ``engine=integer`` on ``model.int.safetensors`` (points with float
+    activations export none and are skipped for it). Results go to ``<point>/evals/<engine>/metrics.json``;
+    a point whose evaluation is already there is skipped, so an interrupted sweep evaluation resumes.
+    """
+    root = Path(cfg.sweep_dir)
+    if not root.is_dir():
+        raise UserInputError(f"sweep_dir={root} does not exist: pass a sweep's folder (outputs/sweeps/<preset>)")
+    unknown = [engine for engine in cfg.sweep_engines if engine not in ENGINES]
+    if unknown:
+        raise UserInputError(f"sweep_engines has {unknown[0]!r}: choose from {', '.join(ENGINES)}")
+    points = sorted(path.parent.parent for path in root.glob("*/checkpoints/best.ckpt"))
+    if not points:
+        raise UserInputError(f"sweep_dir={root} has no finished point (<point>/checkpoints/best.ckpt): run the sweep first")
+    results = []
+    for point, engine in ((point, engine) for point in points for engine in cfg.sweep_engines):
+        ckpt = point / ("model.int.safetensors" if engine == "integer" else "checkpoints/best.ckpt")
+        out = point / SWEEP_EVALS / engine
+        if not ckpt.is_file():
+            print(f"skipped: {point.name} engine={engine} (float activations: no integer checkpoint)")
+            continue
+        if (out / "metrics.json").is_file():
+            print(f"skipped: {point.name} engine={engine} (already evaluated: {out / 'metrics.json'})")
+            continue
+        trained = OmegaConf.load(point / "config.yaml")
+        one = cfg.copy()
+        with open_dict(one):  # the point's own task and data nodes replace (not merge into) the defaults
+            one.ckpt, one.engine, one.sweep_dir, one.output_dir = str(ckpt), engine, None, str(out)
+            one.task, one.data = trained.task, trained.data
+        print(f"evaluating {point.name} engine={engine}")
+        results.append(evaluate(one))
+    return results
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -79,7 +124,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"ckpt={cfg.ckpt} was trained with another vocabulary than data={cfg.data.name} has: "
             "evaluate it on the data it was trained on (its run's config.yaml, key data.name)"
         )
-    directory = run_dir()
+    directory = output_dir(cfg)
     trainer = build(cfg.trainer, default_root_dir=directory, logger=False, enable_checkpointing=False)
     hparams = checkpoint["hyper_parameters"]
     metrics = {
@@ -123,7 +168,9 @@ def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
     if kind == "asr":
         return evaluate_integer_asr(cfg, datamodule, started)
     engine, meta = load_integer_lm(str(cfg.ckpt), datamodule.vocab)
-    split_metrics = {split: integer_split_metrics(engine, datamodule, split) for split in ("valid", "test")}
+    limits = integer_batch_limits(cfg)
+    split_metrics = {split: integer_split_metrics(engine, datamodule, split, limits[prefix])
+                     for split, prefix in (("valid", "val"), ("test", "test"))}  # fmt: skip
     info = meta.get("info", {})
     metrics = {
         "command": command_line("evaluate.py"),
@@ -150,8 +197,20 @@ def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
         "integer": {"integer_param_bytes": tensor_bytes(str(cfg.ckpt)), "format_version": meta["version"]},
         "hardware": machine_text("cpu"),
     }
-    write_metrics(run_dir(), metrics)
+    write_metrics(output_dir(cfg), metrics)
     return metrics
+
+
+def integer_batch_limits(cfg: DictConfig) -> dict[str, int | float]:
+    """trainer.limit_{val,test}_batches (a number of batches, per set) for the engine, as engine=qat applies them;
+    fractions are not supported there. No limit: inf."""
+    limits = {}
+    for split in ("val", "test"):
+        limit = cfg.trainer.get(f"limit_{split}_batches")
+        if limit is not None and not isinstance(limit, int):
+            raise UserInputError(f"trainer.limit_{split}_batches={limit}: engine=integer takes a whole number of batches")
+        limits[split] = math.inf if limit is None else limit
+    return limits
 
 
 def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[str, Any]:
@@ -161,14 +220,8 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
     decoding = info.get("decoding", {})
     beam = int(cfg.beam_size) if cfg.beam_size is not None else decoding.get("beam_size", 5)
     norm, ratio = decoding.get("length_norm", 1.0), decoding.get("max_len_ratio", 1.0)
-    # trainer.limit_{val,test}_batches (a number of batches per set) limit the engine's decoding as they limit
-    # engine=qat's; fractions are not supported there
-    limits = {}
-    for split in ("val", "test"):
-        limit = cfg.trainer.get(f"limit_{split}_batches")
-        if limit is not None and not isinstance(limit, int):
-            raise UserInputError(f"trainer.limit_{split}_batches={limit}: engine=integer takes a whole number of batches")
-        limits[split] = None if limit is None else [limit] * len(getattr(datamodule, f"{split}_names"))
+    limits = {split: None if limit == math.inf else [limit] * len(getattr(datamodule, f"{split}_names"))
+              for split, limit in integer_batch_limits(cfg).items()}  # fmt: skip
     val = integer_wer(engine, datamodule, "val", 1, norm, ratio, limits["val"])
     test = integer_wer(engine, datamodule, "test", beam, norm, ratio, limits["test"])
     metrics = {
@@ -196,14 +249,14 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
         },
         "hardware": machine_text("cpu"),
     }
-    write_metrics(run_dir(), metrics)
+    write_metrics(output_dir(cfg), metrics)
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     try:
-        evaluate(cfg)
+        evaluate_sweep(cfg) if cfg.get("sweep_dir") else evaluate(cfg)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

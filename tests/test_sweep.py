@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from app.errors import UserInputError
 from app.sweeps import finished_run
-from tests.conftest import CONF_DIR, ROOT, compose_config, run_script
+from tests.conftest import CONF_DIR, ROOT, compose_config, eval_overrides, run_script
 
 PRESETS = sorted(path.stem for path in (CONF_DIR / "sweep").glob("*.yaml"))
 
@@ -58,9 +58,11 @@ def test_modes_set_the_quant_mode_bits_and_optimizer(tmp_path: Path) -> None:
         assert (cfg.quant.name, cfg.quant.get("weight_bits"), cfg.task.module.optimizer.name) == (quant, bits, optimizer)
 
 
-def test_a_sweep_run_again_skips_the_points_it_finished(ptb_overrides: list[str], tmp_path: Path) -> None:
+def test_a_sweep_run_again_skips_the_points_it_finished_and_evaluate_covers_every_point_and_engine(
+    ptb_overrides: list[str], tmp_path: Path
+) -> None:
     tiny = [o for o in ptb_overrides if not o.startswith("trainer.enable_progress_bar")]
-    command = ["tests/sweep_probe.py", "-m", "+sweep=lm_cpu", "+mode=float,float_adam", *tiny,
+    command = ["tests/sweep_probe.py", "-m", "+sweep=lm_cpu", "+mode=float,irnn", *tiny,
                f"paths.output_root={tmp_path}", "trainer.enable_progress_bar=false"]  # fmt: skip
 
     def points(result) -> dict[str, dict]:
@@ -70,17 +72,33 @@ def test_a_sweep_run_again_skips_the_points_it_finished(ptb_overrides: list[str]
 
     env = {"PYTHONPATH": str(ROOT)}  # the probe imports train.py
     first = points(run_script(*command, timeout=300, env=env))
-    assert sorted(first) == ["+mode-float", "+mode-float_adam"] and not any(p["skipped"] for p in first.values())
+    assert sorted(first) == ["+mode-float", "+mode-irnn"] and not any(p["skipped"] for p in first.values())
     for point in first.values():  # one directory per point, named by its overrides only
         assert Path(point["directory"]).parent == tmp_path / "sweeps" / "lm_cpu"
         assert (Path(point["directory"]) / "metrics.json").is_file()
-    shutil.rmtree(Path(first["+mode-float_adam"]["directory"]) / "checkpoints")
-    (Path(first["+mode-float_adam"]["directory"]) / "metrics.json").unlink()  # as if it had been stopped
+    shutil.rmtree(Path(first["+mode-irnn"]["directory"]) / "checkpoints")
+    (Path(first["+mode-irnn"]["directory"]) / "metrics.json").unlink()  # as if it had been stopped
 
     again = points(run_script(*command, timeout=300, env=env))
     assert again["+mode-float"]["skipped"] and again["+mode-float"]["test_ppl"] == first["+mode-float"]["test_ppl"]
-    assert not again["+mode-float_adam"]["skipped"]  # no metrics.json: trained again, in its own directory
-    assert again["+mode-float_adam"]["directory"] == first["+mode-float_adam"]["directory"]
+    assert not again["+mode-irnn"]["skipped"]  # no metrics.json: trained again, in its own directory
+    assert again["+mode-irnn"]["directory"] == first["+mode-irnn"]["directory"]
+
+    # evaluate.py sweep_dir=: every point with every engine it has, each on its own data, then resumable
+    evaluate = ["evaluate.py", f"sweep_dir={tmp_path / 'sweeps' / 'lm_cpu'}", *eval_overrides(tiny)]
+    result = run_script(*evaluate, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = {(point, engine): json.loads((Path(again[point]["directory"]) / "evals" / engine / "metrics.json").read_text())
+             for point, engine in (("+mode-float", "qat"), ("+mode-irnn", "qat"), ("+mode-irnn", "integer"))}  # fmt: skip
+    assert not (Path(again["+mode-float"]["directory"]) / "evals" / "integer").exists()  # float: no integer checkpoint
+    assert any(line.startswith("skipped: +mode-float__") and "engine=integer (float activations" in line
+               for line in result.stdout.splitlines()), result.stdout
+    trained = {point: json.loads((Path(again[point]["directory"]) / "metrics.json").read_text()) for point in again}
+    assert evals[("+mode-float", "qat")]["test_ppl"] == pytest.approx(trained["+mode-float"]["test_ppl"], rel=1e-5)
+    assert evals[("+mode-irnn", "integer")]["engine"] == "integer"
+    assert evals[("+mode-irnn", "integer")]["test_ppl"] == pytest.approx(trained["+mode-irnn"]["integer"]["test_ppl"], rel=1e-5)
+    rerun = run_script(*evaluate, timeout=300)
+    assert rerun.returncode == 0 and rerun.stdout.count("(already evaluated:") == 3, rerun.stdout
 
 
 def test_finished_run_returns_the_metrics_of_the_same_config_only(trained_run, ptb_overrides: list[str]) -> None:
