@@ -30,7 +30,8 @@ def grid(params: dict) -> list[list[str]]:
 def test_every_point_of_every_sweep_preset_composes_and_builds(preset: str, tmp_path: Path) -> None:
     cfg = compose_config("train", [f"+sweep={preset}", f"paths.output_root={tmp_path}"], tmp_path)
     assert cfg.hydra.sweep.dir == f"{tmp_path}/sweeps/{preset}"
-    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${hydra.job.override_dirname}"
+    subdir = "${sweep_point}" if preset == "cpu" else "${hydra.job.override_dirname}"  # cpu: fixed point names
+    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == subdir
     points = grid(cfg.hydra.sweeper.params)
     assert len(points) >= 2
     for point in points:
@@ -41,6 +42,9 @@ def test_every_point_of_every_sweep_preset_composes_and_builds(preset: str, tmp_
         tiny = compose_config("train", [f"+sweep={preset}", f"paths.output_root={tmp_path}", *point, "model=tiny"], tmp_path)
         model_cfg = OmegaConf.to_container(tiny.model, resolve=True)  # the point's quant settings, built small
         quant_cfg = OmegaConf.to_container(tiny.quant, resolve=True)
+        if quant_cfg.get("init_from"):  # a fine-tune of the sweep's own float point (that chain: the test below)
+            assert quant_cfg["init_from"] == f"{tmp_path}/sweeps/{preset}/lm_float/checkpoints/best.ckpt", point
+            quant_cfg["init_from"] = None
         task = instantiate(tiny.task.module, model_cfg=model_cfg, quant_cfg=quant_cfg, vocab_size=50, _convert_="all")
         assert task.model.quant.mode == point_cfg.quant.mode, point
 
@@ -120,3 +124,16 @@ def test_a_damaged_metrics_json_is_not_a_finished_run(trained_run, ptb_overrides
     shutil.copy(run_dir / "config.yaml", copy / "config.yaml")
     (copy / "metrics.json").write_text('{"command": "python train.py", "test_')
     assert finished_run(copy, compose_config("train", ptb_overrides, copy)) is None
+
+
+def test_the_cpu_sweep_fine_tunes_from_the_float_point_it_trained_first(ptb_overrides: list[str], tmp_path: Path) -> None:
+    tiny = [o for o in ptb_overrides if not o.startswith("trainer.enable_progress_bar")]
+    command = ["tests/sweep_probe.py", "-m", "+sweep=cpu", "+point=lm_float,lm_irnn", *tiny,
+               f"paths.output_root={tmp_path}", "trainer.enable_progress_bar=false"]  # fmt: skip
+    result = run_script(*command, timeout=300, env={"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "sweeps" / "cpu"
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["lm_float", "lm_irnn"]
+    config = OmegaConf.load(sweep / "lm_irnn" / "config.yaml")
+    assert config.quant.name == "irnn" and config.quant.init_from == str(sweep / "lm_float" / "checkpoints" / "best.ckpt")
+    assert (sweep / "lm_irnn" / "model.int.safetensors").is_file()
