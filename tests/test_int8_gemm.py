@@ -21,8 +21,9 @@ def test_compiled_int8_gemm_equals_int_mm_exactly(m, k, n):
     assert torch.equal(y, torch._int_mm(x, w.t()))
 
 
-def test_kernel_source_has_no_floating_point_type():
-    source = (Path(kernels.__file__).parent / "csrc" / "int8_gemm.c").read_text()
+@pytest.mark.parametrize("name", ["int8_gemm.c", "int_lstm.c"])
+def test_kernel_source_has_no_floating_point_type(name):
+    source = (Path(kernels.__file__).parent / "csrc" / name).read_text()
     code = re.sub(r"/\*.*?\*/", "", source, flags=re.S)
     assert not re.search(r"\b(float|double|_Float\d+|__m256[^i]|__m128[^i])\b", code)
 

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from app.engine import lstm as engine_lstm
 from app.engine.guard import IntegerOnlyGuard
 from app.quant.config import QuantConfig
 from app.quant.lstm import QuantLSTM
@@ -13,9 +14,16 @@ def _inputs(batch=3, steps=9, features=16, frac=6, seed=0):
     return x_int.float() * 2.0**-frac, x_int.to(torch.int8)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("layer_norm", [False, True])
-def test_qat_lstm_matches_integer_engine_bit_exact(bidirectional, layer_norm):
+def test_qat_lstm_matches_integer_engine_bit_exact(bidirectional, layer_norm, compiled, monkeypatch):
+    """Both engine paths: csrc/int_lstm.c (cells without layer norm) and the torch-op loop."""
+    calls = []
+    compiled_direction = engine_lstm.kernels.lstm_direction
+    monkeypatch.setattr(engine_lstm.kernels, "lstm_direction", lambda *a: calls.append(1) or compiled_direction(*a))
+    if not compiled:
+        monkeypatch.setattr(engine_lstm, "_compiled_direction_applies", lambda *a: False)
     torch.manual_seed(0)
     quant = QuantConfig(mode="irnn", layer_norm=layer_norm, pwl_segments=16)
     lstm = QuantLSTM(16, 24, num_layers=2, bidirectional=bidirectional, quant=quant).eval()
@@ -26,7 +34,8 @@ def test_qat_lstm_matches_integer_engine_bit_exact(bidirectional, layer_norm):
     engine = lstm.export(in_frac=6)
     with IntegerOnlyGuard() as guard:
         y_int, (h_int, c_int) = engine(x_int, lengths=lengths)
-    assert guard.ops > 100
+    assert guard.ops > 10
+    assert len(calls) == (2 * (1 + bidirectional) if compiled and not layer_norm else 0)  # layers x directions
     assert y_int.dtype == torch.int8 and c_int.dtype == torch.int16
     assert torch.equal(y_int.long(), torch.round(y * 2**quant.h_frac).long())
     assert torch.equal(h_int.long(), torch.round(h * 2**quant.h_frac).long())

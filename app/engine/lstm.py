@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from app.engine import kernels
 from app.engine.fixed_point import (
     INT16_MAX,
     INT16_MIN,
@@ -166,6 +167,23 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     return x.gather(1, idx)
 
 
+def _compiled_direction_applies(d: IntLSTMDirection, fmt: LSTMFormat, acts: CellActivations, x_q: Tensor) -> bool:
+    """Whether ``csrc/int_lstm.c`` computes this direction: CPU tensors, no layer norm, int8 recurrent weights
+    (not the DenseShift shift kernel), tables over the whole int16 range and an int8 hidden state."""
+    if x_q.is_cuda or not kernels.c_kernels_available():
+        return False
+    if d.ln_ih is not None or d.ln_hh is not None or d.ln_cell is not None:
+        return False
+    if getattr(d, "shift_kernel", False) and d.shift_codes.get("w_hh") is not None:
+        return False
+    int16_tables = all(
+        acts.luts[name].offset == INT16_MIN and acts.luts[name].lut.numel() == INT16_MAX - INT16_MIN + 1
+        for name in ("sigmoid", "tanh_gate", "tanh_cell")
+    )
+    shifts_ok = 2 * PWL_OUT_FRAC - fmt.cell_frac >= 1 and 2 * PWL_OUT_FRAC - fmt.h_frac >= 1
+    return int16_tables and shifts_ok and fmt.h_bits <= 8 and d.w_hh.dtype == torch.int8
+
+
 def run_direction(
     d: IntLSTMDirection,
     fmt: LSTMFormat,
@@ -182,6 +200,14 @@ def run_direction(
     batch, steps, _ = x_q.shape
     x_proj = input_projection(d, fmt, x_q.reshape(batch * steps, -1)).reshape(batch, steps, -1)
     requant_h = recurrent_requantizer(d, fmt)
+    if _compiled_direction_applies(d, fmt, acts, x_q):
+        hidden = h0.shape[-1]
+        lut_min = acts.luts["sigmoid"].offset
+        return kernels.lstm_direction(
+            x_proj, d.w_hh, requant_h.m0.expand(4 * hidden), requant_h.shift.expand(4 * hidden),
+            (requant_h.lo, requant_h.hi), tuple(acts.luts[name].lut for name in ("sigmoid", "tanh_gate", "tanh_cell")),
+            lut_min, 2 * PWL_OUT_FRAC - fmt.cell_frac, 2 * PWL_OUT_FRAC - fmt.h_frac, qrange(fmt.h_bits), h0, c0, lengths,
+        )
     h, c = h0, c0
     outputs = []
     for t in range(steps):
