@@ -13,7 +13,7 @@ import hydra
 from lightning import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from app.config import build, register_resolvers
 from app.errors import UserInputError
@@ -54,6 +54,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint on valid and test; returns (and writes) metrics.json."""
     if (finished := finished_run(run_dir(), cfg)) is not None:
         return finished  # a sweep run again: this point already finished with this config (app/sweeps.py)
+    last = run_dir() / "checkpoints" / "last.ckpt"
+    if not cfg.ckpt_path and last.is_file():  # a sweep point stopped mid-training (same config: checked above)
+        print(f"resuming: {run_dir()} from {last}")
+        with open_dict(cfg):
+            cfg.ckpt_path = str(last)
     started = time.perf_counter()
     seed_everything(cfg.seed, workers=True, verbose=False)
     directory = run_dir()

@@ -81,7 +81,7 @@ def test_a_sweep_run_again_skips_the_points_it_finished_and_evaluate_covers_ever
         assert Path(point["directory"]).parent == tmp_path / "sweeps" / "lm_cpu"
         assert (Path(point["directory"]) / "metrics.json").is_file()
     shutil.rmtree(Path(first["+mode-irnn"]["directory"]) / "checkpoints")
-    (Path(first["+mode-irnn"]["directory"]) / "metrics.json").unlink()  # as if it had been stopped
+    (Path(first["+mode-irnn"]["directory"]) / "metrics.json").unlink()  # as if it had been stopped before a checkpoint
 
     again = points(run_script(*command, timeout=300, env=env))
     assert again["+mode-float"]["skipped"] and again["+mode-float"]["test_ppl"] == first["+mode-float"]["test_ppl"]
@@ -103,6 +103,13 @@ def test_a_sweep_run_again_skips_the_points_it_finished_and_evaluate_covers_ever
     assert evals[("+mode-irnn", "integer")]["test_ppl"] == pytest.approx(trained["+mode-irnn"]["integer"]["test_ppl"], rel=1e-5)
     rerun = run_script(*evaluate, timeout=300)
     assert rerun.returncode == 0 and rerun.stdout.count("(already evaluated:") == 3, rerun.stdout
+
+    # a point stopped after a checkpoint resumes from its last.ckpt instead of starting over
+    (Path(again["+mode-float"]["directory"]) / "metrics.json").unlink()
+    result = run_script(*command, timeout=300, env=env)
+    resumed = points(result)
+    assert f"resuming: {again['+mode-float']['directory']} from " in result.stdout and not resumed["+mode-float"]["skipped"]
+    assert resumed["+mode-irnn"]["skipped"]
 
 
 def test_finished_run_returns_the_metrics_of_the_same_config_only(trained_run, ptb_overrides: list[str]) -> None:
