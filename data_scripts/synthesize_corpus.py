@@ -406,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="outputs/cache/asr/synth",
         help="corpus folder (paths.asr_root/synth in conf/data/asr_synth.yaml)",
     )
-    parser.add_argument("--train", type=int, default=4000, help="train utterances")
+    parser.add_argument("--train", type=int, default=10000, help="train utterances")
     parser.add_argument("--valid", type=int, default=200, help="valid utterances (held-out voices and sentences)")
     parser.add_argument("--test", type=int, default=300, help="test utterances (held-out voices and sentences)")
     parser.add_argument("--word-vocab", type=int, default=1000, help="sentences use only the N most frequent words")
