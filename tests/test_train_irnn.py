@@ -65,7 +65,8 @@ def test_evaluate_runs_the_integer_checkpoint_on_the_integer_engine(irnn_run, pt
     cfg = compose_config("evaluate", overrides, tmp_path)
     result = evaluate(cfg)
     assert result["engine"] == "integer" and result["quant"] == "irnn"
-    assert result["test_tokens"] == 82_430  # the whole PTB test split
+    assert result["test_tokens"] == metrics["test_tokens"] == 3 * 8 * 35  # trainer.limit_test_batches, as engine=qat
+    assert result["test_ppl"] == pytest.approx(metrics["integer"]["test_ppl"], rel=1e-6)  # train.py's engine check
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["test_ppl"] == pytest.approx(result["test_ppl"])
 
