@@ -17,12 +17,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from app.config import build, register_resolvers
 from app.errors import UserInputError
-from app.runs import command_line, evaluate_splits, machine_text, read_checkpoint, run_dir, write_metrics
+from app.runs import METRICS_FILE, command_line, evaluate_splits, machine_text, read_checkpoint, run_dir, write_metrics
 from app.engine.checkpoint import IntegerCheckpointError, read_metadata, tensor_bytes
 from app.tasks.asr import SpeechRecognitionTask
 from app.tasks.asr_integer import integer_wer, load_integer_asr
 from app.tasks.lm import LanguageModelTask
-from app.tasks.lm_integer import integer_split_metrics, load_integer_lm
+from app.tasks.lm_integer import INTEGER_CHECKPOINT, integer_split_metrics, load_integer_lm
 
 register_resolvers()
 
@@ -69,13 +69,13 @@ def evaluate_sweep(cfg: DictConfig) -> list[dict[str, Any]]:
         raise UserInputError(f"sweep_dir={root} has no finished point (<point>/checkpoints/best.ckpt): run the sweep first")
     results = []
     for point, engine in ((point, engine) for point in points for engine in cfg.sweep_engines):
-        ckpt = point / ("model.int.safetensors" if engine == "integer" else "checkpoints/best.ckpt")
+        ckpt = point / (INTEGER_CHECKPOINT if engine == "integer" else "checkpoints/best.ckpt")
         out = point / SWEEP_EVALS / engine
         if not ckpt.is_file():
             print(f"skipped: {point.name} engine={engine} (float activations: no integer checkpoint)")
             continue
-        if (out / "metrics.json").is_file():
-            print(f"skipped: {point.name} engine={engine} (already evaluated: {out / 'metrics.json'})")
+        if (out / METRICS_FILE).is_file():
+            print(f"skipped: {point.name} engine={engine} (already evaluated: {out / METRICS_FILE})")
             continue
         trained = OmegaConf.load(point / "config.yaml")
         one = cfg.copy()

@@ -125,7 +125,7 @@ def _time(fn, min_seconds: float = 0.3, warmed_up: bool = False) -> float:
 
 
 def bench_engine(sizes: list[str], rounds: int, out: Path) -> dict:
-    results = {"machine": _machine(), "rows": []}
+    results = {"machine": machine_text("cpu"), "rows": []}
     for size in sizes:
         hidden = SIZES[size]
         models = _models(hidden, torch.randint(0, VOCAB, (20, 35)))
@@ -187,7 +187,7 @@ def bench_train(size: str, rounds: int, batch: int, steps: int, out: Path) -> di
             per_round[mode].append(_time(fn, 1.0))
     slowdown = statistics.median(q / f for f, q in zip(per_round["float"], per_round["irnn"]))
     result = {
-        "machine": _machine(),
+        "machine": machine_text("cpu"),
         "size": size,
         "batch": batch,
         "bptt": steps,
@@ -253,7 +253,7 @@ def bench_asr(seconds: float, rounds: int, out: Path) -> dict:
             for name, fn in fns.items():
                 time.sleep(0.05)
                 per_round[name].append(_time(fn, 1.0))
-    result = {"machine": _machine(), "model": "small", "audio_seconds": seconds, "decoder_steps": ASR_TOKENS, "rows": []}
+    result = {"machine": machine_text("cpu"), "model": "small", "audio_seconds": seconds, "decoder_steps": ASR_TOKENS, "rows": []}
     for name, times in per_round.items():
         speedup = statistics.median(f / t for f, t in zip(per_round[FLOAT], times))
         result["rows"].append({"method": name, "latency_ms": 1e3 * statistics.median(times), "speedup_vs_float": speedup,
@@ -266,10 +266,6 @@ def bench_asr(seconds: float, rounds: int, out: Path) -> dict:
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
     return result
-
-
-def _machine() -> str:
-    return machine_text("cpu")
 
 
 def main(argv: list[str] | None = None) -> None:
