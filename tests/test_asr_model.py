@@ -30,9 +30,10 @@ def fsdd_batch(asr_root):
     return batch, datamodule
 
 
-def _model(mode: str, batch, vocab_size: int, seed: int = 0):
+def _model(mode: str, batch, vocab_size: int, seed: int = 0, conv_layers: int | None = None):
     torch.manual_seed(seed)
-    model = build_asr(TINY, {"name": mode, "mode": mode}, 80, vocab_size)
+    preset = TINY if conv_layers is None else {"name": "tiny", "asr": {**TINY["asr"], "conv_layers": conv_layers}}
+    model = build_asr(preset, {"name": mode, "mode": mode}, 80, vocab_size)
     if model.quant.integer_activations:  # calibrate the activation grids on real features, as QAT does
         model.train()
         with torch.no_grad():
@@ -59,9 +60,11 @@ def test_padding_does_not_change_an_utterance_and_attention_ignores_padded_frame
     assert torch.allclose(probs.sum(-1), torch.ones(len(batch["texts"]), dtype=probs.dtype), atol=1e-3)
 
 
-def test_integer_engine_equals_the_qat_model_bit_for_bit_under_the_integer_guard(fsdd_batch, tmp_path):
+@pytest.mark.parametrize("conv_layers", [2, 3])  # 4x (model=tiny) and 8x (model=small) subsampling
+def test_integer_engine_equals_the_qat_model_bit_for_bit_under_the_integer_guard(fsdd_batch, tmp_path, conv_layers):
     batch, datamodule = fsdd_batch
-    model = _model("irnn", batch, datamodule.vocab_size)
+    model = _model("irnn", batch, datamodule.vocab_size, conv_layers=conv_layers)
+    assert len(model.conv) == conv_layers
     path = tmp_path / "model.int.safetensors"
     save_integer_checkpoint(path, model.export_integer(), kind="asr", vocab=None, info={})
     engine, _ = load_integer_checkpoint(path)
@@ -113,6 +116,11 @@ def test_corpus_wer_is_jiwer_on_normalized_text():
     expected = jiwer.wer([normalize_text(r) for r in references], [normalize_text(h) for h in hypotheses])
     assert rate == pytest.approx(100 * expected) and (errors, words) == (2, 11)
     assert corpus_wer(["one two"], [""])[:2] == (100.0, 2)  # an empty hypothesis deletes every word
+
+
+def test_a_front_end_without_convolutions_is_refused():
+    with pytest.raises(ValueError, match="conv_layers=0"):
+        build_asr({"name": "tiny", "asr": {**TINY["asr"], "conv_layers": 0}}, None, 80, 16)
 
 
 def test_an_lm_model_preset_without_an_asr_section_is_refused():

@@ -4,7 +4,7 @@ The engine starts where the front end ends: log-mel / fbank features (float sign
 LM's tokenizer) rounded to int8 on the model's input grid 2^-feat_frac (``quantize_features``, host
 side). From there every op is integer:
 
-    conv front end   two time convolutions (kernel 3, stride 2: 4x subsampling) = unfold + IntLinear, ReLU
+    conv front end   time convolutions (kernel 3, stride 2: 2x fewer frames each) = unfold + IntLinear, ReLU
     encoder          bidirectional IntLSTM layers; layers >= 1 add their input (saturating residual)
     decoder step     IntEmbedding of the previous token -> IntLSTM layers (residual as the encoder)
                      -> additive attention over the encoder output -> IntLinear on [query; context]
@@ -61,7 +61,7 @@ class IntEncoderMemory:
 @dataclass
 class IntegerASRModel:
     feat_frac: int  # input features: int8 at 2^-feat_frac
-    conv: list[IntLinear]  # the two time convolutions (weights over 3 stacked frames), ReLU after each
+    conv: list[IntLinear]  # the time convolutions (weights over 3 stacked frames), ReLU after each
     encoder: list[IntLSTM]  # one bidirectional layer each
     encoder_fracs: list[int]  # output grid of each encoder layer (after its residual)
     residual: bool

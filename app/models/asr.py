@@ -1,6 +1,7 @@
 """Attention encoder-decoder speech recognizer (Bahdanau et al. 2016 / Espresso; iRNN paper's ASR model).
 
-    features (B, T, F) -> conv front end: 2 time convolutions, kernel 3, stride 2 (4x fewer frames), ReLU
+    features (B, T, F) -> conv front end: ``conv_layers`` time convolutions, kernel 3, stride 2 (2 layers:
+                          4x fewer frames, 40 ms per encoder frame; 3 layers: 8x, 80 ms), ReLU
       -> encoder: bidirectional LSTM layers, residual connections from the second layer on
       -> decoder: embedding of the previous token -> LSTM layers (residual as the encoder)
          -> additive attention (query: decoder output, keys: encoder output)
@@ -68,6 +69,7 @@ class AttentionASR(nn.Module):
         residual: bool,
         ctc: bool,
         quant: Mapping[str, Any] | None = None,
+        conv_layers: int = 2,
     ) -> None:
         super().__init__()
         self.quant = q = QuantConfig.from_dict(quant)
@@ -75,11 +77,11 @@ class AttentionASR(nn.Module):
         self.residual = residual
         self.feat_observer = PowerOfTwoObserver(8, q.observer_momentum) if q.integer_activations else None
         hidden = dict(out_frac=None, out_bits=q.act_bits)
+        if conv_layers < 1:
+            raise ValueError(f"model.asr.conv_layers={conv_layers}: the front end needs at least one convolution")
         self.conv = nn.ModuleList(
-            [
-                QuantLinear(3 * feature_dim, conv_channels, quant=q, **hidden),
-                QuantLinear(3 * conv_channels, conv_channels, quant=q, **hidden),
-            ]
+            QuantLinear(3 * (feature_dim if i == 0 else conv_channels), conv_channels, quant=q, **hidden)
+            for i in range(conv_layers)
         )
         self.encoder = nn.ModuleList(
             QuantLSTM(conv_channels if i == 0 else 2 * encoder_hidden, encoder_hidden, bidirectional=True, quant=q)
