@@ -113,6 +113,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if checkpoint["task"] != "asr":
             raise UserInputError(f"beam_size={cfg.beam_size} applies to ASR checkpoints; {cfg.ckpt} is a {checkpoint['task']} one")
         task.hparams.beam_size = int(cfg.beam_size)
+    if cfg.ctc_weight is not None:
+        if checkpoint["task"] != "asr":
+            raise UserInputError(f"ctc_weight={cfg.ctc_weight} applies to ASR checkpoints; {cfg.ckpt} is a {checkpoint['task']} one")
+        if not 0.0 <= float(cfg.ctc_weight) < 1.0 or (cfg.ctc_weight > 0 and task.model.ctc is None):
+            raise UserInputError(f"ctc_weight={cfg.ctc_weight}: must be in [0, 1), and above 0 only for a model with a CTC layer")
+        task.hparams.decode_ctc_weight = float(cfg.ctc_weight)
     datamodule = build(cfg.data)
     datamodule.prepare_data()
     if checkpoint["task"] != cfg.task.name:
@@ -220,10 +226,13 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
     decoding = info.get("decoding", {})
     beam = int(cfg.beam_size) if cfg.beam_size is not None else decoding.get("beam_size", 5)
     norm, ratio = decoding.get("length_norm", 1.0), decoding.get("max_len_ratio", 1.0)
+    ctc_weight = float(cfg.ctc_weight) if cfg.ctc_weight is not None else decoding.get("ctc_weight", 0.0)
+    if not 0.0 <= ctc_weight < 1.0 or (ctc_weight > 0 and engine.ctc is None):
+        raise UserInputError(f"ctc_weight={ctc_weight}: must be in [0, 1), and above 0 only for a checkpoint with a CTC layer")
     limits = {split: None if limit == math.inf else [limit] * len(getattr(datamodule, f"{split}_names"))
               for split, limit in integer_batch_limits(cfg).items()}  # fmt: skip
     val = integer_wer(engine, datamodule, "val", 1, norm, ratio, limits["val"])
-    test = integer_wer(engine, datamodule, "test", beam, norm, ratio, limits["test"])
+    test = integer_wer(engine, datamodule, "test", beam, norm, ratio, limits["test"], ctc_weight)
     metrics = {
         "command": command_line("evaluate.py"),
         "task": "asr",
@@ -246,6 +255,7 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
             "format_version": meta["version"],
             "eval_utterances_per_s": test["utterances_per_s"],
             "beam_size": beam,
+            "ctc_weight": ctc_weight,
         },
         "hardware": machine_text("cpu"),
     }

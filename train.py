@@ -143,11 +143,13 @@ def export_and_check_integer(
 def export_and_check_integer_asr(task, datamodule, directory, metrics, info, limits) -> dict[str, Any]:
     """ASR: the integer checkpoint, and the WER of each test set decoded by the integer engine (same search)."""
     hp = task.hparams
-    info["decoding"] = {"beam_size": hp.beam_size, "length_norm": hp.length_norm, "max_len_ratio": hp.max_len_ratio}
+    info["decoding"] = {"beam_size": hp.beam_size, "length_norm": hp.length_norm, "max_len_ratio": hp.max_len_ratio,
+                        "ctc_weight": hp.decode_ctc_weight}  # fmt: skip
     sizes, engine = export_integer_asr(task.model, directory, info)
     result = dict(sizes)
     if metrics["test_wer"] is not None:
-        decoded = integer_wer(engine, datamodule, "test", hp.beam_size, hp.length_norm, hp.max_len_ratio, limits["test"])
+        decoded = integer_wer(engine, datamodule, "test", hp.beam_size, hp.length_norm, hp.max_len_ratio, limits["test"],
+                              info["decoding"]["ctc_weight"])  # fmt: skip
         result["test_wer"] = decoded["wer"]
         result["test_wer_abs_diff_vs_qat"] = {k: v - metrics["test_wer"][k] for k, v in decoded["wer"].items()}
         result["eval_utterances_per_s"] = decoded["utterances_per_s"]

@@ -5,6 +5,11 @@ state)`` and ``select(state, memory, index)`` (reorder / repeat hypotheses). Bot
 logits (the integer engine's int32 logits at 2^-logit_frac are the QAT model's eval logits), and the
 search is this one code, so both decode the same words. Log-softmax is host post-processing, like the
 LM's softmax: greedy search is an argmax, which the integer logits decide alone.
+
+Beam search can add the encoder's CTC layer (joint CTC/attention decoding, Watanabe et al. 2017): each
+extension c of a hypothesis g is scored (1 - w) log p_att(c | g) + w (log p_ctc(g+c...) - log p_ctc(g...)),
+where p_ctc(h...) is the CTC probability that the output starts with h (``CTCPrefixScorer``), and for
+<eos> the probability that it is exactly g. CTC scores only the ``pre_beam`` best attention candidates.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ class Decoder:
     select_state: Callable[[Any, Tensor], Any]
     select_memory: Callable[[Any, Tensor], Any]
     init_state: Callable[[int], Any]
+    # memory -> (CTC log-probs (B, T, V), frames per utterance (B,)); None: the model has no CTC layer
+    ctc_log_probs: Callable[[Any], tuple[Tensor, Tensor]] | None = None
 
 
 def qat_decoder(model) -> Decoder:
@@ -34,7 +41,13 @@ def qat_decoder(model) -> Decoder:
         logits, state = model.decode_step(tokens, state, memory)
         return F.log_softmax(logits.float(), dim=-1), state
 
-    return Decoder(step, model.select_state, select_memory, model.init_state)
+    def ctc_log_probs(memory):
+        integer = model.quant.integer_activations
+        logits = model.ctc(memory.keys, in_frac=memory.key_frac) if integer else model.ctc(memory.keys)
+        return F.log_softmax(logits.float(), dim=-1), memory.mask.sum(-1)
+
+    ctc = None if model.ctc is None else ctc_log_probs
+    return Decoder(step, model.select_state, select_memory, model.init_state, ctc)
 
 
 def integer_decoder(engine) -> Decoder:
@@ -44,7 +57,52 @@ def integer_decoder(engine) -> Decoder:
         logits, state = engine.decode_step(tokens, state, memory)
         return F.log_softmax(logits.to(torch.float32) * 2.0**-engine.logit_frac, dim=-1), state
 
-    return Decoder(step, engine.select_state, lambda memory, index: memory.select(index), engine.init_state)
+    def ctc_log_probs(memory):
+        logits = engine.ctc_logits(memory)
+        return F.log_softmax(logits.to(torch.float32) * 2.0**-engine.ctc.out_frac, dim=-1), memory.lengths
+
+    ctc = None if engine.ctc is None else ctc_log_probs
+    return Decoder(step, engine.select_state, lambda memory, index: memory.select(index), engine.init_state, ctc)
+
+
+class CTCPrefixScorer:
+    """CTC prefix probabilities of one utterance (Watanabe et al. 2017, Algorithm 2), in log space.
+
+    log_probs: (T, V) CTC log-probabilities. A hypothesis' state is ``r`` (T, 2): the log-probabilities
+    that frames 0..t emit the hypothesis with the last frame a label (r[:, 0]) or a blank (r[:, 1]).
+    """
+
+    def __init__(self, log_probs: Tensor, blank: int, eos: int) -> None:
+        self.x = log_probs.double()
+        self.blank, self.eos = blank, eos
+
+    def initial_state(self) -> Tensor:
+        """r of the empty hypothesis: only blanks so far."""
+        r = torch.full((self.x.shape[0], 2), -math.inf, dtype=torch.float64)
+        r[:, 1] = torch.cumsum(self.x[:, self.blank], dim=0)
+        return r
+
+    def extend(self, r: Tensor, last: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
+        """Hypotheses g (N of them: states r (N, T, 2), last tokens ``last`` (N,), -1 when empty) extended
+        by ``candidates`` (N, K) -> (log p_ctc(g+c...) (N, K), states (N, K, T, 2)); for c = eos the first is
+        log p_ctc(g), the probability of exactly g; c = blank scores -inf."""
+        n, k = candidates.shape
+        steps = self.x.shape[0]
+        x_c = self.x[:, candidates]  # (T, N, K)
+        r_g = r.permute(1, 0, 2).unsqueeze(2)  # (T, N, 1, 2)
+        same = (candidates == last.unsqueeze(1)).unsqueeze(0)  # repeating the last label needs a blank between
+        phi = torch.logaddexp(r_g[..., 1], torch.where(same, -math.inf, r_g[..., 0]))  # (T, N, K)
+        new = torch.full((steps, n, k, 2), -math.inf, dtype=torch.float64)
+        new[0, ..., 0] = torch.where((last < 0).unsqueeze(1), x_c[0], torch.tensor(-math.inf, dtype=torch.float64))
+        blank = self.x[:, self.blank]
+        for t in range(1, steps):
+            new[t, ..., 0] = torch.logaddexp(new[t - 1, ..., 0], phi[t - 1]) + x_c[t]
+            new[t, ..., 1] = torch.logaddexp(new[t - 1, ..., 0], new[t - 1, ..., 1]) + blank[t]
+        psi = torch.logsumexp(torch.cat([new[:1, ..., 0], phi[:-1] + x_c[1:]], dim=0), dim=0)  # (N, K)
+        ended = torch.logaddexp(r[:, -1, 0], r[:, -1, 1]).unsqueeze(1).expand(n, k)
+        psi = torch.where(candidates == self.eos, ended, psi)
+        psi = psi.masked_fill(candidates == self.blank, -math.inf)
+        return psi, new.permute(1, 2, 0, 3)
 
 
 def max_decode_length(encoder_lengths: Tensor, ratio: float, minimum: int = 5) -> list[int]:
@@ -86,42 +144,68 @@ def beam_search(
     eos: int,
     beam_size: int,
     length_norm: float = 1.0,
+    ctc_weight: float = 0.0,
+    blank: int = 0,
 ) -> list[list[int]]:
-    """Beam search per utterance; finished hypotheses are ranked by log-prob / length^length_norm."""
+    """Beam search per utterance; finished hypotheses are ranked by score / length^length_norm.
+
+    ctc_weight > 0: joint CTC/attention scores (module docstring; the decoder needs ``ctc_log_probs``),
+    with CTC label ``blank``."""
+    if ctc_weight > 0 and decoder.ctc_log_probs is None:
+        raise ValueError(f"ctc_weight={ctc_weight} needs a model with a CTC layer (model.asr.ctc=true)")
+    ctc = decoder.ctc_log_probs(memory) if ctc_weight > 0 else None
     results = []
     for i in range(batch_size):
-        results.append(_beam_one(decoder, memory, i, max_lengths[i], bos, eos, beam_size, length_norm))
+        scorer = None if ctc is None else CTCPrefixScorer(ctc[0][i, : int(ctc[1][i])], blank, eos)
+        results.append(_beam_one(decoder, memory, i, max_lengths[i], bos, eos, beam_size, length_norm, scorer, ctc_weight))
     return results
 
 
-def _beam_one(decoder: Decoder, memory: Any, utterance: int, max_length: int, bos: int, eos: int,
-              beam_size: int, length_norm: float) -> list[int]:  # fmt: skip
+def _beam_one(decoder: Decoder, memory: Any, utterance: int, max_length: int, bos: int, eos: int, beam_size: int,
+              length_norm: float, scorer: CTCPrefixScorer | None, ctc_weight: float) -> list[int]:  # fmt: skip
     state, memory = decoder.init_state(1), decoder.select_memory(memory, torch.tensor([utterance]))
     hyps: list[list[int]] = [[]]
     scores = torch.zeros(1, dtype=torch.float64)
     tokens = torch.tensor([bos])
     finished: list[tuple[float, list[int]]] = []
     memory_rows = 1  # every hypothesis attends to the same utterance: memory rows are copies of one
+    if scorer is not None:
+        ctc_r, ctc_psi = scorer.initial_state().unsqueeze(0), torch.zeros(1, dtype=torch.float64)
+        pre_beam = int(math.ceil(1.5 * beam_size))  # ESPnet's pre-beam: CTC scores 1.5x the beam's candidates
     for t in range(max_length + 1):
         log_probs, state = decoder.step(tokens, state, memory)
-        total = (scores.unsqueeze(1) + log_probs.double()).flatten()
-        vocab = log_probs.shape[1]
+        if scorer is None:
+            candidates = None  # every token
+            total = scores.unsqueeze(1) + log_probs.double()  # (N, V)
+        else:  # CTC rescores the pre_beam best attention candidates of each hypothesis; the rest are out
+            candidates = torch.topk(log_probs, min(pre_beam, log_probs.shape[1]), dim=1).indices  # (N, K)
+            last = torch.tensor([h[-1] if h else -1 for h in hyps])
+            psi, new_r = scorer.extend(ctc_r, last, candidates)
+            joint = (1 - ctc_weight) * log_probs.double().gather(1, candidates) + ctc_weight * (psi - ctc_psi.unsqueeze(1))
+            total = scores.unsqueeze(1) + joint  # (N, K)
         # The best beam_size extensions: those ending in <eos> (or at the length limit) are finished, the
         # others go on (ESPnet's rule: a beam of one is greedy search).
-        best = torch.topk(total, min(beam_size, total.numel()))
-        keep_rows, keep_tokens, keep_scores = [], [], []
+        width = total.shape[1]
+        best = torch.topk(total.flatten(), min(beam_size, total.numel()))
+        keep_rows, keep_cols, keep_tokens, keep_scores = [], [], [], []
         for score, flat in zip(best.values.tolist(), best.indices.tolist()):
-            row, token = divmod(flat, vocab)
+            if score == -math.inf:  # CTC cannot emit it (e.g. more labels than frames)
+                break
+            row, col = divmod(flat, width)
+            token = col if candidates is None else int(candidates[row, col])
             if token == eos or t == max_length:
                 hyp = hyps[row]  # at the length limit the hypothesis ends as it is
                 finished.append((score / max(len(hyp) + 1, 1) ** length_norm, hyp))
             else:
                 keep_rows.append(row)
+                keep_cols.append(col)
                 keep_tokens.append(token)
                 keep_scores.append(score)
         if len(finished) >= beam_size or not keep_rows:
             break
         index = torch.tensor(keep_rows)
+        if scorer is not None:
+            ctc_r, ctc_psi = new_r[index, keep_cols], psi[index, keep_cols]
         hyps = [hyps[row] + [token] for row, token in zip(keep_rows, keep_tokens)]
         scores = torch.tensor(keep_scores, dtype=torch.float64)
         tokens = torch.tensor(keep_tokens)

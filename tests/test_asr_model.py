@@ -5,7 +5,7 @@ import torch
 from hydra.utils import instantiate
 
 from app.asr_search import beam_search, greedy_search, integer_decoder, max_decode_length, qat_decoder
-from app.data.text import BOS_ID, EOS_ID, normalize_text
+from app.data.text import BOS_ID, EOS_ID, PAD_ID, normalize_text
 from app.engine.checkpoint import load_integer_checkpoint, save_integer_checkpoint
 from app.engine.guard import IntegerOnlyGuard
 from app.models.asr import build_asr
@@ -85,6 +85,10 @@ def test_integer_engine_equals_the_qat_model_bit_for_bit_under_the_integer_guard
             steps.append(step_logits)
     assert guard.ops > 10  # the LSTM steps may run in csrc/int_lstm.c, which the guard does not see (no float type there: test_int8_gemm)
     assert torch.equal(memory.keys.long(), torch.round(encoded.output * 2**model.key_frac).long())
+    with IntegerOnlyGuard():
+        ctc_logits = engine.ctc_logits(memory)  # joint CTC/attention decoding scores these on both engines
+    assert ctc_logits.dtype == torch.int32
+    assert torch.equal(ctc_logits.long(), torch.round(model.ctc_logits(encoded).double() * 2**engine.ctc.out_frac).long())
     int_logits = torch.stack(steps, 1)
     assert int_logits.dtype == torch.int32
     assert torch.equal(int_logits.long(), torch.round(logits.double() * 2**engine.logit_frac).long())
@@ -101,10 +105,14 @@ def test_greedy_search_and_beam_search_decode_the_same_words_on_both_engines(fsd
         greedy = greedy_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID)
         beam1 = beam_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, beam_size=1, length_norm=0.0)
         beam3 = beam_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, beam_size=3)
+        joint = beam_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, beam_size=3,
+                            ctc_weight=0.5, blank=PAD_ID)  # fmt: skip
     memory = engine.encode(quantize_features(batch["feats"], engine.feat_frac), batch["feat_lens"])
     assert greedy == beam1  # a beam of one is greedy search
     assert greedy == greedy_search(integer_decoder(engine), memory, size, lengths, BOS_ID, EOS_ID)
     assert beam3 == beam_search(integer_decoder(engine), memory, size, lengths, BOS_ID, EOS_ID, beam_size=3)
+    assert joint == beam_search(integer_decoder(engine), memory, size, lengths, BOS_ID, EOS_ID, beam_size=3,
+                                ctc_weight=0.5, blank=PAD_ID)  # fmt: skip
     assert all(len(h) <= n for h, n in zip(greedy + beam3, lengths))
     assert all(EOS_ID not in h and BOS_ID not in h for h in greedy + beam3)
 

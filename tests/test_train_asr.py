@@ -71,6 +71,9 @@ def test_evaluate_reruns_the_checkpoint_and_the_integer_checkpoint(irnn_asr_run,
     assert integer["engine"] == "integer" and integer["test_wer"] == metrics["test_wer"]
     with pytest.raises(UserInputError, match="task=asr"):
         evaluate(compose_config("evaluate", [f"ckpt={metrics['checkpoint']}"], tmp_path / "lm"))
+    for engine, ckpt in (("qat", metrics["checkpoint"]), ("integer", run_dir / "model.int.safetensors")):
+        with pytest.raises(UserInputError, match="ctc_weight=1.5: must be in"):
+            evaluate(compose_config("evaluate", [*common, f"ckpt={ckpt}", f"engine={engine}", "ctc_weight=1.5"], tmp_path / "w"))
 
 
 def test_bad_asr_settings_fail_with_one_clear_line(asr_root, tmp_path):
@@ -78,6 +81,8 @@ def test_bad_asr_settings_fail_with_one_clear_line(asr_root, tmp_path):
         train(compose_config("train", _overrides(asr_root, "model=medium"), tmp_path / "a"))
     with pytest.raises(UserInputError, match="model.asr.ctc=true"):
         train(compose_config("train", _overrides(asr_root, "model.asr.ctc=false"), tmp_path / "b"))
+    with pytest.raises(UserInputError, match="decode_ctc_weight=0.3 needs a CTC layer"):  # joint decoding needs it too
+        train(compose_config("train", _overrides(asr_root, "model.asr.ctc=false", "task.module.ctc_weight=0"), tmp_path / "b2"))
     with pytest.raises(UserInputError, match="data.bos_eos=true"):
         train(compose_config("train", _overrides(asr_root, "data.bos_eos=false"), tmp_path / "c"))
     with pytest.raises(UserInputError, match="cannot train on data=asr_synth"):

@@ -9,6 +9,7 @@ side). From there every op is integer:
     decoder step     IntEmbedding of the previous token -> IntLSTM layers (residual as the encoder)
                      -> additive attention over the encoder output -> IntLinear on [query; context]
                      -> int32 logits at 2^-logit_frac
+    CTC (optional)   IntLinear on the encoder output -> int32 logits per frame at 2^-logit_frac
 The search (greedy argmax, or beam search ranking hypotheses by log-softmax of these logits) runs on the
 host, as the LM's softmax does: ``app.asr_search``.
 """
@@ -72,6 +73,13 @@ class IntegerASRModel:
     out_frac: int  # grid of [query; context] entering the output layer
     output: IntLinear  # int32 logits
     act_bits: int
+    ctc: IntLinear | None = None  # CTC layer on the encoder output (joint CTC/attention decoding); None: absent
+
+    def ctc_logits(self, memory: IntEncoderMemory) -> Tensor:
+        """(B, T, V) int32 CTC logits at 2^-logit_frac of each encoder frame."""
+        if self.ctc is None:
+            raise ValueError("this integer model has no CTC layer (exported from a model with model.asr.ctc=false)")
+        return self.ctc(memory.keys).to(torch.int32)
 
     @property
     def logit_frac(self) -> int:

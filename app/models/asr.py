@@ -251,6 +251,7 @@ class AttentionASR(nn.Module):
             out_frac=self.out_frac,
             output=self.output.export(self.out_frac),
             act_bits=self.quant.act_bits,
+            ctc=None if self.ctc is None else self.ctc.export(self.key_frac),
         )
 
 

@@ -66,11 +66,14 @@ class SpeechRecognitionTask(L.LightningModule):
         length_norm: float = 1.0,
         max_len_ratio: float = 1.0,
         vocab_sha256: str | None = None,
+        decode_ctc_weight: float = 0.0,
     ) -> None:
         """model_cfg / quant_cfg: the ``model`` (its ``asr:`` section) and ``quant`` configs.
 
         ctc_weight: weight of the CTC loss (needs model.asr.ctc=true; 0 turns it off).
         beam_size / length_norm: test-time beam search; hypotheses ranked by log-prob / length^length_norm.
+        decode_ctc_weight: weight of the CTC prefix score in the beam search (joint CTC/attention decoding;
+            needs the CTC layer); 0: attention scores only. Greedy validation decoding never uses it.
         max_len_ratio: longest hypothesis in tokens per encoder frame (40 ms a frame with 2 conv layers, 80 ms with 3).
         optimizer / lr_scheduler: as the LM task (``conf/task/lm.yaml``).
         """
@@ -80,6 +83,8 @@ class SpeechRecognitionTask(L.LightningModule):
             raise UserInputError(f"task.module.ctc_weight={ctc_weight}: must be in [0, 1)")
         if beam_size < 1:
             raise UserInputError(f"task.module.beam_size={beam_size}: must be >= 1")
+        if not 0.0 <= decode_ctc_weight < 1.0:
+            raise UserInputError(f"task.module.decode_ctc_weight={decode_ctc_weight}: must be in [0, 1)")
         self.save_hyperparameters()
         try:
             self.model = build_asr(model_cfg, quant_cfg, feature_dim, vocab_size)
@@ -87,10 +92,11 @@ class SpeechRecognitionTask(L.LightningModule):
                 monitor.load_init_weights(self.model, self.model.quant.init_from, init=self.model.quant.init)
         except (ValueError, FileNotFoundError) as err:
             raise UserInputError(str(err)) from None
-        if ctc_weight > 0 and self.model.ctc is None:
-            raise UserInputError(
-                f"task.module.ctc_weight={ctc_weight} needs a CTC layer: set model.asr.ctc=true or task.module.ctc_weight=0"
-            )
+        for key, weight in (("ctc_weight", ctc_weight), ("decode_ctc_weight", decode_ctc_weight)):
+            if weight > 0 and self.model.ctc is None:
+                raise UserInputError(
+                    f"task.module.{key}={weight} needs a CTC layer: set model.asr.ctc=true or task.module.{key}=0"
+                )
         self._freezing = FreezingTracker()
         self._freezing_metrics: dict[str, float] = {}
         self._stage: dict[str, Any] = {}
@@ -138,7 +144,8 @@ class SpeechRecognitionTask(L.LightningModule):
             hyps = greedy_search(decoder, encoded.memory, batch_size, max_lengths, BOS_ID, EOS_ID)
         else:
             hyps = beam_search(
-                decoder, encoded.memory, batch_size, max_lengths, BOS_ID, EOS_ID, beam_size, self.hparams.length_norm
+                decoder, encoded.memory, batch_size, max_lengths, BOS_ID, EOS_ID, beam_size, self.hparams.length_norm,
+                ctc_weight=self.hparams.decode_ctc_weight, blank=PAD_ID,
             )
         tokenizer = self.trainer.datamodule.tokenizer
         return [tokenizer.decode(h) for h in hyps]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from app.asr_search import beam_search, greedy_search, integer_decoder, max_decode_length
-from app.data.text import BOS_ID, EOS_ID
+from app.data.text import BOS_ID, EOS_ID, PAD_ID
 from app.engine.asr import IntegerASRModel
 from app.engine.checkpoint import IntegerCheckpointError, load_integer_checkpoint, save_integer_checkpoint
 from app.errors import UserInputError
@@ -36,9 +36,8 @@ def export_integer_asr(model: Any, directory: Path, info: dict[str, Any]) -> tup
     engine = model.export_integer()
     path = directory / INTEGER_CHECKPOINT
     integer_bytes = save_integer_checkpoint(path, engine, kind="asr", vocab=None, info=info)
-    # the CTC layer is a training loss only: the float model it is compared with has none either
-    ctc_bytes = 0 if model.ctc is None else float_model_bytes(model.ctc)
-    return size_fields(path, integer_bytes, float_model_bytes(model) - ctc_bytes), engine
+    # both sides hold the CTC layer: the integer engine runs it for joint CTC/attention decoding
+    return size_fields(path, integer_bytes, float_model_bytes(model)), engine
 
 
 def load_integer_asr(path: str, vocab_sha256: str) -> tuple[IntegerASRModel, dict[str, Any]]:
@@ -55,7 +54,7 @@ def load_integer_asr(path: str, vocab_sha256: str) -> tuple[IntegerASRModel, dic
 
 @torch.inference_mode()
 def transcribe_integer(engine: IntegerASRModel, batch: dict[str, Any], tokenizer, beam_size: int,
-                       length_norm: float, max_len_ratio: float) -> list[str]:  # fmt: skip
+                       length_norm: float, max_len_ratio: float, ctc_weight: float = 0.0) -> list[str]:  # fmt: skip
     feats_q = quantize_features(batch["feats"], engine.feat_frac)
     memory = engine.encode(feats_q, batch["feat_lens"])
     max_lengths = max_decode_length(memory.lengths, max_len_ratio)
@@ -63,12 +62,13 @@ def transcribe_integer(engine: IntegerASRModel, batch: dict[str, Any], tokenizer
     if beam_size <= 1:
         hyps = greedy_search(decoder, memory, len(batch["texts"]), max_lengths, BOS_ID, EOS_ID)
     else:
-        hyps = beam_search(decoder, memory, len(batch["texts"]), max_lengths, BOS_ID, EOS_ID, beam_size, length_norm)
+        hyps = beam_search(decoder, memory, len(batch["texts"]), max_lengths, BOS_ID, EOS_ID, beam_size, length_norm,
+                           ctc_weight=ctc_weight, blank=PAD_ID)  # fmt: skip
     return [tokenizer.decode(h) for h in hyps]
 
 
 def integer_wer(engine: IntegerASRModel, datamodule: Any, split: str, beam_size: int, length_norm: float,
-                max_len_ratio: float, limits: list[int | float] | None = None) -> dict[str, Any]:  # fmt: skip
+                max_len_ratio: float, limits: list[int | float] | None = None, ctc_weight: float = 0.0) -> dict[str, Any]:  # fmt: skip
     """WER (%) per set of ``split`` ("val" / "test") decoded by the integer engine; ``limits``: batches per set."""
     loaders = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     result: dict[str, Any] = {}
@@ -79,7 +79,7 @@ def integer_wer(engine: IntegerASRModel, datamodule: Any, split: str, beam_size:
         for batch_index, batch in enumerate(loader):
             if batch_index >= limit:
                 break
-            hyps += transcribe_integer(engine, batch, datamodule.tokenizer, beam_size, length_norm, max_len_ratio)
+            hyps += transcribe_integer(engine, batch, datamodule.tokenizer, beam_size, length_norm, max_len_ratio, ctc_weight)
             refs += batch["texts"]
         if refs:
             result[set_name] = corpus_wer(refs, hyps)[0]
