@@ -102,9 +102,20 @@ class ShiftWeight(nn.Module, ABC):
         return alpha.reshape(-1, *([1] * (dim - 1)))
 
     @classmethod
-    @abstractmethod
     def from_float(cls, weight: Tensor, bits: int, init: str = "low_variance") -> "ShiftWeight":
-        """A weight of this parametrization standing for the float ``weight`` (``quant.init``)."""
+        """A weight of this parametrization standing for the float ``weight`` (C, ...) (``quant.init``; each
+        subclass's ``_init_latents`` says what init does)."""
+        check_bits(bits)
+        _check_init(init)
+        weight = weight.detach()
+        module = cls(weight.shape, bits).to(device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            module._init_latents(weight, weight.reshape(weight.shape[0], -1), init)
+        return module
+
+    @abstractmethod
+    def _init_latents(self, weight: Tensor, channel: Tensor, init: str) -> None:
+        """Set every latent and alpha from the float ``weight`` (C, ...), ``channel`` = weight as (C, -1)."""
 
     @torch.no_grad()
     def init_from_float(self, weight: Tensor, init: str = "low_variance") -> "ShiftWeight":
@@ -176,9 +187,8 @@ class DenseShiftWeight(ShiftWeight):
         weight = ste(s * torch.sqrt(exponent + 1), exact)
         return self._alpha_q(weight.dim()) * weight
 
-    @classmethod
-    def from_float(cls, weight: Tensor, bits: int, init: str = "low_variance") -> "DenseShiftWeight":
-        """A DenseShift weight standing in for the float ``weight`` (C, ...).
+    def _init_latents(self, weight: Tensor, channel: Tensor, init: str) -> None:
+        """from_float: a DenseShift weight standing in for the float ``weight``.
 
         init="low_variance" (official): every latent ~ N(0, 1e-3), so the codes are random (each gate a fair
         coin) and every gate is one small step from flipping. The codes carry no information about ``weight``,
@@ -193,25 +203,18 @@ class DenseShiftWeight(ShiftWeight):
         nearest power of two, and each latent's distance from its threshold is the float weight's distance
         from that decision boundary, in weight units.
         """
-        check_bits(bits)
-        _check_init(init)
-        weight = weight.detach()
-        module = cls(weight.shape, bits).to(device=weight.device, dtype=weight.dtype)
-        channel = weight.reshape(weight.shape[0], -1)
-        with torch.no_grad():
-            if init == "low_variance":
-                module.sign.normal_(0.0, LOW_VARIANCE_STD)
-                module.gates.normal_(0.0, LOW_VARIANCE_STD)
-                code = module.integer_weight().to(weight.dtype).reshape(weight.shape[0], -1)
-                alpha = _rms(channel) / _rms(code)
-            else:
-                alpha = _best_alpha(channel, module.levels, nearest_code_magnitude)
-                scale = alpha.reshape(-1, *([1] * (weight.dim() - 1)))
-                module.sign.copy_(weight)
-                for j in range(module.levels):
-                    module.gates[module.levels - 1 - j].copy_(weight.abs() - scale * (1.5 * 2.0**j))
-            module.alpha.copy_(alpha.clamp_min(ALPHA_MIN))
-        return module
+        if init == "low_variance":
+            self.sign.normal_(0.0, LOW_VARIANCE_STD)
+            self.gates.normal_(0.0, LOW_VARIANCE_STD)
+            code = self.integer_weight().to(weight.dtype).reshape(weight.shape[0], -1)
+            alpha = _rms(channel) / _rms(code)
+        else:
+            alpha = _best_alpha(channel, self.levels, nearest_code_magnitude)
+            scale = alpha.reshape(-1, *([1] * (weight.dim() - 1)))
+            self.sign.copy_(weight)
+            for j in range(self.levels):
+                self.gates[self.levels - 1 - j].copy_(weight.abs() - scale * (1.5 * 2.0**j))
+        self.alpha.copy_(alpha.clamp_min(ALPHA_MIN))
 
 
 class DirectShiftWeight(ShiftWeight):
@@ -251,9 +254,8 @@ class DirectShiftWeight(ShiftWeight):
         # + (latent - latent.detach()) adds exactly 0 to the value and the identity to the gradient
         return self._alpha_q(code.dim()) * code + (self.latent - self.latent.detach())
 
-    @classmethod
-    def from_float(cls, weight: Tensor, bits: int, init: str = "low_variance") -> "DirectShiftWeight":
-        """A direct shift weight standing in for the float ``weight`` (C, ...).
+    def _init_latents(self, weight: Tensor, channel: Tensor, init: str) -> None:
+        """from_float: a direct shift weight standing in for the float ``weight``.
 
         init="float": ``latent = weight``, alpha[c] minimises the channel's L2 error (``_best_alpha`` with this
         class's log-domain rounding), so every code is the log-nearest power of two of ``|w| / alpha``.
@@ -263,21 +265,14 @@ class DirectShiftWeight(ShiftWeight):
         first exponent threshold is alpha * sqrt(2)), so |w| = alpha and alpha[c] = rms(weight[c]) keeps each
         channel's rms, as the decomposed low-variance init does.
         """
-        check_bits(bits)
-        _check_init(init)
-        weight = weight.detach()
-        module = cls(weight.shape, bits).to(device=weight.device, dtype=weight.dtype)
-        channel = weight.reshape(weight.shape[0], -1)
-        with torch.no_grad():
-            if init == "low_variance":
-                alpha = _rms(channel).clamp_min(ALPHA_MIN)
-                scale = alpha.reshape(-1, *([1] * (weight.dim() - 1)))
-                module.latent.normal_(0.0, LOW_VARIANCE_STD).mul_(scale)
-            else:
-                alpha = _best_alpha(channel, module.levels, log_rounded_magnitude).clamp_min(ALPHA_MIN)
-                module.latent.copy_(weight)
-            module.alpha.copy_(alpha)
-        return module
+        if init == "low_variance":
+            alpha = _rms(channel).clamp_min(ALPHA_MIN)
+            scale = alpha.reshape(-1, *([1] * (weight.dim() - 1)))
+            self.latent.normal_(0.0, LOW_VARIANCE_STD).mul_(scale)
+        else:
+            alpha = _best_alpha(channel, self.levels, log_rounded_magnitude).clamp_min(ALPHA_MIN)
+            self.latent.copy_(weight)
+        self.alpha.copy_(alpha)
 
 
 def shift_weight_class(decomposition: bool) -> type[ShiftWeight]:
