@@ -20,7 +20,7 @@ from app.errors import UserInputError
 from app.runs import METRICS_FILE, command_line, evaluate_splits, machine_text, read_checkpoint, run_dir, write_metrics
 from app.engine.checkpoint import IntegerCheckpointError, read_metadata, tensor_bytes
 from app.tasks.asr import SpeechRecognitionTask
-from app.tasks.asr_integer import integer_wer, load_integer_asr
+from app.tasks.asr_integer import integer_wer, load_integer_asr, load_lm_fusion
 from app.tasks.lm import LanguageModelTask
 from app.tasks.lm_integer import INTEGER_CHECKPOINT, integer_split_metrics, load_integer_lm
 
@@ -121,6 +121,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         task.hparams.decode_ctc_weight = float(cfg.ctc_weight)
     datamodule = build(cfg.data)
     datamodule.prepare_data()
+    if cfg.lm is not None:
+        if checkpoint["task"] != "asr":
+            raise UserInputError(f"lm={cfg.lm} applies to ASR checkpoints; {cfg.ckpt} is a {checkpoint['task']} one")
+        task.lm_fusion = load_lm_fusion(str(cfg.lm), datamodule.tokenizer, float(cfg.lm_weight))
     if checkpoint["task"] != cfg.task.name:
         raise UserInputError(
             f"ckpt={cfg.ckpt} is a {checkpoint['task']} checkpoint: evaluate it with task={checkpoint['task']}"
@@ -231,8 +235,9 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
         raise UserInputError(f"ctc_weight={ctc_weight}: must be in [0, 1), and above 0 only for a checkpoint with a CTC layer")
     limits = {split: None if limit == math.inf else [limit] * len(getattr(datamodule, f"{split}_names"))
               for split, limit in integer_batch_limits(cfg).items()}  # fmt: skip
+    lm = None if cfg.lm is None else load_lm_fusion(str(cfg.lm), datamodule.tokenizer, float(cfg.lm_weight))
     val = integer_wer(engine, datamodule, "val", 1, norm, ratio, limits["val"])
-    test = integer_wer(engine, datamodule, "test", beam, norm, ratio, limits["test"], ctc_weight)
+    test = integer_wer(engine, datamodule, "test", beam, norm, ratio, limits["test"], ctc_weight, lm)
     metrics = {
         "command": command_line("evaluate.py"),
         "task": "asr",

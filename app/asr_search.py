@@ -10,6 +10,8 @@ Beam search can add the encoder's CTC layer (joint CTC/attention decoding, Watan
 extension c of a hypothesis g is scored (1 - w) log p_att(c | g) + w (log p_ctc(g+c...) - log p_ctc(g...)),
 where p_ctc(h...) is the CTC probability that the output starts with h (``CTCPrefixScorer``), and for
 <eos> the probability that it is exactly g. CTC scores only the ``pre_beam`` best attention candidates.
+A language model can be fused too (shallow fusion): + lm_weight log p_lm(c | g), from an integer LM whose
+words are the ASR tokenizer's pieces (``LanguageModelFusion``; ``data=asr_lm``, ``experiment=asr_lm``).
 """
 from __future__ import annotations
 
@@ -63,6 +65,53 @@ def integer_decoder(engine) -> Decoder:
 
     ctc = None if engine.ctc is None else ctc_log_probs
     return Decoder(step, engine.select_state, lambda memory, index: memory.select(index), engine.init_state, ctc)
+
+
+@dataclass
+class LanguageModelFusion:
+    """An integer LM (``app.engine.lm.IntegerLanguageModel``) scoring ASR tokens for shallow fusion.
+
+    The LM runs on the integer engine for both ASR engines (its int32 logits are its QAT model's, bit for bit),
+    so fused decoding stays the same words on both. ``to_lm[t]``: the LM word of ASR token t (its piece;
+    <bos> and <eos> are the LM's <eos>, a line boundary; other specials and unknown pieces its <unk>).
+    """
+
+    engine: Any
+    to_lm: Tensor  # (V_asr,) int64
+    weight: float
+
+    @classmethod
+    def build(cls, engine, pieces: list[str], bos: int, eos: int, weight: float) -> "LanguageModelFusion":
+        """pieces: the ASR tokenizer's piece of each token id. Raises ValueError when the LM's words are not
+        those pieces (an LM trained on other text)."""
+        from app.data.lm_corpus import EOS, UNK
+
+        index = {word: i for i, word in enumerate(engine.vocab)}
+        if EOS not in index:
+            raise ValueError(f"the LM's vocabulary has no {EOS}: it is not an app LM")
+        unknown = index.get(UNK, index[EOS])  # a corpus whose every word is in the vocabulary has no <unk>
+        specials = {bos, eos}
+        missing = [piece for token, piece in enumerate(pieces) if token not in specials and piece not in index]
+        if len(missing) > len(pieces) // 2:
+            raise ValueError(
+                f"{len(missing)} of the ASR tokenizer's {len(pieces)} pieces are not words of the LM (e.g. {missing[0]!r}): "
+                "train the LM on this tokenizer's pieces (data_scripts/prepare_asr_lm.py, experiment=asr_lm)"
+            )
+        to_lm = [index[EOS] if token in specials else index.get(piece, unknown) for token, piece in enumerate(pieces)]
+        return cls(engine, torch.tensor(to_lm, dtype=torch.int64), weight)
+
+    def init_state(self, size: int):
+        return self.engine.init_state(size)
+
+    def step(self, tokens: Tensor, state) -> tuple[Tensor, Any]:
+        """Previous ASR tokens (N,) -> (LM log-probs of every ASR token (N, V_asr) float64, new state)."""
+        logits, state = self.engine(self.to_lm[tokens].unsqueeze(1), state)
+        log_probs = F.log_softmax(logits[:, 0].to(torch.float64) * 2.0**-self.engine.logit_frac, dim=-1)
+        return log_probs[:, self.to_lm], state
+
+    @staticmethod
+    def select_state(state, index: Tensor):
+        return tuple(t.index_select(1, index) for t in state)
 
 
 class CTCPrefixScorer:
@@ -146,23 +195,25 @@ def beam_search(
     length_norm: float = 1.0,
     ctc_weight: float = 0.0,
     blank: int = 0,
+    lm: LanguageModelFusion | None = None,
 ) -> list[list[int]]:
     """Beam search per utterance; finished hypotheses are ranked by score / length^length_norm.
 
     ctc_weight > 0: joint CTC/attention scores (module docstring; the decoder needs ``ctc_log_probs``),
-    with CTC label ``blank``."""
+    with CTC label ``blank``. lm: shallow fusion with that LM at ``lm.weight``."""
     if ctc_weight > 0 and decoder.ctc_log_probs is None:
         raise ValueError(f"ctc_weight={ctc_weight} needs a model with a CTC layer (model.asr.ctc=true)")
     ctc = decoder.ctc_log_probs(memory) if ctc_weight > 0 else None
     results = []
     for i in range(batch_size):
         scorer = None if ctc is None else CTCPrefixScorer(ctc[0][i, : int(ctc[1][i])], blank, eos)
-        results.append(_beam_one(decoder, memory, i, max_lengths[i], bos, eos, beam_size, length_norm, scorer, ctc_weight))
+        results.append(_beam_one(decoder, memory, i, max_lengths[i], bos, eos, beam_size, length_norm, scorer, ctc_weight, lm))
     return results
 
 
 def _beam_one(decoder: Decoder, memory: Any, utterance: int, max_length: int, bos: int, eos: int, beam_size: int,
-              length_norm: float, scorer: CTCPrefixScorer | None, ctc_weight: float) -> list[int]:  # fmt: skip
+              length_norm: float, scorer: CTCPrefixScorer | None, ctc_weight: float,
+              lm: LanguageModelFusion | None) -> list[int]:  # fmt: skip
     state, memory = decoder.init_state(1), decoder.select_memory(memory, torch.tensor([utterance]))
     hyps: list[list[int]] = [[]]
     scores = torch.zeros(1, dtype=torch.float64)
@@ -172,16 +223,24 @@ def _beam_one(decoder: Decoder, memory: Any, utterance: int, max_length: int, bo
     if scorer is not None:
         ctc_r, ctc_psi = scorer.initial_state().unsqueeze(0), torch.zeros(1, dtype=torch.float64)
         pre_beam = int(math.ceil(1.5 * beam_size))  # ESPnet's pre-beam: CTC scores 1.5x the beam's candidates
+    if lm is not None:
+        lm_state = lm.init_state(1)
     for t in range(max_length + 1):
         log_probs, state = decoder.step(tokens, state, memory)
+        step_scores = log_probs.double()  # (N, V): attention, + the LM's when fused
+        if lm is not None:
+            lm_log_probs, lm_state = lm.step(tokens, lm_state)
+            step_scores = step_scores + lm.weight * lm_log_probs
         if scorer is None:
             candidates = None  # every token
-            total = scores.unsqueeze(1) + log_probs.double()  # (N, V)
-        else:  # CTC rescores the pre_beam best attention candidates of each hypothesis; the rest are out
-            candidates = torch.topk(log_probs, min(pre_beam, log_probs.shape[1]), dim=1).indices  # (N, K)
+            total = scores.unsqueeze(1) + step_scores  # (N, V)
+        else:  # CTC rescores the pre_beam best (attention [+ LM]) candidates of each hypothesis; the rest are out
+            candidates = torch.topk(step_scores, min(pre_beam, step_scores.shape[1]), dim=1).indices  # (N, K)
             last = torch.tensor([h[-1] if h else -1 for h in hyps])
             psi, new_r = scorer.extend(ctc_r, last, candidates)
             joint = (1 - ctc_weight) * log_probs.double().gather(1, candidates) + ctc_weight * (psi - ctc_psi.unsqueeze(1))
+            if lm is not None:
+                joint = joint + lm.weight * lm_log_probs.gather(1, candidates)
             total = scores.unsqueeze(1) + joint  # (N, K)
         # The best beam_size extensions: those ending in <eos> (or at the length limit) are finished, the
         # others go on (ESPnet's rule: a beam of one is greedy search).
@@ -210,6 +269,8 @@ def _beam_one(decoder: Decoder, memory: Any, utterance: int, max_length: int, bo
         scores = torch.tensor(keep_scores, dtype=torch.float64)
         tokens = torch.tensor(keep_tokens)
         state = decoder.select_state(state, index)
+        if lm is not None:
+            lm_state = lm.select_state(lm_state, index)
         if len(keep_rows) != memory_rows:
             memory, memory_rows = decoder.select_memory(memory, torch.zeros(len(keep_rows), dtype=torch.int64)), len(keep_rows)
     if not finished:

@@ -2,10 +2,11 @@
 import itertools
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from app.asr_search import CTCPrefixScorer
+from app.asr_search import CTCPrefixScorer, LanguageModelFusion
 
 BLANK, EOS = 0, 3
 
@@ -63,3 +64,30 @@ def test_more_labels_than_frames_score_minus_infinity():
     log_probs = F.log_softmax(torch.randn(2, 4, dtype=torch.float64), dim=-1)
     psi = _extend_along(CTCPrefixScorer(log_probs, blank=BLANK, eos=EOS), [1, 2, 1], [2, EOS])
     assert (psi == -math.inf).all()
+
+
+def _integer_lm(vocab):
+    from app.models.lm import build_lm
+
+    torch.manual_seed(0)
+    model = build_lm({"name": "t", "lm": {"embed_dim": 8, "hidden_dim": 8, "num_layers": 1, "dropout": 0.0, "tie_weights": True}},
+                     {"name": "irnn", "mode": "irnn"}, len(vocab)).eval()  # fmt: skip
+    with torch.no_grad():
+        model(torch.zeros(2, 3, dtype=torch.int64))  # calibrate the activation grids
+    return model.export_integer(vocab)
+
+
+def test_lm_fusion_scores_each_asr_token_by_its_piece_and_refuses_an_lm_of_other_words():
+    pieces = ["<pad>", "<unk>", "<s>", "</s>", "▁a", "▁b", "c"]  # ASR ids: pad 0, unk 1, bos 2, eos 3
+    engine = _integer_lm(["<unk>", "<eos>", "c", "▁b", "▁a"])
+    fusion = LanguageModelFusion.build(engine, pieces, bos=2, eos=EOS, weight=0.5)
+    assert fusion.to_lm.tolist() == [0, 0, 1, 1, 4, 3, 2]  # bos/eos -> <eos>; pad/unk -> <unk>
+    state = fusion.init_state(2)
+    scores, state = fusion.step(torch.tensor([2, 4]), state)
+    logits, _ = engine(torch.tensor([[1], [4]]), engine.init_state(2))
+    expected = F.log_softmax(logits[:, 0].double() * 2.0**-engine.logit_frac, dim=-1)
+    assert torch.equal(scores[:, 4], expected[:, 4]) and torch.equal(scores[:, EOS], expected[:, 1])
+    assert state[0].shape[1] == 2 and fusion.select_state(state, torch.tensor([1, 1, 0]))[0].shape[1] == 3
+    other = _integer_lm(["<unk>", "<eos>", "the", "cat", "sat"])
+    with pytest.raises(ValueError, match="not words of the LM"):
+        LanguageModelFusion.build(other, pieces, bos=2, eos=EOS, weight=0.5)

@@ -5,7 +5,7 @@ import pytest
 
 from app.errors import UserInputError
 from evaluate import evaluate
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_script
 from train import train
 
 TEST_SETS = ["synth", "fsdd", "yesno", "pocketsphinx"]
@@ -106,3 +106,29 @@ def test_denseshift_asr_trains_and_irnn_denseshift_exports_packed_codes(asr_root
         assert metrics["integer"]["integer_param_bytes"] < 0.25 * metrics["integer"]["float_param_bytes"]
     else:
         assert metrics["integer"] is None and any(key.startswith("freeze/") for key in metrics["quant_metrics"])
+
+
+def test_lm_fusion_with_an_lm_trained_on_the_asr_pieces_decodes_the_same_words_on_both_engines(irnn_asr_run, asr_root, tmp_path):
+    run_dir, metrics = irnn_asr_run
+    cache = asr_root / "cache"
+    done = run_script("data_scripts/prepare_asr_lm.py", "--out", str(asr_root), "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    lines = (asr_root / "lm" / "train.txt").read_text(encoding="utf-8").splitlines()
+    assert lines and all(piece.startswith("▁") for piece in lines[0].split()[:1])  # tokenizer pieces, word starts marked
+    lm_overrides = [
+        "experiment=asr_lm", "model=tiny", f"+paths.asr_root={asr_root}", f"paths.cache_dir={cache}", "task.max_epochs=1",
+        "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+        "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0",
+    ]  # fmt: skip
+    train(compose_config("train", lm_overrides, tmp_path / "lm"))
+    lm = tmp_path / "lm" / "model.int.safetensors"
+    common = [o for o in _overrides(asr_root) if not o.startswith(("model=", "trainer.limit_train", "trainer.max_epochs", "task.module"))]
+    fused = [f"lm={lm}", "lm_weight=2.0", "beam_size=2"]
+    qat = evaluate(compose_config("evaluate", [*common, f"ckpt={metrics['checkpoint']}", *fused], tmp_path / "q"))
+    integer = evaluate(
+        compose_config("evaluate", [*common, f"ckpt={run_dir / 'model.int.safetensors'}", "engine=integer", *fused], tmp_path / "i")
+    )
+    assert integer["test_wer"] == pytest.approx(qat["test_wer"], abs=1e-4)  # the same LM (integer) and the same search on both engines
+    for wrong, message in ((metrics["checkpoint"], "integer LM checkpoint"), (run_dir / "model.int.safetensors", "not a language model")):
+        with pytest.raises(UserInputError, match=message):
+            evaluate(compose_config("evaluate", [*common, f"ckpt={metrics['checkpoint']}", f"lm={wrong}"], tmp_path / "w"))

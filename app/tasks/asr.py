@@ -97,6 +97,7 @@ class SpeechRecognitionTask(L.LightningModule):
                 raise UserInputError(
                     f"task.module.{key}={weight} needs a CTC layer: set model.asr.ctc=true or task.module.{key}=0"
                 )
+        self.lm_fusion = None  # an app.asr_search.LanguageModelFusion for the test beam search (evaluate.py lm=...)
         self._freezing = FreezingTracker()
         self._freezing_metrics: dict[str, float] = {}
         self._stage: dict[str, Any] = {}
@@ -145,7 +146,7 @@ class SpeechRecognitionTask(L.LightningModule):
         else:
             hyps = beam_search(
                 decoder, encoded.memory, batch_size, max_lengths, BOS_ID, EOS_ID, beam_size, self.hparams.length_norm,
-                ctc_weight=self.hparams.decode_ctc_weight, blank=PAD_ID,
+                ctc_weight=self.hparams.decode_ctc_weight, blank=PAD_ID, lm=self.lm_fusion,
             )
         tokenizer = self.trainer.datamodule.tokenizer
         return [tokenizer.decode(h) for h in hyps]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from app.asr_search import beam_search, greedy_search, integer_decoder, max_decode_length
+from app.asr_search import LanguageModelFusion, beam_search, greedy_search, integer_decoder, max_decode_length
 from app.data.text import BOS_ID, EOS_ID, PAD_ID
 from app.engine.asr import IntegerASRModel
 from app.engine.checkpoint import IntegerCheckpointError, load_integer_checkpoint, save_integer_checkpoint
@@ -52,9 +52,33 @@ def load_integer_asr(path: str, vocab_sha256: str) -> tuple[IntegerASRModel, dic
     return engine, meta
 
 
+def load_lm_fusion(path: str, tokenizer, weight: float) -> LanguageModelFusion:
+    """The integer LM at ``path`` (a ``task=lm data=asr_lm`` run's model.int.safetensors) for shallow fusion
+    with an ASR model that uses ``tokenizer``, at ``weight``."""
+    if not str(path).endswith(".safetensors"):
+        raise UserInputError(
+            f"lm={path}: LM fusion takes an integer LM checkpoint, <run>/model.int.safetensors of a quant=irnn LM "
+            "run (python train.py experiment=asr_lm)"
+        )
+    if weight <= 0:
+        raise UserInputError(f"lm_weight={weight}: must be above 0 (drop lm= to decode without the LM)")
+    try:
+        engine, meta = load_integer_checkpoint(path)
+    except IntegerCheckpointError as err:
+        raise UserInputError(str(err)) from None
+    if meta.get("kind") != "lm":
+        raise UserInputError(f"lm={path} holds an integer {meta.get('kind')!r} model, not a language model")
+    pieces = [tokenizer.processor.id_to_piece(token) for token in range(tokenizer.vocab_size)]
+    try:
+        return LanguageModelFusion.build(engine, pieces, BOS_ID, EOS_ID, weight)
+    except ValueError as err:
+        raise UserInputError(f"lm={path}: {err}") from None
+
+
 @torch.inference_mode()
 def transcribe_integer(engine: IntegerASRModel, batch: dict[str, Any], tokenizer, beam_size: int,
-                       length_norm: float, max_len_ratio: float, ctc_weight: float = 0.0) -> list[str]:  # fmt: skip
+                       length_norm: float, max_len_ratio: float, ctc_weight: float = 0.0,
+                       lm: LanguageModelFusion | None = None) -> list[str]:  # fmt: skip
     feats_q = quantize_features(batch["feats"], engine.feat_frac)
     memory = engine.encode(feats_q, batch["feat_lens"])
     max_lengths = max_decode_length(memory.lengths, max_len_ratio)
@@ -63,12 +87,13 @@ def transcribe_integer(engine: IntegerASRModel, batch: dict[str, Any], tokenizer
         hyps = greedy_search(decoder, memory, len(batch["texts"]), max_lengths, BOS_ID, EOS_ID)
     else:
         hyps = beam_search(decoder, memory, len(batch["texts"]), max_lengths, BOS_ID, EOS_ID, beam_size, length_norm,
-                           ctc_weight=ctc_weight, blank=PAD_ID)  # fmt: skip
+                           ctc_weight=ctc_weight, blank=PAD_ID, lm=lm)  # fmt: skip
     return [tokenizer.decode(h) for h in hyps]
 
 
 def integer_wer(engine: IntegerASRModel, datamodule: Any, split: str, beam_size: int, length_norm: float,
-                max_len_ratio: float, limits: list[int | float] | None = None, ctc_weight: float = 0.0) -> dict[str, Any]:  # fmt: skip
+                max_len_ratio: float, limits: list[int | float] | None = None, ctc_weight: float = 0.0,
+                lm: LanguageModelFusion | None = None) -> dict[str, Any]:  # fmt: skip
     """WER (%) per set of ``split`` ("val" / "test") decoded by the integer engine; ``limits``: batches per set."""
     loaders = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     result: dict[str, Any] = {}
@@ -79,7 +104,7 @@ def integer_wer(engine: IntegerASRModel, datamodule: Any, split: str, beam_size:
         for batch_index, batch in enumerate(loader):
             if batch_index >= limit:
                 break
-            hyps += transcribe_integer(engine, batch, datamodule.tokenizer, beam_size, length_norm, max_len_ratio, ctc_weight)
+            hyps += transcribe_integer(engine, batch, datamodule.tokenizer, beam_size, length_norm, max_len_ratio, ctc_weight, lm)
             refs += batch["texts"]
         if refs:
             result[set_name] = corpus_wer(refs, hyps)[0]
