@@ -19,7 +19,7 @@ from app.config import build, register_resolvers
 from app.errors import UserInputError
 from app.runs import METRICS_FILE, command_line, evaluate_splits, machine_text, read_checkpoint, run_dir, write_metrics
 from app.engine.checkpoint import IntegerCheckpointError, read_metadata, tensor_bytes
-from app.tasks.asr import SpeechRecognitionTask
+from app.tasks.asr import SpeechRecognitionTask, check_ctc_weight
 from app.tasks.asr_integer import integer_wer, load_integer_asr, load_lm_fusion
 from app.tasks.lm import LanguageModelTask
 from app.tasks.lm_integer import INTEGER_CHECKPOINT, integer_split_metrics, load_integer_lm
@@ -109,21 +109,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             task.model.quant.validate()
         except ValueError as err:
             raise UserInputError(str(err)) from None
+    for option in ("beam_size", "ctc_weight", "lm"):  # ASR decoding options
+        if cfg[option] is not None and checkpoint["task"] != "asr":
+            raise UserInputError(f"{option}={cfg[option]} applies to ASR checkpoints; {cfg.ckpt} is a {checkpoint['task']} one")
     if cfg.beam_size is not None:
-        if checkpoint["task"] != "asr":
-            raise UserInputError(f"beam_size={cfg.beam_size} applies to ASR checkpoints; {cfg.ckpt} is a {checkpoint['task']} one")
         task.hparams.beam_size = int(cfg.beam_size)
     if cfg.ctc_weight is not None:
-        if checkpoint["task"] != "asr":
-            raise UserInputError(f"ctc_weight={cfg.ctc_weight} applies to ASR checkpoints; {cfg.ckpt} is a {checkpoint['task']} one")
-        if not 0.0 <= float(cfg.ctc_weight) < 1.0 or (cfg.ctc_weight > 0 and task.model.ctc is None):
-            raise UserInputError(f"ctc_weight={cfg.ctc_weight}: must be in [0, 1), and above 0 only for a model with a CTC layer")
+        check_ctc_weight("ctc_weight", float(cfg.ctc_weight), task.model.ctc is not None)
         task.hparams.decode_ctc_weight = float(cfg.ctc_weight)
     datamodule = build(cfg.data)
     datamodule.prepare_data()
     if cfg.lm is not None:
-        if checkpoint["task"] != "asr":
-            raise UserInputError(f"lm={cfg.lm} applies to ASR checkpoints; {cfg.ckpt} is a {checkpoint['task']} one")
         task.lm_fusion = load_lm_fusion(str(cfg.lm), datamodule.tokenizer, float(cfg.lm_weight))
     if checkpoint["task"] != cfg.task.name:
         raise UserInputError(
@@ -231,8 +227,7 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
     beam = int(cfg.beam_size) if cfg.beam_size is not None else decoding.get("beam_size", 5)
     norm, ratio = decoding.get("length_norm", 1.0), decoding.get("max_len_ratio", 1.0)
     ctc_weight = float(cfg.ctc_weight) if cfg.ctc_weight is not None else decoding.get("ctc_weight", 0.0)
-    if not 0.0 <= ctc_weight < 1.0 or (ctc_weight > 0 and engine.ctc is None):
-        raise UserInputError(f"ctc_weight={ctc_weight}: must be in [0, 1), and above 0 only for a checkpoint with a CTC layer")
+    check_ctc_weight("ctc_weight", ctc_weight, engine.ctc is not None)
     limits = {split: None if limit == math.inf else [limit] * len(getattr(datamodule, f"{split}_names"))
               for split, limit in integer_batch_limits(cfg).items()}  # fmt: skip
     lm = None if cfg.lm is None else load_lm_fusion(str(cfg.lm), datamodule.tokenizer, float(cfg.lm_weight))

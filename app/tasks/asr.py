@@ -46,6 +46,14 @@ def corpus_wer(references: list[str], hypotheses: list[str]) -> tuple[float, int
     return 100.0 * errors / words, errors, words
 
 
+def check_ctc_weight(key: str, weight: float, has_ctc: bool) -> None:
+    """A CTC weight (loss or decoding) must be in [0, 1), and above 0 only for a model with a CTC layer."""
+    if not 0.0 <= weight < 1.0:
+        raise UserInputError(f"{key}={weight}: must be in [0, 1)")
+    if weight > 0 and not has_ctc:
+        raise UserInputError(f"{key}={weight} needs a CTC layer: set model.asr.ctc=true or {key}=0")
+
+
 class SpeechRecognitionTask(L.LightningModule):
     """Trains and evaluates ``AttentionASR`` (``build_asr``). Config: ``conf/task/asr.yaml``."""
 
@@ -79,12 +87,8 @@ class SpeechRecognitionTask(L.LightningModule):
         """
         super().__init__()
         check_optimization(optimizer, lr_scheduler)
-        if not 0.0 <= ctc_weight < 1.0:
-            raise UserInputError(f"task.module.ctc_weight={ctc_weight}: must be in [0, 1)")
         if beam_size < 1:
             raise UserInputError(f"task.module.beam_size={beam_size}: must be >= 1")
-        if not 0.0 <= decode_ctc_weight < 1.0:
-            raise UserInputError(f"task.module.decode_ctc_weight={decode_ctc_weight}: must be in [0, 1)")
         self.save_hyperparameters()
         try:
             self.model = build_asr(model_cfg, quant_cfg, feature_dim, vocab_size)
@@ -93,10 +97,7 @@ class SpeechRecognitionTask(L.LightningModule):
         except (ValueError, FileNotFoundError) as err:
             raise UserInputError(str(err)) from None
         for key, weight in (("ctc_weight", ctc_weight), ("decode_ctc_weight", decode_ctc_weight)):
-            if weight > 0 and self.model.ctc is None:
-                raise UserInputError(
-                    f"task.module.{key}={weight} needs a CTC layer: set model.asr.ctc=true or task.module.{key}=0"
-                )
+            check_ctc_weight(f"task.module.{key}", weight, self.model.ctc is not None)
         self.lm_fusion = None  # an app.asr_search.LanguageModelFusion for the test beam search (evaluate.py lm=...)
         self._freezing = FreezingTracker()
         self._freezing_metrics: dict[str, float] = {}
