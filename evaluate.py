@@ -57,6 +57,7 @@ def evaluate_sweep(cfg: DictConfig) -> list[dict[str, Any]]:
     ``checkpoints/best.ckpt`` and ``engine=integer`` on ``model.int.safetensors`` (points with float
     activations export none and are skipped for it). Results go to ``<point>/evals/<engine>/metrics.json``;
     a point whose evaluation is already there is skipped, so an interrupted sweep evaluation resumes.
+    The ASR decoding options (beam_size, ctc_weight, lm) apply to the ASR points only.
     """
     root = Path(cfg.sweep_dir)
     if not root.is_dir():
@@ -82,6 +83,8 @@ def evaluate_sweep(cfg: DictConfig) -> list[dict[str, Any]]:
         with open_dict(one):  # the point's own task and data nodes replace (not merge into) the defaults
             one.ckpt, one.engine, one.sweep_dir, one.output_dir = str(ckpt), engine, None, str(out)
             one.task, one.data = trained.task, trained.data
+            if trained.task.name != "asr":  # a mixed sweep (+sweep=cpu): the ASR decoding options skip LM points
+                one.beam_size = one.ctc_weight = one.lm = None
         print(f"evaluating {point.name} engine={engine}")
         results.append(evaluate(one))
     return results
