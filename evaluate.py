@@ -15,6 +15,7 @@ import lightning as L
 from lightning import seed_everything
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from app.averaging import AVERAGED_CHECKPOINT
 from app.config import build, register_resolvers
 from app.errors import UserInputError
 from app.runs import METRICS_FILE, command_line, evaluate_splits, machine_text, read_checkpoint, run_dir, write_metrics
@@ -53,9 +54,9 @@ def output_dir(cfg: DictConfig) -> Path:
 def evaluate_sweep(cfg: DictConfig) -> list[dict[str, Any]]:
     """Every finished point of the sweep in ``cfg.sweep_dir`` with every engine of ``cfg.sweep_engines``.
 
-    Each point is evaluated on its own data and task (from its config.yaml): ``engine=qat`` on
-    ``checkpoints/best.ckpt`` and ``engine=integer`` on ``model.int.safetensors`` (points with float
-    activations export none and are skipped for it). Results go to ``<point>/evals/<engine>/metrics.json``;
+    Each point is evaluated on its own data and task (from its config.yaml): ``engine=qat`` on the
+    checkpoint its run tested (``checkpoints/best.ckpt``, or ``averaged.ckpt``) and ``engine=integer`` on
+    ``model.int.safetensors`` (points with float activations export none and are skipped for it). Results go to ``<point>/evals/<engine>/metrics.json``;
     a point whose evaluation is already there is skipped, so an interrupted sweep evaluation resumes.
     The ASR decoding options (beam_size, ctc_weight, lm) apply to the ASR points only.
     """
@@ -70,7 +71,7 @@ def evaluate_sweep(cfg: DictConfig) -> list[dict[str, Any]]:
         raise UserInputError(f"sweep_dir={root} has no finished point (<point>/checkpoints/best.ckpt): run the sweep first")
     results = []
     for point, engine in ((point, engine) for point in points for engine in cfg.sweep_engines):
-        ckpt = point / (INTEGER_CHECKPOINT if engine == "integer" else "checkpoints/best.ckpt")
+        ckpt = point / INTEGER_CHECKPOINT if engine == "integer" else tested_checkpoint(point)
         out = point / SWEEP_EVALS / engine
         if not ckpt.is_file():
             print(f"skipped: {point.name} engine={engine} (float activations: no integer checkpoint)")
@@ -88,6 +89,12 @@ def evaluate_sweep(cfg: DictConfig) -> list[dict[str, Any]]:
         print(f"evaluating {point.name} engine={engine}")
         results.append(evaluate(one))
     return results
+
+
+def tested_checkpoint(run: Path) -> Path:
+    """The checkpoint train.py tested: checkpoints/averaged.ckpt for a task.average_best run, else best.ckpt."""
+    averaged = run / "checkpoints" / AVERAGED_CHECKPOINT
+    return averaged if averaged.is_file() else run / "checkpoints" / "best.ckpt"
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -143,6 +150,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "model": hparams["model_cfg"]["name"],
         "data": cfg.data.name,
         "checkpoint": str(cfg.ckpt),
+        "averaged_epochs": checkpoint.get("averaged_epochs"),
         **evaluate_splits(trainer, task, datamodule, ckpt_path=None),
         "params": sum(parameter.numel() for parameter in task.parameters()),
         "epochs": checkpoint["epoch"] + 1,
@@ -188,6 +196,7 @@ def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
         "model": info.get("model"),
         "data": cfg.data.name,
         "checkpoint": str(cfg.ckpt),
+        "averaged_epochs": info.get("averaged_epochs"),  # of the checkpoint it was exported from
         "val_ppl": split_metrics["valid"]["ppl"],
         "val_loss": split_metrics["valid"]["loss"],
         "val_tokens": split_metrics["valid"]["tokens"],
@@ -243,6 +252,7 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
         "model": info.get("model"),
         "data": cfg.data.name,
         "checkpoint": str(cfg.ckpt),
+        "averaged_epochs": info.get("averaged_epochs"),  # of the checkpoint it was exported from
         **{key: None for key in ("val_ppl", "val_loss", "val_tokens", "test_ppl", "test_loss", "test_tokens")},
         "val_wer": val["wer"] or None,
         "test_wer": test["wer"] or None,

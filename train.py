@@ -7,6 +7,7 @@ tensorboard/, metrics.json. `ckpt_path=<run>/checkpoints/last.ckpt` resumes that
 import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -15,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from app.averaging import AVERAGED_CHECKPOINT, BestEpochs, write_averaged
 from app.config import build, register_resolvers
 from app.errors import UserInputError
 from app.runs import (
@@ -79,10 +81,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
+    average_best = int(cfg.task.get("average_best") or 0)
+    if average_best < 0:
+        raise UserInputError(f"task.average_best={average_best}: give the number of best epochs to average (0: none)")
+    best_epochs = BestEpochs(directory / "checkpoints", MONITOR[cfg.task.name], average_best) if average_best > 1 else None
     trainer = build(
         cfg.trainer,
         default_root_dir=directory,
-        callbacks=[checkpoints],
+        # best_epochs first: it updates its list of kept epochs before last.ckpt is written (with that list)
+        callbacks=[*([best_epochs] if best_epochs else []), checkpoints],
         logger=TensorBoardLogger(directory, name="tensorboard", version=""),
         plugins=[AtomicCheckpointIO()],
     )
@@ -90,6 +97,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     train_tokens_per_s = trainer.callback_metrics.get("train/tokens_per_s")
     best = checkpoints.best_model_path or None  # None when nothing was saved (fast_dev_run): use the weights in memory
+    averaged_epochs = None
+    if best and best_epochs and len(best_epochs.best_k_models) > 1:
+        best, averaged_epochs = average_best_epochs(trainer, best_epochs, Path(best))
     metrics = {
         "command": command_line("train.py"),
         "task": cfg.task.name,
@@ -97,6 +107,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "model": cfg.model.name,
         "data": cfg.data.name,
         "checkpoint": best,
+        "averaged_epochs": averaged_epochs,  # task.average_best: the epochs (from 0) whose weights `checkpoint` averages
         **evaluate_splits(trainer, task, datamodule, best),
         "params": sum(parameter.numel() for parameter in task.parameters()),
         "epochs": trainer.current_epoch,
@@ -115,12 +126,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def average_best_epochs(trainer, best_epochs: BestEpochs, best: Path) -> tuple[str, list[int]]:
+    """Write checkpoints/averaged.ckpt (the mean of the kept epochs' weights); the run tests and exports it."""
+    averaged = best.parent / AVERAGED_CHECKPOINT
+    epochs = None
+    if trainer.is_global_zero:
+        epochs = write_averaged(best, best_epochs.best_first(), averaged)
+        print(f"averaged the weights of the {len(epochs)} best epochs by {best_epochs.monitor} "
+              f"(epochs {', '.join(str(e) for e in epochs)}, from 0): {averaged}")  # fmt: skip
+    trainer.strategy.barrier()  # the other ranks test the file rank 0 wrote
+    epochs = trainer.strategy.broadcast(epochs)
+    return str(averaged), epochs
+
+
 def export_and_check_integer(
     task, datamodule, directory, metrics: dict[str, Any], cfg: DictConfig, limits: dict[str, list[int | float]]
 ) -> dict[str, Any]:
     """Write the integer checkpoint of the best weights and evaluate it with the integer-only engine."""
     info = {"quant": OmegaConf.to_container(cfg.quant, resolve=True), "model": cfg.model.name, "data": cfg.data.name,
-            "source_checkpoint": metrics["checkpoint"], "vocab_sha256": datamodule.vocab_sha256}
+            "source_checkpoint": metrics["checkpoint"], "averaged_epochs": metrics["averaged_epochs"],
+            "vocab_sha256": datamodule.vocab_sha256}
     if cfg.task.name == "asr":
         return export_and_check_integer_asr(task, datamodule, directory, metrics, info, limits)
     sizes, engine = export_integer_lm(task.model, datamodule.vocab, directory, info)

@@ -28,7 +28,7 @@ from app.quant.config import QuantConfig
 METRICS_FILE = "metrics.json"
 # metrics.json has exactly these keys, from train.py and from evaluate.py (null where one does not apply).
 METRIC_FIELDS = (
-    "command", "task", "quant", "model", "data", "checkpoint",
+    "command", "task", "quant", "model", "data", "checkpoint", "averaged_epochs",
     "val_ppl", "val_loss", "val_tokens", "test_ppl", "test_loss", "test_tokens",
     "val_wer", "test_wer",
     "params", "epochs", "wall_time_s", "train_tokens_per_s", "eval_tokens_per_s", "quant_metrics",

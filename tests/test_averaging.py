@@ -1,0 +1,59 @@
+"""Checkpoint averaging (task.average_best, app/averaging.py): the run keeps its N best epochs, tests the
+mean of their weights, and resumes with them."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.averaging import average_state_dicts
+from tests.conftest import compose_config, eval_overrides, run_script
+from train import train
+
+
+def test_floating_tensors_are_averaged_and_the_others_come_from_the_best() -> None:
+    best = {"w": torch.tensor([1.0, 2.0]), "h": torch.tensor([1.0], dtype=torch.float16), "frac": torch.tensor(7)}
+    other = {"w": torch.tensor([3.0, 6.0]), "h": torch.tensor([2.0], dtype=torch.float16), "frac": torch.tensor(5)}
+    averaged = average_state_dicts([best, other])
+    assert torch.equal(averaged["w"], torch.tensor([2.0, 4.0]))
+    assert averaged["h"].dtype == torch.float16 and averaged["h"].item() == 1.5
+    assert averaged["frac"].item() == 7  # an integer format is not averaged
+    with pytest.raises(ValueError, match="different tensors"):
+        average_state_dicts([best, {"w": other["w"]}])
+
+
+def test_a_run_tests_the_mean_of_its_best_epochs_and_resumes_with_them(ptb_overrides: list[str], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    overrides = [*ptb_overrides, "task.max_epochs=3", "task.average_best=2", "task.module.optimizer.lr=5"]
+    metrics = train(compose_config("train", overrides, run))
+    top = sorted((run / "checkpoints" / "top").glob("*.ckpt"))
+    assert len(top) == 2  # the third epoch's file was dropped (or never written)
+    assert metrics["checkpoint"] == str(run / "checkpoints" / "averaged.ckpt")
+    kept = [torch.load(path, weights_only=False) for path in top]
+    assert sorted(metrics["averaged_epochs"]) == sorted(k["epoch"] for k in kept)
+    averaged = torch.load(run / "checkpoints" / "averaged.ckpt", weights_only=False)
+    for key, value in averaged["state_dict"].items():
+        assert torch.allclose(value, (kept[0]["state_dict"][key] + kept[1]["state_dict"][key]) / 2), key
+    assert averaged["hyper_parameters"] == kept[0]["hyper_parameters"] and averaged["task"] == "lm"
+
+    # the test numbers are the averaged weights', not the best epoch's
+    common = [*eval_overrides(ptb_overrides), "trainer.enable_progress_bar=false"]
+    for name in ("averaged", "best"):
+        result = run_script("evaluate.py", f"ckpt={run / 'checkpoints' / f'{name}.ckpt'}", f"output_dir={tmp_path / name}", *common)
+        assert result.returncode == 0, result.stderr[-2000:]
+    evaluated = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("averaged", "best")}
+    assert evaluated["averaged"]["test_ppl"] == pytest.approx(metrics["test_ppl"], rel=1e-5)
+    assert evaluated["averaged"]["averaged_epochs"] == metrics["averaged_epochs"]
+    assert evaluated["best"]["test_ppl"] != pytest.approx(metrics["test_ppl"], rel=1e-5)
+
+    # resuming (in place) for one more epoch keeps ranking the epochs it had kept
+    more = [*overrides, "task.max_epochs=4", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"]
+    resumed = train(compose_config("train", more))
+    assert resumed["epochs"] == 4 and len(resumed["averaged_epochs"]) == 2
+    assert len(list((run / "checkpoints" / "top").glob("*.ckpt"))) == 2
+
+
+def test_a_negative_count_is_refused_in_one_line(ptb_overrides: list[str], tmp_path: Path) -> None:
+    result = run_script("train.py", *ptb_overrides, "task.average_best=-1", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: task.average_best=-1")
