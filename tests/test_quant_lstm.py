@@ -150,3 +150,22 @@ def test_observer_calibrates_on_first_use_even_in_eval_mode_and_freezes():
     observer.frozen.fill_(True)
     observer.observe(torch.tensor([100.0]))
     assert observer.frac == 6
+
+
+@pytest.mark.parametrize("mode", ["float", "denseshift"])
+def test_outputs_only_with_lengths_equal_the_packed_kernel_and_its_gradients(mode):
+    """final_state=False runs the fused kernel on the padded batch (per direction, reversed within each
+    length): the same outputs and gradients as the packed sequence, zeros past each length."""
+    torch.manual_seed(0)
+    quant = QuantConfig(mode=mode, weight_bits=3) if mode == "denseshift" else QuantConfig(mode=mode)
+    lstm = QuantLSTM(8, 12, num_layers=2, bidirectional=True, quant=quant)
+    lengths = torch.tensor([9, 4, 6, 1])
+    x = torch.randn(4, 9, 8, requires_grad=True)
+    state = tuple(torch.randn(4, 4, 12) for _ in range(2))
+    y_packed, _ = lstm(x, state, lengths=lengths)
+    (grad_packed,) = torch.autograd.grad((y_packed * torch.linspace(-1, 1, 24)).sum(), x)
+    y, none = lstm(x, state, lengths=lengths, final_state=False)
+    (grad,) = torch.autograd.grad((y * torch.linspace(-1, 1, 24)).sum(), x)
+    assert none is None
+    assert torch.allclose(y, y_packed, atol=1e-6) and torch.allclose(grad, grad_packed, atol=1e-6)
+    assert (y[1, 4:] == 0).all() and (y[3, 1:] == 0).all() and (grad[3, 1:] == 0).all()

@@ -138,8 +138,10 @@ class AttentionASR(nn.Module):
                     with torch.no_grad():
                         bias[lstm.hidden_size : 2 * lstm.hidden_size] = 1.0
 
-    def _stack(self, layers: nn.ModuleList, x: Tensor, frac: int | None, lengths: Tensor | None, state=None):
-        """Run LSTM layers with residuals; returns (output, its grid, new state per layer)."""
+    def _stack(
+        self, layers: nn.ModuleList, x: Tensor, frac: int | None, lengths: Tensor | None, state=None, final_state=True
+    ):
+        """Run LSTM layers with residuals; returns (output, its grid, new state per layer: None without final_state)."""
         integer = self.quant.integer_activations
         fracs = self._layer_fracs(len(layers))
         new_state = []
@@ -148,9 +150,9 @@ class AttentionASR(nn.Module):
                 x = self.drop(x)
             hx = None if state is None else state[i]
             if integer:
-                y, layer_state = lstm(x, hx, in_frac=frac, lengths=lengths)
+                y, layer_state = lstm(x, hx, in_frac=frac, lengths=lengths, final_state=final_state)
             else:
-                y, layer_state = lstm(x, hx, lengths=lengths)
+                y, layer_state = lstm(x, hx, lengths=lengths, final_state=final_state)
             if self.residual and i > 0:
                 y = y + x
                 if integer:
@@ -171,7 +173,7 @@ class AttentionASR(nn.Module):
             x = F.relu(conv(unfold_time(x), in_frac=frac) if integer else conv(unfold_time(x)))
             frac = conv.out_frac if integer else None
             lengths = conv_lengths(lengths)
-        x, frac, _ = self._stack(self.encoder, x, frac, lengths)
+        x, frac, _ = self._stack(self.encoder, x, frac, lengths, final_state=False)  # only the outputs are used
         mask = torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
         memory = self.attention.precompute(x, frac, mask)
         return Encoded(x, lengths, memory)

@@ -131,13 +131,19 @@ class QuantLSTM(nn.LSTM):
         acts = lstm_activations(self.quant.pwl_segments, self.quant.cell_frac, self.quant.layer_norm)
         return IntLSTM(layers=layers, formats=fmts, acts=acts.cell)
 
-    def forward(self, x: Tensor, hx=None, in_frac: int | None = None, lengths: Tensor | None = None):
+    def forward(
+        self, x: Tensor, hx=None, in_frac: int | None = None, lengths: Tensor | None = None, final_state: bool = True
+    ):
         """x (B, T, I) -> (out (B, T, D*H), (h_n, c_n) (L*D, B, H)), like ``nn.LSTM(batch_first=True)``.
 
-        In irnn mode ``in_frac`` is the input's grid (2^-in_frac) and ``lengths`` (B,) masks padding.
+        In irnn mode ``in_frac`` is the input's grid (2^-in_frac). ``lengths`` (B,) masks padding: outputs past
+        a sequence's length are zero and (h_n, c_n) are those of its last valid step. ``final_state=False``
+        says the caller drops (h_n, c_n) (an encoder); with ``lengths`` the float modes then run the fused
+        kernel on the padded batch (``_float_outputs``), several times faster on a CPU than a packed
+        sequence, and return None for the state.
         """
         if not self.quant.integer_activations:
-            return self._float_forward(x, hx, lengths)
+            return self._float_forward(x, hx, lengths, final_state)
         if in_frac is None:
             raise ValueError("QuantLSTM in irnn mode needs the input grid: forward(x, in_frac=...)")
         q = self.quant
@@ -166,7 +172,7 @@ class QuantLSTM(nn.LSTM):
             layer_in = torch.cat(outs, dim=-1)
         return layer_in, (torch.stack(h_n), torch.stack(c_n))
 
-    def _float_forward(self, x: Tensor, hx, lengths: Tensor | None):
+    def _float_forward(self, x: Tensor, hx, lengths: Tensor | None, final_state: bool = True):
         """nn.LSTM's own kernel (what ``nn.LSTM.forward`` calls) on the float or effective DenseShift weights."""
         weights = [
             float_weight(self, name) if name.startswith("weight_") else getattr(self, name)
@@ -179,12 +185,42 @@ class QuantLSTM(nn.LSTM):
         if lengths is None:
             out, h, c = _VF.lstm(x, hx, weights, *settings, True)  # batch_first
             return out, (h, c)
+        if not final_state:
+            return self._float_outputs(x, hx, weights, lengths), None
+        # A packed sequence gives each sequence's own final state; on a CPU its kernel steps through time op
+        # by op (each step's slice costs a full-size zero fill in backward), so only callers that keep the state use it.
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         hx = tuple(state.index_select(1, packed.sorted_indices) for state in hx)
         data, h, c = _VF.lstm(packed.data, packed.batch_sizes, hx, weights, *settings)
         packed_out = packed._replace(data=data)
         out, _ = nn.utils.rnn.pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])
         return out, (h.index_select(1, packed.unsorted_indices), c.index_select(1, packed.unsorted_indices))
+
+    def _float_outputs(self, x: Tensor, hx, weights: list[Tensor], lengths: Tensor) -> Tensor:
+        """The outputs of a padded batch, by the fused kernel one layer and direction at a time.
+
+        The reverse direction reads each sequence reversed within its length (``reverse_padded``), so in both
+        directions the padding comes after every valid step and never reaches a valid output; padded
+        positions are set to zero, as ``pad_packed_sequence`` leaves them.
+        """
+        dirs = 2 if self.bidirectional else 1
+        per_direction = len(weights) // (self.num_layers * dirs)  # w_ih, w_hh[, b_ih, b_hh]
+        lengths = lengths.to(x.device)
+        valid = (torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
+        layer_in = x
+        for layer in range(self.num_layers):
+            if layer > 0 and self.training and self.dropout > 0:
+                layer_in = F.dropout(layer_in, self.dropout, training=True)
+            outs = []
+            for d in range(dirs):
+                k = layer * dirs + d
+                direction_weights = weights[k * per_direction : (k + 1) * per_direction]
+                xs = layer_in if d == 0 else reverse_padded(layer_in, lengths)
+                state = (hx[0][k : k + 1], hx[1][k : k + 1])
+                y, _, _ = _VF.lstm(xs, state, direction_weights, self.bias, 1, 0.0, self.training, False, True)
+                outs.append(y if d == 0 else reverse_padded(y, lengths))
+            layer_in = torch.cat(outs, dim=-1) if dirs == 2 else outs[0]
+        return layer_in.masked_fill(~valid, 0.0)
 
     def _run_direction(self, d, surrogate, fmt, acts, xs, h0, c0, lengths):
         batch, steps, _ = xs.shape
