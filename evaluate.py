@@ -97,6 +97,13 @@ def tested_checkpoint(run: Path) -> Path:
     return averaged if averaged.is_file() else run / "checkpoints" / "best.ckpt"
 
 
+def check_decoding_options(cfg: DictConfig, task: str) -> None:
+    """beam_size, ctc_weight and lm decode speech: refused for an LM checkpoint rather than ignored."""
+    for option in ("beam_size", "ctc_weight", "lm"):
+        if cfg[option] is not None and task != "asr":
+            raise UserInputError(f"{option}={cfg[option]} applies to ASR checkpoints; {cfg.ckpt} is a {task} one")
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Valid and test perplexity of `cfg.ckpt` on `cfg.data`; returns (and writes) metrics.json."""
     started = time.perf_counter()
@@ -119,9 +126,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             task.model.quant.validate()
         except ValueError as err:
             raise UserInputError(str(err)) from None
-    for option in ("beam_size", "ctc_weight", "lm"):  # ASR decoding options
-        if cfg[option] is not None and checkpoint["task"] != "asr":
-            raise UserInputError(f"{option}={cfg[option]} applies to ASR checkpoints; {cfg.ckpt} is a {checkpoint['task']} one")
+    check_decoding_options(cfg, checkpoint["task"])
     if cfg.beam_size is not None:
         task.hparams.beam_size = int(cfg.beam_size)
     if cfg.ctc_weight is not None:
@@ -179,6 +184,7 @@ def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
         raise UserInputError(str(err)) from None
     if kind != cfg.task.name:
         raise UserInputError(f"ckpt={cfg.ckpt} is an integer {kind} model: evaluate it with task={kind}")
+    check_decoding_options(cfg, kind)
     datamodule = build(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
