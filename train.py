@@ -6,7 +6,6 @@ tensorboard/, metrics.json. `ckpt_path=<run>/checkpoints/last.ckpt` resumes that
 
 import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from app.config import build, register_resolvers
 from app.errors import UserInputError
 from app.runs import (
     AtomicCheckpointIO,
+    ElapsedTime,
     check_resumable,
     command_line,
     evaluate_splits,
@@ -61,7 +61,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print(f"resuming: {run_dir()} from {last}")
         with open_dict(cfg):
             cfg.ckpt_path = str(last)
-    started = time.perf_counter()
+    elapsed = ElapsedTime()  # wall time, carried through the checkpoints when the run resumes
     seed_everything(cfg.seed, workers=True, verbose=False)
     directory = run_dir()
     datamodule = build(cfg.data)
@@ -89,7 +89,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer,
         default_root_dir=directory,
         # best_epochs first: it updates its list of kept epochs before last.ckpt is written (with that list)
-        callbacks=[*([best_epochs] if best_epochs else []), checkpoints],
+        callbacks=[elapsed, *([best_epochs] if best_epochs else []), checkpoints],
         logger=TensorBoardLogger(directory, name="tensorboard", version=""),
         plugins=[AtomicCheckpointIO()],
     )
@@ -111,7 +111,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **evaluate_splits(trainer, task, datamodule, best),
         "params": sum(parameter.numel() for parameter in task.parameters()),
         "epochs": trainer.current_epoch,
-        "wall_time_s": time.perf_counter() - started,
+        "wall_time_s": elapsed.total,
         "train_tokens_per_s": None if train_tokens_per_s is None else float(train_tokens_per_s),
         "quant_metrics": task.quant_epoch_metrics(),
         "engine": "qat" if task.model.quant.quantized else "float",

@@ -10,6 +10,7 @@ import json
 import platform
 import shlex
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -47,6 +49,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         write_bytes_atomic(path, buffer.getvalue())
+
+
+class ElapsedTime(Callback):
+    """A run's wall time across resumes: every checkpoint stores the time spent so far, and a run resumed
+    from it starts counting from there (the time after that checkpoint in a stopped invocation is lost work,
+    not counted). metrics.json's ``wall_time_s`` is ``total`` at the end."""
+
+    def __init__(self) -> None:
+        self.before, self.started = 0.0, time.perf_counter()
+
+    @property
+    def total(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict[str, float]:
+        return {"elapsed_s": self.total}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before = float(state_dict.get("elapsed_s", 0.0))
 
 
 def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
