@@ -67,8 +67,11 @@ def evaluate_sweep(cfg: DictConfig) -> list[dict[str, Any]]:
     if unknown:
         raise UserInputError(f"sweep_engines has {unknown[0]!r}: choose from {', '.join(ENGINES)}")
     points = sorted(path.parent.parent for path in root.glob("*/checkpoints/best.ckpt"))
+    for point in [point for point in points if not (point / METRICS_FILE).is_file()]:
+        print(f"skipped: {point.name} (still training, or stopped: no {METRICS_FILE} yet)")
+        points.remove(point)
     if not points:
-        raise UserInputError(f"sweep_dir={root} has no finished point (<point>/checkpoints/best.ckpt): run the sweep first")
+        raise UserInputError(f"sweep_dir={root} has no finished point (<point>/{METRICS_FILE}): run the sweep first")
     results = []
     for point, engine in ((point, engine) for point in points for engine in cfg.sweep_engines):
         ckpt = point / INTEGER_CHECKPOINT if engine == "integer" else tested_checkpoint(point)

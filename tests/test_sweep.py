@@ -104,6 +104,11 @@ def test_a_sweep_run_again_skips_the_points_it_finished_and_evaluate_covers_ever
     assert evals[("+mode-irnn", "integer")]["test_ppl"] == pytest.approx(trained["+mode-irnn"]["integer"]["test_ppl"], rel=1e-5)
     rerun = run_script(*evaluate, timeout=300)
     assert rerun.returncode == 0 and rerun.stdout.count("(already evaluated:") == 3, rerun.stdout
+    unfinished = shutil.copytree(Path(again["+mode-irnn"]["directory"]) / "checkpoints", tmp_path / "sweeps" / "lm_cpu" / "training" / "checkpoints")
+    rerun = run_script(*evaluate, timeout=300)  # a point with a best.ckpt but no metrics.json is still training
+    assert rerun.returncode == 0 and "skipped: training (still training" in rerun.stdout, rerun.stdout
+    assert not (unfinished.parent / "evals").exists()
+    shutil.rmtree(unfinished.parent)
 
     # a point stopped after a checkpoint resumes from its last.ckpt instead of starting over
     (Path(again["+mode-float"]["directory"]) / "metrics.json").unlink()
