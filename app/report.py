@@ -126,7 +126,9 @@ class Run:
 
 def load_runs(root: Path) -> list[Run]:
     """Every run directory under root's runs/, sweeps/ and evals/ that has a readable metrics.json."""
-    markers = (METRICS_FILE, "config.yaml", "epochs.jsonl", "*.log")  # a run directory has one of these
+    # a training run's directory has one of these (evaluate.py's own log alone is no run: `evaluate.py
+    # sweep_dir=` leaves one in evals/ while its results go into the sweep's points)
+    markers = (METRICS_FILE, "config.yaml", "epochs.jsonl", "train.log")
     directories = [d for sub in SCANNED for d in sorted({p.parent for m in markers for p in (root / sub).glob(f"**/{m}")})]
     runs = []
     for directory in directories:
@@ -303,6 +305,96 @@ def accuracy_table(runs: list[Run]) -> Table:
             ["data", "model", "quant", "settings", "engine", "set", "val WER %", "test WER %", "vs float (same recipe)",
              "integer-engine test WER %", "hardware", "command"], asr_rows))  # fmt: skip
     return Table("accuracy", "\n\n".join(parts) or "No finished runs yet.", records)
+
+
+def _train_loop_seconds(run: Run) -> float | None:
+    """Sum of the epochs' training time (epochs.jsonl `train_seconds`): validation and test not included."""
+    seconds = [epoch.get("train_seconds") for epoch in run.epochs]
+    return sum(seconds) if seconds and all(isinstance(value, (int, float)) for value in seconds) else None
+
+
+def _minutes(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def _quant_label(run: Run) -> str:
+    bits = run.settings.get("weight_bits")
+    return f"{run.quant} {bits}-bit" if "denseshift" in run.quant and bits else run.quant
+
+
+def _point_name(run: Run) -> str:
+    """A fixed point name as it is (lm_irnn); a long override-named directory shortened (its settings say the rest)."""
+    name = run.directory.name
+    return name if len(name) <= 32 else name[:29] + "..."
+
+
+def _same_wer(a: dict[str, float], b: dict[str, float]) -> bool:
+    """The same word errors on every set (QAT WERs pass through float32 logging, the engine's do not)."""
+    return a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-4 for k in a)
+
+
+def sweep_table(runs: list[Run], outputs: Path) -> Table:
+    """The paper-style table of each sweep (outputs/sweeps/<sweep>/<point>/): every point against the float
+    point of the same task and data in that sweep, with its test numbers from `evaluate.py sweep_dir=`
+    (engine=qat, and the integer engine) where that ran, else from the point's own test."""
+    sweeps_root = (outputs / "sweeps").resolve()
+    points = [run for run in runs if not run.is_eval and run.directory.resolve().parent.parent == sweeps_root]
+    evals: dict[tuple[Path, str], Run] = {}  # (point, engine) -> <point>/evals/<engine>/ (not other re-evaluations)
+    for run in runs:
+        if run.is_eval and run.source is not None and run.directory.resolve().parent.parent == run.source.directory.resolve() / "evals":
+            evals[(run.source.directory.resolve(), run.engine)] = run
+    parts, records = [], []
+    for sweep in sorted({run.directory.resolve().parent.name for run in points}):
+        members = sorted((run for run in points if run.directory.resolve().parent.name == sweep), key=lambda r: (r.task, r.metrics.get("data") or "", r.quant != "float", r.directory.name))
+        total, varying = [_train_loop_seconds(run) for run in members], varying_settings(members)
+        timed = [t for t in total if t is not None]
+        loops = f"; training loops {_minutes(sum(timed))} in all" if timed else ""
+        lines = [f"**`{sweep}`** ({len(members)} points{loops}):"]
+        for task in dict.fromkeys(run.task for run in members):
+            rows = []
+            group = [run for run in members if run.task == task]
+            for run in group:
+                floats = [other for other in group if other.quant == "float" and other.metrics.get("data") == run.metrics.get("data")]
+                base = floats[0] if len(floats) == 1 and floats[0] is not run else None
+                qat = evals.get((run.directory.resolve(), run.engine)) or evals.get((run.directory.resolve(), "qat")) or run
+                integer_eval = evals.get((run.directory.resolve(), "integer"))
+                base_qat = None if base is None else (evals.get((base.directory.resolve(), "float")) or evals.get((base.directory.resolve(), "qat")) or base)
+                integer = run.metrics.get("integer") or {}
+                size = (f"{100 * integer['integer_param_bytes'] / integer['float_param_bytes']:.1f}%"
+                        if integer.get("float_param_bytes") else "")  # fmt: skip
+                record = {"sweep": sweep, "point": run.directory.name, "task": task, "data": run.metrics.get("data"),
+                          "quant": run.quant, "settings": settings_text(run, varying), "train_loop_s": _train_loop_seconds(run),
+                          "wall_time_s": run.metrics.get("wall_time_s"), "integer_size_ratio": integer.get("integer_size_ratio"),
+                          "tested_by": qat.command, "command": run.command, "directory": str(run.directory)}  # fmt: skip
+                if task == "asr":
+                    test = qat.metrics.get("test_wer") or {}
+                    base_test = (base_qat.metrics.get("test_wer") or {}) if base_qat else {}
+                    integer_test = (integer_eval.metrics.get("test_wer") if integer_eval else integer.get("test_wer")) or {}
+                    names = list(test)
+                    record |= {"test_wer": test, "float_test_wer": base_test or None, "integer_test_wer": integer_test or None}
+                    rows.append([_point_name(run), _quant_label(run), " / ".join(_fmt(test.get(n)) for n in names),
+                                 " / ".join(f"{test[n] - base_test[n]:+.2f}" for n in names if n in base_test) if base_test else "",
+                                 "" if not integer_test else ("identical" if _same_wer(integer_test, test) else " / ".join(_fmt(integer_test.get(n)) for n in names)),
+                                 size, _minutes(_train_loop_seconds(run)), f"`{run.command}`"])  # fmt: skip
+                    header = ["point", "quant", f"test WER % ({' / '.join(names)})", "vs float point (points)",
+                              "integer engine", "integer size", "training loop", "command"]  # fmt: skip
+                else:
+                    test, base_test = qat.metrics.get("test_ppl"), base_qat.metrics.get("test_ppl") if base_qat else None
+                    integer_test = integer_eval.metrics.get("test_ppl") if integer_eval else integer.get("test_ppl")
+                    record |= {"test_ppl": test, "float_test_ppl": base_test, "integer_test_ppl": integer_test}
+                    change = "" if test is None or base_test is None else f"{100 * (test / base_test - 1):+.2f}%"
+                    rows.append([_point_name(run), _quant_label(run), settings_text(run, varying), _fmt(qat.metrics.get("val_ppl")), _fmt(test),
+                                 change, _fmt(integer_test), size, _minutes(_train_loop_seconds(run)), f"`{run.command}`"])  # fmt: skip
+                    header = ["point", "quant", "settings", "val ppl", "test ppl", "vs float point", "integer-engine test ppl",
+                              "integer size", "training loop", "command"]  # fmt: skip
+                records.append(record)
+            lines.append(_markdown(header, rows))
+        parts.append("\n\n".join(lines))
+    note = ("Test numbers: `evaluate.py sweep_dir=outputs/sweeps/<sweep>` (the point's own engine; `integer engine`: "
+            "engine=integer) where it ran, else the point's own test. Training loop: the sum of its epochs' "
+            "`train_seconds` (epochs.jsonl), without validation and test.")  # fmt: skip
+    body = "\n\n".join(parts) + f"\n\n{note}" if parts else "No sweep has finished a point yet (`python train.py -m +sweep=cpu`)."
+    return Table("sweeps", body, records)
 
 
 def _weights_stored_as(run: Run) -> str:
@@ -591,6 +683,7 @@ def _csv_value(value: Any) -> Any:
 
 
 TITLES = {
+    "sweeps": "Sweeps: each point vs the float point of its sweep",
     "accuracy": "Accuracy: each run vs the float run of the same recipe",
     "size": "Model size: float32 vs integer checkpoint",
     "speed": "Speed: float vs integer engines",
@@ -609,7 +702,7 @@ def main(argv: list[str] | None = None) -> None:
     runs, benchmarks = load_runs(args.outputs), load_benchmarks(args.outputs)
     series = ablation_series(runs)
     size = size_table(runs)
-    tables = [accuracy_table(runs), size, speed_table(benchmarks), ablation_table(series)]
+    tables = [sweep_table(runs, args.outputs), accuracy_table(runs), size, speed_table(benchmarks), ablation_table(series)]
     out = args.outputs / "reports"
     out.mkdir(parents=True, exist_ok=True)
     for table in tables:
@@ -621,7 +714,7 @@ def main(argv: list[str] | None = None) -> None:
     figure_text = "\n\n".join(f"{caption}:\n\n![{path.stem}]({path.name})" if path else f"{caption}: no runs to draw yet."
                               for caption, path in figures)  # fmt: skip
     (out / "results.md").write_text(f"# Results\n\n{body}\n" + (f"\n### Plots\n\n{figure_text}\n" if figures else ""))
-    print(f"wrote {out}/results.md, {{accuracy,size,speed,ablations}}.{{md,csv}} and {sum(p is not None for _, p in figures)} "
+    print(f"wrote {out}/results.md, {{sweeps,accuracy,size,speed,ablations}}.{{md,csv}} and {sum(p is not None for _, p in figures)} "
           f"plots from {len(runs)} runs in {time.perf_counter() - started:.1f} s")  # fmt: skip
     if args.readme is not None:
         text = args.readme.read_text()

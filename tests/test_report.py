@@ -74,6 +74,14 @@ def test_report_compares_real_runs_with_their_float_control_and_draws_the_plots(
     assert int(size["integer_bytes"]) == shift["integer"]["integer_param_bytes"]
     assert float(size["ratio"]) == pytest.approx(shift["integer"]["integer_size_ratio"])
 
+    sweep = {r["quant"]: r for r in _csv(reports / "sweeps.csv")}  # each point vs its sweep's float point
+    assert float(sweep["irnn_denseshift"]["test_ppl"]) == pytest.approx(shift["test_ppl"])  # not the pwl8 re-evaluation
+    assert float(sweep["irnn_denseshift"]["float_test_ppl"]) == pytest.approx(float_ppl)
+    assert float(sweep["irnn_denseshift"]["integer_test_ppl"]) == pytest.approx(shift["integer"]["test_ppl"])
+    epochs = [json.loads(line) for line in (outputs / "sweeps/test/+mode-irnn_denseshift_3bit/epochs.jsonl").read_text().splitlines()]
+    assert float(sweep["irnn_denseshift"]["train_loop_s"]) == pytest.approx(sum(e["train_seconds"] for e in epochs))
+    assert "| +mode-irnn_denseshift_3bit | irnn_denseshift 3-bit |" in (reports / "sweeps.md").read_text()
+
     speed = (reports / "speed.md").read_text()
     assert "`python -m app.bench engine` on Test CPU, torch x, 2 threads" in speed and "| DenseShift shift-add |" in speed
     assert "| 2.50x |" in speed  # train.json's irnn_slowdown
@@ -125,6 +133,10 @@ def test_asr_wer_is_compared_in_absolute_points_per_set_and_bits_are_plotted(tmp
     assert float(rows[("weight_bits=8", "synth")]["change"]) == pytest.approx(1.5)
     assert rows[("weight_bits=8", "synth")]["change_unit"] == "points"
     assert "| +1.50 pts (vs 10.00) |" in (reports / "accuracy.md").read_text()
+    sweep = {r["settings"]: r for r in _csv(reports / "sweeps.csv")}
+    assert json.loads(sweep["weight_bits=8"]["float_test_wer"]) == {"synth": 10.0, "fsdd": 20.0}
+    assert "| 11.50 / 21.00 | +1.50 / +1.00 | 11.50 /  |" in (reports / "sweeps.md").read_text()  # engine: synth only
+    assert "**`asr`** (3 points):" in (reports / "sweeps.md").read_text()  # no epoch times: no total
     assert (reports / "accuracy_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
     assert "quant.weight_bits" in (reports / "ablations.md").read_text()
     assert {r["hardware"] for r in rows.values()} == {"the CPU (model not recorded)"}  # metrics.json without the field
