@@ -341,7 +341,7 @@ def sweep_table(runs: list[Run], outputs: Path) -> Table:
     points = [run for run in runs if not run.is_eval and run.directory.resolve().parent.parent == sweeps_root]
     evals: dict[tuple[Path, str], Run] = {}  # (point, engine) -> <point>/evals/<engine>/ (not other re-evaluations)
     for run in runs:
-        if run.is_eval and run.source is not None and run.directory.resolve().parent.parent == run.source.directory.resolve() / "evals":
+        if run.is_eval and run.source is not None and run.directory.resolve().parent == run.source.directory.resolve() / "evals":
             evals[(run.source.directory.resolve(), run.engine)] = run
     parts, records = [], []
     for sweep in sorted({run.directory.resolve().parent.name for run in points}):

@@ -127,15 +127,20 @@ def test_asr_wer_is_compared_in_absolute_points_per_set_and_bits_are_plotted(tmp
     for bits, wer in ((4, 14.0), (8, 11.5)):
         _fake_run(tmp_path, f"sweeps/asr/quant.weight_bits={bits}", {**recipe, "quant": {"name": "irnn", "weight_bits": bits}},
                   _asr_metrics("irnn", {"synth": wer, "fsdd": 21.0}, integer={"test_wer": {"synth": wer}}))  # fmt: skip
+    # the float point re-decoded by `evaluate.py sweep_dir=` (e.g. another search): the sweeps table uses that
+    float_ckpt = tmp_path / "sweeps/asr/quant=float/checkpoints/best.ckpt"
+    _fake_run(tmp_path, "sweeps/asr/quant=float/evals/qat", None,
+              _asr_metrics("float", {"synth": 9.0, "fsdd": 19.0}, command="python evaluate.py sweep_dir=x", checkpoint=str(float_ckpt)))  # fmt: skip
     main(["--outputs", str(tmp_path)])
     reports = tmp_path / "reports"
-    rows = {(r["settings"], r["set"]): r for r in _csv(reports / "accuracy.csv")}
+    rows = {(r["settings"], r["set"]): r for r in _csv(reports / "accuracy.csv") if r["command"].startswith("python train.py")}
     assert float(rows[("weight_bits=8", "synth")]["change"]) == pytest.approx(1.5)
     assert rows[("weight_bits=8", "synth")]["change_unit"] == "points"
     assert "| +1.50 pts (vs 10.00) |" in (reports / "accuracy.md").read_text()
     sweep = {r["settings"]: r for r in _csv(reports / "sweeps.csv")}
-    assert json.loads(sweep["weight_bits=8"]["float_test_wer"]) == {"synth": 10.0, "fsdd": 20.0}
-    assert "| 11.50 / 21.00 | +1.50 / +1.00 | 11.50 /  |" in (reports / "sweeps.md").read_text()  # engine: synth only
+    assert json.loads(sweep["weight_bits=8"]["float_test_wer"]) == {"synth": 9.0, "fsdd": 19.0}
+    assert "| 11.50 / 21.00 | +2.50 / +2.00 | 11.50 /  |" in (reports / "sweeps.md").read_text()  # engine: synth only
+    assert "| quant=float | float | 9.00 / 19.00 |" in (reports / "sweeps.md").read_text()
     assert "**`asr`** (3 points):" in (reports / "sweeps.md").read_text()  # no epoch times: no total
     assert (reports / "accuracy_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
     assert "quant.weight_bits" in (reports / "ablations.md").read_text()
