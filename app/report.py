@@ -336,65 +336,87 @@ def _same_wer(a: dict[str, float], b: dict[str, float]) -> bool:
 def sweep_table(runs: list[Run], outputs: Path) -> Table:
     """The paper-style table of each sweep (outputs/sweeps/<sweep>/<point>/): every point against the float
     point of the same task and data in that sweep, with its test numbers from `evaluate.py sweep_dir=`
-    (engine=qat, and the integer engine) where that ran, else from the point's own test."""
+    (its own engine, and the integer engine) where that ran, else from the point's own test."""
     sweeps_root = (outputs / "sweeps").resolve()
     points = [run for run in runs if not run.is_eval and run.directory.resolve().parent.parent == sweeps_root]
-    evals: dict[tuple[Path, str], Run] = {}  # (point, engine) -> <point>/evals/<engine>/ (not other re-evaluations)
+    evals = {}  # (point directory, engine) -> its evaluation in <point>/evals/<engine>/ (not other re-evaluations)
     for run in runs:
-        if run.is_eval and run.source is not None and run.directory.resolve().parent == run.source.directory.resolve() / "evals":
+        if run.is_eval and run.source and run.directory.resolve().parent == run.source.directory.resolve() / "evals":
             evals[(run.source.directory.resolve(), run.engine)] = run
     parts, records = [], []
     for sweep in sorted({run.directory.resolve().parent.name for run in points}):
-        members = sorted((run for run in points if run.directory.resolve().parent.name == sweep), key=lambda r: (r.task, r.metrics.get("data") or "", r.quant != "float", r.directory.name))
-        total, varying = [_train_loop_seconds(run) for run in members], varying_settings(members)
-        timed = [t for t in total if t is not None]
-        loops = f"; training loops {_minutes(sum(timed))} in all" if timed else ""
-        lines = [f"**`{sweep}`** ({len(members)} points{loops}):"]
+        members = sorted((run for run in points if run.directory.resolve().parent.name == sweep),
+                         key=lambda r: (r.task, r.metrics.get("data") or "", r.quant != "float", r.directory.name))  # fmt: skip
+        timed = [t for t in map(_train_loop_seconds, members) if t is not None]
+        lines = [f"**`{sweep}`** ({len(members)} points" + (f"; training loops {_minutes(sum(timed))} in all" if timed else "") + "):"]
+        varying = varying_settings(members)
         for task in dict.fromkeys(run.task for run in members):
-            rows = []
             group = [run for run in members if run.task == task]
+            header, rows = [], []
             for run in group:
-                floats = [other for other in group if other.quant == "float" and other.metrics.get("data") == run.metrics.get("data")]
+                floats = [o for o in group if o.quant == "float" and o.metrics.get("data") == run.metrics.get("data")]
                 base = floats[0] if len(floats) == 1 and floats[0] is not run else None
-                qat = evals.get((run.directory.resolve(), run.engine)) or evals.get((run.directory.resolve(), "qat")) or run
-                integer_eval = evals.get((run.directory.resolve(), "integer"))
-                base_qat = None if base is None else (evals.get((base.directory.resolve(), "float")) or evals.get((base.directory.resolve(), "qat")) or base)
-                integer = run.metrics.get("integer") or {}
-                size = (f"{100 * integer['integer_param_bytes'] / integer['float_param_bytes']:.1f}%"
-                        if integer.get("float_param_bytes") else "")  # fmt: skip
-                record = {"sweep": sweep, "point": run.directory.name, "task": task, "data": run.metrics.get("data"),
-                          "quant": run.quant, "settings": settings_text(run, varying), "train_loop_s": _train_loop_seconds(run),
-                          "wall_time_s": run.metrics.get("wall_time_s"), "integer_size_ratio": integer.get("integer_size_ratio"),
-                          "tested_by": qat.command, "command": run.command, "directory": str(run.directory)}  # fmt: skip
-                if task == "asr":
-                    test = qat.metrics.get("test_wer") or {}
-                    base_test = (base_qat.metrics.get("test_wer") or {}) if base_qat else {}
-                    integer_test = (integer_eval.metrics.get("test_wer") if integer_eval else integer.get("test_wer")) or {}
-                    names = list(test)
-                    record |= {"test_wer": test, "float_test_wer": base_test or None, "integer_test_wer": integer_test or None}
-                    rows.append([_point_name(run), _quant_label(run), " / ".join(_fmt(test.get(n)) for n in names),
-                                 " / ".join(f"{test[n] - base_test[n]:+.2f}" for n in names if n in base_test) if base_test else "",
-                                 "" if not integer_test else ("identical" if _same_wer(integer_test, test) else " / ".join(_fmt(integer_test.get(n)) for n in names)),
-                                 size, _minutes(_train_loop_seconds(run)), f"`{run.command}`"])  # fmt: skip
-                    header = ["point", "quant", f"test WER % ({' / '.join(names)})", "vs float point (points)",
-                              "integer engine", "integer size", "training loop", "command"]  # fmt: skip
-                else:
-                    test, base_test = qat.metrics.get("test_ppl"), base_qat.metrics.get("test_ppl") if base_qat else None
-                    integer_test = integer_eval.metrics.get("test_ppl") if integer_eval else integer.get("test_ppl")
-                    record |= {"test_ppl": test, "float_test_ppl": base_test, "integer_test_ppl": integer_test}
-                    change = "" if test is None or base_test is None else f"{100 * (test / base_test - 1):+.2f}%"
-                    rows.append([_point_name(run), _quant_label(run), settings_text(run, varying), _fmt(qat.metrics.get("val_ppl")), _fmt(test),
-                                 change, _fmt(integer_test), size, _minutes(_train_loop_seconds(run)), f"`{run.command}`"])  # fmt: skip
-                    header = ["point", "quant", "settings", "val ppl", "test ppl", "vs float point", "integer-engine test ppl",
-                              "integer size", "training loop", "command"]  # fmt: skip
-                records.append(record)
+                header, row, numbers = (_sweep_asr_row if task == "asr" else _sweep_lm_row)(run, base, evals, varying)
+                rows.append(row)
+                records.append({"sweep": sweep, "point": run.directory.name, "task": task, "data": run.metrics.get("data"),
+                                "quant": run.quant, "settings": settings_text(run, varying), **numbers,
+                                "train_loop_s": _train_loop_seconds(run), "wall_time_s": run.metrics.get("wall_time_s"),
+                                "integer_size_ratio": (run.metrics.get("integer") or {}).get("integer_size_ratio"),
+                                "command": run.command, "directory": str(run.directory)})  # fmt: skip
             lines.append(_markdown(header, rows))
         parts.append("\n\n".join(lines))
+    if not parts:
+        return Table("sweeps", "No sweep has finished a point yet (`python train.py -m +sweep=cpu`).", records)
     note = ("Test numbers: `evaluate.py sweep_dir=outputs/sweeps/<sweep>` (the point's own engine; `integer engine`: "
             "engine=integer) where it ran, else the point's own test. Training loop: the sum of its epochs' "
             "`train_seconds` (epochs.jsonl), without validation and test.")  # fmt: skip
-    body = "\n\n".join(parts) + f"\n\n{note}" if parts else "No sweep has finished a point yet (`python train.py -m +sweep=cpu`)."
-    return Table("sweeps", body, records)
+    return Table("sweeps", "\n\n".join(parts) + f"\n\n{note}", records)
+
+
+def _tested(run: Run | None, evals: dict[tuple[Path, str], Run], engine: str | None = None) -> Run | None:
+    """`run` as `evaluate.py sweep_dir=` tested it with `engine` (default: its own), else `run` itself
+    (engine=integer: None when that evaluation did not run)."""
+    if run is None:
+        return None
+    found = evals.get((run.directory.resolve(), engine or run.engine))
+    return found if found or engine == "integer" else run
+
+
+def _size_text(run: Run) -> str:
+    integer = run.metrics.get("integer") or {}
+    return f"{100 * integer['integer_param_bytes'] / integer['float_param_bytes']:.1f}%" if integer.get("float_param_bytes") else ""
+
+
+def _sweep_asr_row(run: Run, base: Run | None, evals, varying) -> tuple[list[str], list[str], dict[str, Any]]:
+    """ASR: WER per test set, change in points vs the float point, the integer engine's WERs ("identical")."""
+    test = _tested(run, evals).metrics.get("test_wer") or {}
+    base_test = (_tested(base, evals).metrics.get("test_wer") or {}) if base else {}
+    integer_run = _tested(run, evals, "integer")
+    integer_test = (integer_run.metrics if integer_run else run.metrics.get("integer") or {}).get("test_wer") or {}
+    names = list(test)
+    change = " / ".join(f"{test[n] - base_test[n]:+.2f}" for n in names if n in base_test)
+    engine = " / ".join(_fmt(integer_test.get(n)) for n in names) if integer_test else ""
+    if integer_test and _same_wer(integer_test, test):
+        engine = "identical"
+    header = ["point", "quant", f"test WER % ({' / '.join(names)})", "vs float point (points)", "integer engine",
+              "integer size", "training loop", "command"]  # fmt: skip
+    row = [_point_name(run), _quant_label(run), " / ".join(_fmt(test.get(n)) for n in names), change, engine,
+           _size_text(run), _minutes(_train_loop_seconds(run)), f"`{run.command}`"]  # fmt: skip
+    return header, row, {"test_wer": test, "float_test_wer": base_test or None, "integer_test_wer": integer_test or None}
+
+
+def _sweep_lm_row(run: Run, base: Run | None, evals, varying) -> tuple[list[str], list[str], dict[str, Any]]:
+    """LM: test perplexity, relative change vs the float point, the integer engine's perplexity."""
+    tested = _tested(run, evals)
+    test, base_test = tested.metrics.get("test_ppl"), _tested(base, evals).metrics.get("test_ppl") if base else None
+    integer_run = _tested(run, evals, "integer")
+    integer_test = (integer_run.metrics if integer_run else run.metrics.get("integer") or {}).get("test_ppl")
+    change = "" if test is None or base_test is None else f"{100 * (test / base_test - 1):+.2f}%"
+    header = ["point", "quant", "settings", "val ppl", "test ppl", "vs float point", "integer-engine test ppl",
+              "integer size", "training loop", "command"]  # fmt: skip
+    row = [_point_name(run), _quant_label(run), settings_text(run, varying), _fmt(tested.metrics.get("val_ppl")), _fmt(test),
+           change, _fmt(integer_test), _size_text(run), _minutes(_train_loop_seconds(run)), f"`{run.command}`"]  # fmt: skip
+    return header, row, {"test_ppl": test, "float_test_ppl": base_test, "integer_test_ppl": integer_test}
 
 
 def _weights_stored_as(run: Run) -> str:
