@@ -15,7 +15,7 @@ import lightning as L
 from lightning import seed_everything
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from app.averaging import AVERAGED_CHECKPOINT
+from app.averaging import tested_checkpoint
 from app.config import build, register_resolvers
 from app.errors import UserInputError
 from app.runs import METRICS_FILE, command_line, evaluate_splits, machine_text, read_checkpoint, run_dir, write_metrics
@@ -56,8 +56,9 @@ def evaluate_sweep(cfg: DictConfig) -> list[dict[str, Any]]:
 
     Each point is evaluated on its own data and task (from its config.yaml): ``engine=qat`` on the
     checkpoint its run tested (``checkpoints/best.ckpt``, or ``averaged.ckpt``) and ``engine=integer`` on
-    ``model.int.safetensors`` (points with float activations export none and are skipped for it). Results go to ``<point>/evals/<engine>/metrics.json``;
-    a point whose evaluation is already there is skipped, so an interrupted sweep evaluation resumes.
+    ``model.int.safetensors`` (points with float activations export none and are skipped for it).
+    Results go to ``<point>/evals/<engine>/metrics.json``; a point whose evaluation is already there is
+    skipped, so an interrupted sweep evaluation resumes.
     The ASR decoding options (beam_size, ctc_weight, lm) apply to the ASR points only.
     """
     root = Path(cfg.sweep_dir)
@@ -92,12 +93,6 @@ def evaluate_sweep(cfg: DictConfig) -> list[dict[str, Any]]:
         print(f"evaluating {point.name} engine={engine}")
         results.append(evaluate(one))
     return results
-
-
-def tested_checkpoint(run: Path) -> Path:
-    """The checkpoint train.py tested: checkpoints/averaged.ckpt for a task.average_best run, else best.ckpt."""
-    averaged = run / "checkpoints" / AVERAGED_CHECKPOINT
-    return averaged if averaged.is_file() else run / "checkpoints" / "best.ckpt"
 
 
 def check_decoding_options(cfg: DictConfig, task: str) -> None:

@@ -54,6 +54,9 @@ def task_inputs(cfg: DictConfig, datamodule) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint on valid and test; returns (and writes) metrics.json."""
+    average_best = int(cfg.task.get("average_best") or 0)  # checked before any data is read
+    if average_best < 0:
+        raise UserInputError(f"task.average_best={average_best}: give the number of best epochs to average (0: none)")
     if (finished := finished_run(run_dir(), cfg)) is not None:
         return finished  # a sweep run again: this point already finished with this config (app/sweeps.py)
     last = run_dir() / "checkpoints" / "last.ckpt"
@@ -81,9 +84,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    average_best = int(cfg.task.get("average_best") or 0)
-    if average_best < 0:
-        raise UserInputError(f"task.average_best={average_best}: give the number of best epochs to average (0: none)")
     best_epochs = BestEpochs(directory / "checkpoints", MONITOR[cfg.task.name], average_best) if average_best > 1 else None
     trainer = build(
         cfg.trainer,

@@ -20,6 +20,12 @@ from app.runs import AtomicCheckpointIO, read_checkpoint
 AVERAGED_CHECKPOINT = "averaged.ckpt"  # in <run>/checkpoints/
 
 
+def tested_checkpoint(run: Path) -> Path:
+    """The checkpoint train.py tested: checkpoints/averaged.ckpt for a task.average_best run, else best.ckpt."""
+    averaged = run / "checkpoints" / AVERAGED_CHECKPOINT
+    return averaged if averaged.is_file() else run / "checkpoints" / "best.ckpt"
+
+
 class BestEpochs(ModelCheckpoint):
     """The weights of the N best epochs by the monitored metric, in ``<run>/checkpoints/top/epochNNN.ckpt``.
 
