@@ -1,4 +1,4 @@
-"""Audio reading and resampling on real recordings, feature shapes, CMVN and SpecAugment."""
+"""Audio reading and resampling on real recordings, feature shapes, CMVN, VTLP and SpecAugment."""
 
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from app.data.audio import (
     read_audio,
     spec_augment,
     utterance_cmvn,
+    vtlp_warp,
 )
 
 DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -71,3 +72,27 @@ def test_spec_augment_masks_bands_and_frames_with_zeros():
     assert 0 < zero.float().mean() < 0.5
     assert torch.equal(masked[~zero], features[~zero])
     assert (zero.all(dim=0).sum() + zero.all(dim=1).sum()) > 0  # whole bands or whole frames
+
+
+def test_vtlp_warps_the_filterbank_of_a_real_recording_along_frequency():
+    wave = load_waveform(LIBRIVOX_FILE, 16000)
+    config = FeatureConfig(dither=0.0)
+    plain = compute_features(wave, config)
+    low, high = (compute_features(wave, config, warp=warp) for warp in (0.9, 1.1))
+    assert torch.equal(compute_features(wave, config, warp=1.0), plain)
+    assert low.shape == high.shape == plain.shape
+    # a warp factor > 1 reads each mel band from lower frequencies (a longer vocal tract), < 1 from higher:
+    # the bands' mean energy is shifted toward higher bins by one and lower bins by the other
+    centroid = [(f.exp().mean(0) * torch.arange(80)).sum() / f.exp().mean(0).sum() for f in (low, plain, high)]
+    assert centroid[0] < centroid[1] < centroid[2] or centroid[0] > centroid[1] > centroid[2]
+    assert (low - plain).abs().mean() > 0.05 and (high - plain).abs().mean() > 0.05
+    with pytest.raises(ValueError, match="features.kind=fbank"):
+        compute_features(wave, FeatureConfig(kind="logmel"), warp=1.1)
+
+
+def test_vtlp_draws_warps_uniformly_within_the_range():
+    torch.manual_seed(0)
+    warps = torch.tensor([vtlp_warp(0.9, 1.1) for _ in range(2000)])
+    assert warps.min() >= 0.9 and warps.max() <= 1.1
+    assert abs(warps.mean().item() - 1.0) < 0.01 and warps.std() > 0.05
+    assert vtlp_warp(1.0, 1.0) == 1.0

@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 from hydra.utils import instantiate
 
+from app.config import build
 from app.data.asr import ASRDataModule, BucketBatchSampler, collate
 from app.data.audio import load_waveform
 from app.data.manifest import (
@@ -235,6 +236,22 @@ def test_asr_synth_config_builds_train_val_and_test_loaders(asr_root):
             _check_batch(batch, datamodule.tokenizer)
     first = next(iter(tests["fsdd"]))["feats"]
     assert torch.equal(first, next(iter(tests["fsdd"]))["feats"])  # evaluation features are reproducible
+    assert datamodule.datasets["train"]["synth"].vtlp == (0.9, 1.1)  # the config's default: training only
+    assert all(dataset.vtlp is None for split in ("val", "test") for dataset in datamodule.datasets[split].values())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.vtlp=[1.1,0.9]"], r"data.vtlp=\[1.1, 0.9\] must be \[low, high\]"),
+        (["data.vtlp=[0.9]"], "must be \\[low, high\\]"),
+        (["data.features.kind=logmel"], "data.vtlp needs data.features.kind=fbank"),
+    ],
+)
+def test_bad_vtlp_settings_are_named_in_one_line(asr_root, overrides, message):
+    cfg = _compose("asr_synth", [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", *overrides])
+    with pytest.raises(UserInputError, match=message):
+        build(cfg.data)  # as train.py builds it: the error itself, not Hydra's wrapper
 
 
 def test_bos_eos_and_global_cmvn(asr_root):

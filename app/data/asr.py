@@ -43,6 +43,7 @@ from app.data.audio import (
     load_waveform,
     spec_augment,
     utterance_cmvn,
+    vtlp_warp,
 )
 from app.data.manifest import Utterance, read_manifest
 from app.data.text import Tokenizer
@@ -52,7 +53,7 @@ CMVN_MODES = ("utterance", "global", "none")
 
 
 class UtteranceDataset(Dataset):
-    """Item i: features (T, F) of utterance i (CMVN applied, SpecAugment when augmenting) and its token ids."""
+    """Item i: features (T, F) of utterance i (VTLP and SpecAugment when augmenting, CMVN) and its token ids."""
 
     def __init__(
         self,
@@ -63,11 +64,13 @@ class UtteranceDataset(Dataset):
         cmvn_stats: tuple[Tensor, Tensor] | None,
         spec_augment: SpecAugmentConfig | None,
         seed: int,
+        vtlp: tuple[float, float] | None = None,
     ) -> None:
-        """spec_augment: None for evaluation; then the dither is seeded per item, so features are reproducible."""
+        """spec_augment: None for evaluation; then the dither is seeded per item, so features are reproducible.
+        vtlp: (low, high) range of a random vocal tract length warp per item (training only), None: none."""
         self.utterances, self.token_ids = utterances, token_ids
         self.features, self.cmvn, self.cmvn_stats = features, cmvn, cmvn_stats
-        self.spec_augment, self.seed = spec_augment, seed
+        self.spec_augment, self.seed, self.vtlp = spec_augment, seed, vtlp
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -76,7 +79,8 @@ class UtteranceDataset(Dataset):
         utterance = self.utterances[index]
         wave = load_waveform(utterance.audio, self.features.sample_rate)
         generator = None if self.spec_augment else torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        feats = compute_features(wave, self.features, generator)
+        warp = vtlp_warp(*self.vtlp) if self.vtlp else 1.0
+        feats = compute_features(wave, self.features, generator, warp)
         if self.cmvn == "utterance":
             feats = utterance_cmvn(feats)
         elif self.cmvn == "global":
@@ -189,6 +193,7 @@ class ASRDataModule(L.LightningDataModule):
         features: Mapping[str, Any] | None = None,
         cmvn: str = "utterance",
         spec_augment: Mapping[str, Any] | None = None,
+        vtlp: Sequence[float] | None = None,
         max_duration_s: float = 20.0,
         batch_duration_s: float = 200.0,
         max_batch_size: int = 64,
@@ -206,6 +211,8 @@ class ASRDataModule(L.LightningDataModule):
         features: FeatureConfig fields (app/data/audio.py). cmvn: utterance | global | none (global: mean
             and std of `cmvn_utterances` train utterances, see `cmvn_stats`).
         spec_augment: SpecAugmentConfig fields, applied to training batches only; None turns it off.
+        vtlp: [low, high] warp factors of vocal tract length perturbation (training only; fbank features),
+            e.g. [0.9, 1.1]; None turns it off.
         max_duration_s: longer utterances are skipped with a warning.
         batch_duration_s / eval_batch_duration_s: padded seconds of audio per train / eval batch, at most
             max_batch_size utterances (an utterance longer than the budget is a batch of its own).
@@ -227,6 +234,7 @@ class ASRDataModule(L.LightningDataModule):
         self.spec_augment = (
             None if spec_augment is None else _config(SpecAugmentConfig, spec_augment, "data.spec_augment")
         )
+        self.vtlp = _vtlp_range(vtlp, self.features.kind)
         self.max_duration_s = max_duration_s
         self.batch_duration_s, self.eval_batch_duration_s = batch_duration_s, eval_batch_duration_s
         self.max_batch_size = max_batch_size
@@ -287,7 +295,7 @@ class ASRDataModule(L.LightningDataModule):
         if self.cmvn == "global":
             self.cmvn_stats = self._global_cmvn_stats()
         for split, sets in self.utterances.items():
-            augment = self.spec_augment if split == "train" else None
+            augment, vtlp = (self.spec_augment, self.vtlp) if split == "train" else (None, None)
             self.datasets[split] = {
                 set_name: UtteranceDataset(
                     utterances,
@@ -297,6 +305,7 @@ class ASRDataModule(L.LightningDataModule):
                     self.cmvn_stats,
                     augment,
                     self.seed,
+                    vtlp,
                 )
                 for set_name, utterances in sets.items()
             }
@@ -373,3 +382,15 @@ def _config(cls: type, values: Mapping[str, Any], key: str) -> Any:
         return cls(**values)
     except ValueError as err:
         raise UserInputError(str(err)) from err
+
+
+def _vtlp_range(vtlp: Sequence[float] | None, feature_kind: str) -> tuple[float, float] | None:
+    """data.vtlp checked: None, or (low, high) with 0 < low <= high, on fbank features."""
+    if vtlp is None:
+        return None
+    values = tuple(float(v) for v in vtlp)
+    if len(values) != 2 or not 0 < values[0] <= values[1]:
+        raise UserInputError(f"data.vtlp={list(vtlp)} must be [low, high] warp factors, 0 < low <= high, e.g. [0.9, 1.1]")
+    if feature_kind != "fbank":
+        raise UserInputError(f"data.vtlp needs data.features.kind=fbank (not {feature_kind!r}), or data.vtlp=null")
+    return values

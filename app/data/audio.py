@@ -1,4 +1,4 @@
-"""Waveforms to features: read (soundfile), resample, 80-dim fbank / log-mel (torchaudio), CMVN, SpecAugment.
+"""Waveforms to features: read (soundfile), resample, 80-dim fbank / log-mel (torchaudio), CMVN, VTLP, SpecAugment.
 
 Audio is read with soundfile, not `torchaudio.load` (that needs torchcodec and FFmpeg; research/env.md).
 Waveforms are float32 in [-1, 1], shape (N,); features are (T, F) float32, one row per 10 ms frame.
@@ -64,13 +64,19 @@ def load_waveform(path: str | Path, sample_rate: int) -> Tensor:
     return resample(torch.from_numpy(samples), file_rate, sample_rate)
 
 
-def compute_features(wave: Tensor, config: FeatureConfig, generator: torch.Generator | None = None) -> Tensor:
+def compute_features(
+    wave: Tensor, config: FeatureConfig, generator: torch.Generator | None = None, warp: float = 1.0
+) -> Tensor:
     """Log mel features (T, num_mel_bins) float32 of a waveform (N,) float32 at config.sample_rate.
 
     fbank: torchaudio.compliance.kaldi.fbank (Povey window, pre-emphasis, frames inside the signal only:
     T = 1 + (N - window) // hop). logmel: MelSpectrogram with a centred STFT, T = 1 + N // hop.
     generator: the dither's random source (pass a seeded one for reproducible evaluation features).
+    warp: vocal tract length warp factor of the mel filterbank (Kaldi's piecewise-linear VTLN warp; fbank
+    only); 1.0 is no warp. Training draws one per utterance (`vtlp_warp`).
     """
+    if warp != 1.0 and config.kind != "fbank":
+        raise ValueError(f"a vocal tract length warp needs features.kind=fbank, not {config.kind!r}")
     if config.dither > 0:
         noise = torch.randn(wave.shape, generator=generator, dtype=wave.dtype)
         wave = wave + noise * (config.dither / INT16_SCALE)
@@ -87,6 +93,7 @@ def compute_features(wave: Tensor, config: FeatureConfig, generator: torch.Gener
             sample_frequency=config.sample_rate,
             dither=0.0,
             energy_floor=0.0,
+            vtln_warp=warp,
         )
     mel = torchaudio.functional.melscale_fbanks(
         window // 2 + 1, 0.0, config.sample_rate / 2, config.num_mel_bins, config.sample_rate
@@ -107,6 +114,12 @@ def utterance_cmvn(features: Tensor) -> Tensor:
 def apply_cmvn(features: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """(T, F) normalized with global statistics mean, std: (F,)."""
     return (features - mean) / std
+
+
+def vtlp_warp(low: float, high: float) -> float:
+    """A warp factor drawn uniformly from [low, high] (torch's global random state): vocal tract length
+    perturbation (Jaitly & Hinton 2013), which makes every training utterance sound like another speaker."""
+    return low + (high - low) * torch.rand(()).item()
 
 
 def spec_augment(features: Tensor, config: SpecAugmentConfig) -> Tensor:
