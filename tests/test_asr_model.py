@@ -9,7 +9,8 @@ from app.data.text import BOS_ID, EOS_ID, PAD_ID, normalize_text
 from app.engine.checkpoint import load_integer_checkpoint, save_integer_checkpoint
 from app.engine.guard import IntegerOnlyGuard
 from app.models.asr import build_asr
-from app.tasks.asr import corpus_wer
+from app.errors import UserInputError
+from app.tasks.asr import SpeechRecognitionTask, corpus_wer
 from app.tasks.asr_integer import quantize_features
 from tests.conftest import compose_config
 
@@ -134,3 +135,50 @@ def test_a_front_end_without_convolutions_is_refused():
 def test_an_lm_model_preset_without_an_asr_section_is_refused():
     with pytest.raises(ValueError, match="no asr section"):
         build_asr({"name": "medium", "lm": {}}, None, 80, 40)
+
+
+def _task(vocab_size: int, **options):
+    torch.manual_seed(0)
+    return SpeechRecognitionTask(
+        TINY, {"name": "float", "mode": "float"}, vocab_size, 80, {"name": "adam", "lr": 1e-3}, {"name": "none"}, 5.0,
+        **options,
+    )  # fmt: skip
+
+
+def test_scheduled_sampling_feeds_the_decoder_its_own_predictions_in_training_only(fsdd_batch):
+    batch, datamodule = fsdd_batch
+    vocab = datamodule.vocab_size
+    tokens_in = batch["tokens"][:, :-1]
+    always = _task(vocab, sampling_prob=1.0).train()
+    encoded = always.model.encode(batch["feats"], batch["feat_lens"])
+    mixed = always._sampled_inputs(tokens_in, encoded)
+    predicted = always.model.decode_sequence(tokens_in, encoded).argmax(-1)  # dropout is 0 in the tiny preset
+    real = tokens_in[:, 1:] != PAD_ID
+    assert torch.equal(mixed[:, 0], tokens_in[:, 0]) and (mixed[:, 0] == BOS_ID).all()
+    assert torch.equal(mixed[:, 1:][~real], tokens_in[:, 1:][~real])  # padding stays padding
+    assert torch.equal(mixed[:, 1:][real], predicted[:, :-1][real])  # every real input is the model's guess
+    assert not torch.equal(mixed, tokens_in)  # an untrained model guesses wrong
+
+    half = _task(vocab, sampling_prob=0.5).train()
+    torch.manual_seed(1)
+    replaced = (half._sampled_inputs(tokens_in, encoded) != tokens_in)[:, 1:][real].float().mean()
+    assert 0.05 < replaced < 0.6  # about half are replaced, fewer where the guess happens to be right
+
+    def loss(task):
+        torch.manual_seed(2)
+        return task._losses(batch)[0]
+
+    teacher = _task(vocab).train()
+    sampled = loss(always)
+    assert not torch.allclose(sampled, loss(teacher))
+    sampled.backward()  # the loss is taken on the second pass, which has gradients
+    assert always.model.embedding.weight.grad.abs().sum() > 0
+    assert torch.equal(loss(_task(vocab, sampling_prob=1.0, sampling_start_epoch=1).train()), loss(teacher))
+    with torch.no_grad():  # validation and test losses are teacher-forced whatever the setting
+        assert torch.equal(loss(always.eval()), loss(teacher.eval()))
+
+
+@pytest.mark.parametrize("prob", [-0.1, 1.5])
+def test_a_sampling_probability_outside_0_1_is_refused(prob):
+    with pytest.raises(UserInputError, match=f"task.module.sampling_prob={prob}: must be in"):
+        _task(40, sampling_prob=prob)

@@ -197,8 +197,12 @@ class AttentionASR(nn.Module):
     def forward(self, feats: Tensor, feat_lens: Tensor, tokens_in: Tensor) -> tuple[Tensor, Encoded]:
         """Teacher forcing: tokens_in (B, U) (<bos> y_1 ... y_{U-1}) -> logits (B, U, V), encoder output."""
         encoded = self.encode(feats, feat_lens)
+        return self.decode_sequence(tokens_in, encoded), encoded
+
+    def decode_sequence(self, tokens_in: Tensor, encoded: Encoded) -> Tensor:
+        """Logits (B, U, V) of the decoder fed tokens_in (B, U) in one pass, attending to `encoded`."""
         logits, _ = self._decoder_out(tokens_in, encoded.memory, None)
-        return logits, encoded
+        return logits
 
     def ctc_logits(self, encoded: Encoded) -> Tensor:
         if self.ctc is None:

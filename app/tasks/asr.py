@@ -1,7 +1,10 @@
 """LightningModule for attention encoder-decoder speech recognition (``task=asr``).
 
 Loss: label-smoothed cross entropy of the teacher-forced decoder, plus ``ctc_weight`` x CTC on the
-encoder output when the model has a CTC layer (joint CTC-attention, Kim et al. 2017). Validation:
+encoder output when the model has a CTC layer (joint CTC-attention, Kim et al. 2017). Optional
+scheduled sampling (``sampling_prob``) feeds the decoder some of its own predictions instead of the
+reference tokens, in two parallel passes (Duckworth et al. 2019): a teacher-forced pass without gradient
+predicts every position, and the loss is taken on a second pass whose inputs mix those predictions in. Validation:
 loss and WER by greedy decoding per validation set; test: WER by beam search per test set. WER is
 jiwer's corpus WER on normalized text (``app.data.text.normalize_text``: the same normalization as the
 training targets), logged as ``<stage>/wer/<set>`` in percent; ``val/wer`` (all validation words
@@ -75,6 +78,8 @@ class SpeechRecognitionTask(L.LightningModule):
         max_len_ratio: float = 1.0,
         vocab_sha256: str | None = None,
         decode_ctc_weight: float = 0.0,
+        sampling_prob: float = 0.0,
+        sampling_start_epoch: int = 0,
     ) -> None:
         """model_cfg / quant_cfg: the ``model`` (its ``asr:`` section) and ``quant`` configs.
 
@@ -84,11 +89,16 @@ class SpeechRecognitionTask(L.LightningModule):
             needs the CTC layer); 0: attention scores only. Greedy validation decoding never uses it.
         max_len_ratio: longest hypothesis in tokens per encoder frame (40 ms a frame with 2 conv layers, 80 ms with 3).
         optimizer / lr_scheduler: as the LM task (``conf/task/lm.yaml``).
+        sampling_prob: scheduled sampling: the probability that a decoder input token (after <bos>) is the
+            model's own greedy prediction of it instead of the reference, from epoch ``sampling_start_epoch``
+            on (numbered from 0); 0 turns it off. Validation and test are unaffected.
         """
         super().__init__()
         check_optimization(optimizer, lr_scheduler)
         if beam_size < 1:
             raise UserInputError(f"task.module.beam_size={beam_size}: must be >= 1")
+        if not 0.0 <= sampling_prob <= 1.0:
+            raise UserInputError(f"task.module.sampling_prob={sampling_prob}: must be in [0, 1] (0 turns it off)")
         self.save_hyperparameters()
         try:
             self.model = build_asr(model_cfg, quant_cfg, feature_dim, vocab_size)
@@ -109,7 +119,11 @@ class SpeechRecognitionTask(L.LightningModule):
     def _losses(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor, Any]:
         """(total loss, attention CE, encoder output) of one batch; tokens are <bos> y <eos>."""
         tokens = batch["tokens"]
-        logits, encoded = self.model(batch["feats"], batch["feat_lens"], tokens[:, :-1])
+        encoded = self.model.encode(batch["feats"], batch["feat_lens"])
+        tokens_in = tokens[:, :-1]
+        if self.training and self.hparams.sampling_prob > 0 and self.current_epoch >= self.hparams.sampling_start_epoch:
+            tokens_in = self._sampled_inputs(tokens_in, encoded)
+        logits = self.model.decode_sequence(tokens_in, encoded)
         targets = tokens[:, 1:]
         ce = F.cross_entropy(
             logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD_ID,
@@ -123,6 +137,17 @@ class SpeechRecognitionTask(L.LightningModule):
             ctc = F.ctc_loss(log_probs, ctc_targets, encoded.lengths, inner, blank=PAD_ID, zero_infinity=True)
             loss = (1 - self.hparams.ctc_weight) * ce + self.hparams.ctc_weight * ctc
         return loss, ce, encoded
+
+    def _sampled_inputs(self, tokens_in: Tensor, encoded: Any) -> Tensor:
+        """tokens_in (B, U) with each token after <bos> replaced, with probability sampling_prob, by the
+        teacher-forced decoder's greedy prediction of it; padding stays padding."""
+        with torch.no_grad():
+            predicted = self.model.decode_sequence(tokens_in, encoded).argmax(-1)  # position t predicts input t + 1
+        replace = torch.rand(tokens_in[:, 1:].shape, device=tokens_in.device) < self.hparams.sampling_prob
+        replace &= tokens_in[:, 1:] != PAD_ID
+        mixed = tokens_in.clone()
+        mixed[:, 1:] = torch.where(replace, predicted[:, :-1], tokens_in[:, 1:])
+        return mixed
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         loss, ce, _ = self._losses(batch)
