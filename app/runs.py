@@ -54,10 +54,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class ElapsedTime(Callback):
     """A run's wall time across resumes: every checkpoint stores the time spent so far, and a run resumed
     from it starts counting from there (the time after that checkpoint in a stopped invocation is lost work,
-    not counted). metrics.json's ``wall_time_s`` is ``total`` at the end."""
+    not counted). metrics.json's ``wall_time_s`` is ``total`` at the end. Only a resume restores it: the
+    checkpoint that trainer.test loads after training (best, averaged) carries an earlier epoch's time."""
 
     def __init__(self) -> None:
-        self.before, self.started = 0.0, time.perf_counter()
+        self.before, self.started, self.fitted = 0.0, time.perf_counter(), False
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self.fitted = True
 
     @property
     def total(self) -> float:
@@ -67,7 +71,8 @@ class ElapsedTime(Callback):
         return {"elapsed_s": self.total}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.before = float(state_dict.get("elapsed_s", 0.0))
+        if not self.fitted:
+            self.before = float(state_dict.get("elapsed_s", 0.0))
 
 
 def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -49,9 +50,12 @@ def test_resume_continues_the_interrupted_run_in_its_own_directory(
     overrides = [*ptb_overrides, "task.max_epochs=2", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]
     before = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]["ElapsedTime"]["elapsed_s"]
     assert 0 < before < trained_run[1]["wall_time_s"]  # the checkpoint was written before the test evaluation
+    started = time.perf_counter()
     metrics = train(compose_config("train", overrides))  # no run dir given: resuming picks the checkpoint's
     assert metrics["epochs"] == 2
     assert metrics["wall_time_s"] > before  # the first invocation's time counts
+    # ... and nothing more: testing best.ckpt (epoch 1, written in this invocation) does not add its time again
+    assert metrics["wall_time_s"] <= before + time.perf_counter() - started
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
     assert epochs == [0, 1]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
