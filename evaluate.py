@@ -20,7 +20,7 @@ from app.config import build, register_resolvers
 from app.errors import UserInputError
 from app.runs import METRICS_FILE, command_line, evaluate_splits, machine_text, read_checkpoint, run_dir, write_metrics
 from app.engine.checkpoint import IntegerCheckpointError, read_metadata, tensor_bytes
-from app.tasks.asr import SpeechRecognitionTask, check_ctc_weight
+from app.tasks.asr import DECODED_DIR, SpeechRecognitionTask, check_ctc_weight
 from app.tasks.asr_integer import integer_wer, load_integer_asr, load_lm_fusion
 from app.tasks.lm import LanguageModelTask
 from app.tasks.lm_integer import INTEGER_CHECKPOINT, integer_split_metrics, load_integer_lm
@@ -248,7 +248,8 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
               for split, limit in integer_batch_limits(cfg).items()}  # fmt: skip
     lm = None if cfg.lm is None else load_lm_fusion(str(cfg.lm), datamodule.tokenizer, float(cfg.lm_weight))
     val = integer_wer(engine, datamodule, "val", 1, norm, ratio, limits["val"])
-    test = integer_wer(engine, datamodule, "test", beam, norm, ratio, limits["test"], ctc_weight, lm)
+    test = integer_wer(engine, datamodule, "test", beam, norm, ratio, limits["test"], ctc_weight, lm,
+                       decoded_dir=output_dir(cfg) / DECODED_DIR)
     metrics = {
         "command": command_line("evaluate.py"),
         "task": "asr",

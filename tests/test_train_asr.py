@@ -1,9 +1,11 @@
 """task=asr end to end on real recordings: train, beam-decode every test set, integer export, evaluate.py."""
 import json
+from pathlib import Path
 
 import pytest
 
 from app.errors import UserInputError
+from app.tasks.asr import corpus_wer
 from evaluate import evaluate
 from tests.conftest import compose_config, run_script
 from train import train
@@ -58,6 +60,15 @@ def test_irnn_asr_integer_engine_decodes_the_same_words_as_qat(irnn_asr_run):
     assert all(diff == 0 for diff in integer["test_wer_abs_diff_vs_qat"].values())
     assert integer["integer_param_bytes"] < 0.35 * integer["float_param_bytes"]
     assert metrics["quant_metrics"]["conv.0.frac_bits"] >= 0
+    # every test utterance's reference and hypothesis, as the WER was computed from them, on both engines
+    for folder, wers in (("decoded", metrics["test_wer"]), ("decoded_integer", integer["test_wer"])):
+        assert sorted(path.stem for path in (run_dir / folder).iterdir()) == sorted(TEST_SETS)
+        for set_name, wer in wers.items():
+            rows = [json.loads(line) for line in (run_dir / folder / f"{set_name}.jsonl").read_text().splitlines()]
+            assert rows and all(Path(row["audio"]).is_file() and row["speaker"] for row in rows)
+            assert 100.0 * sum(r["errors"] for r in rows) / sum(r["words"] for r in rows) == pytest.approx(wer)
+            assert corpus_wer([r["ref"] for r in rows], [r["hyp"] for r in rows])[0] == pytest.approx(wer)
+    assert (run_dir / "decoded" / "synth.jsonl").read_text() == (run_dir / "decoded_integer" / "synth.jsonl").read_text()
 
 
 def test_evaluate_reruns_the_checkpoint_and_the_integer_checkpoint(irnn_asr_run, asr_root, tmp_path):
@@ -69,6 +80,7 @@ def test_evaluate_reruns_the_checkpoint_and_the_integer_checkpoint(irnn_asr_run,
         compose_config("evaluate", [*common, f"ckpt={run_dir / 'model.int.safetensors'}", "engine=integer"], tmp_path / "i")
     )
     assert integer["engine"] == "integer" and integer["test_wer"] == metrics["test_wer"]
+    assert (tmp_path / "i" / "decoded" / "fsdd.jsonl").read_text() == (run_dir / "decoded" / "fsdd.jsonl").read_text()
     with pytest.raises(UserInputError, match="task=asr"):
         evaluate(compose_config("evaluate", [f"ckpt={metrics['checkpoint']}"], tmp_path / "lm"))
     for engine, ckpt in (("qat", metrics["checkpoint"]), ("integer", run_dir / "model.int.safetensors")):

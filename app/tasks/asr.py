@@ -27,6 +27,7 @@ from torch import Tensor
 from app.asr_search import beam_search, greedy_search, max_decode_length, qat_decoder
 from app.data.text import BOS_ID, EOS_ID, PAD_ID, normalize_text
 from app.errors import UserInputError
+from app.files import write_text_atomic
 from app.models.asr import build_asr
 from app.quant import monitor
 from app.quant.denseshift import FreezingTracker
@@ -34,6 +35,7 @@ from app.tasks.lm import EPOCHS_FILE
 from app.tasks.optim import check_optimization, configure_optimization
 
 EXAMPLES_PER_VALIDATION = 3
+DECODED_DIR = "decoded"  # <run>/decoded/<test set>.jsonl: every test utterance's reference and hypothesis
 
 
 def corpus_wer(references: list[str], hypotheses: list[str]) -> tuple[float, int, int]:
@@ -47,6 +49,37 @@ def corpus_wer(references: list[str], hypotheses: list[str]) -> tuple[float, int
     errors = out.substitutions + out.deletions + out.insertions
     words = out.substitutions + out.deletions + out.hits
     return 100.0 * errors / words, errors, words
+
+
+def _eval_record() -> dict[str, Any]:
+    return {"refs": [], "hyps": [], "speakers": [], "audio": [], "loss": 0.0, "utterances": 0}
+
+
+def speaker_errors(record: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """Speaker -> (word errors, reference words) of one evaluated set, speakers in order of appearance."""
+    by_speaker: dict[str, tuple[list[str], list[str]]] = {}
+    for speaker, ref, hyp in zip(record["speakers"], record["refs"], record["hyps"]):
+        refs, hyps = by_speaker.setdefault(speaker, ([], []))
+        refs.append(ref)
+        hyps.append(hyp)
+    return {speaker: corpus_wer(refs, hyps)[1:] for speaker, (refs, hyps) in by_speaker.items()}
+
+
+def speaker_summary(record: Mapping[str, Any]) -> str:
+    """'spk 12.50 (3/24) | ...': WER % per speaker, worst first."""
+    counts = sorted(speaker_errors(record).items(), key=lambda item: -item[1][0] / max(item[1][1], 1))
+    return " | ".join(f"{speaker} {100.0 * e / max(w, 1):.2f} ({e}/{w})" for speaker, (e, w) in counts)
+
+
+def write_decoded(path: Path, record: Mapping[str, Any]) -> None:
+    """One json line per utterance (audio, speaker, normalized reference and hypothesis, word errors, words),
+    written atomically: what the WER of a test set was computed from."""
+    rows = []
+    for audio, speaker, ref, hyp in zip(record["audio"], record["speakers"], record["refs"], record["hyps"]):
+        _, errors, words = corpus_wer([ref], [hyp])
+        row = {"audio": audio, "speaker": speaker, "ref": normalize_text(ref), "hyp": normalize_text(hyp)}
+        rows.append(json.dumps({**row, "errors": errors, "words": words}, ensure_ascii=False))
+    write_text_atomic(path, "".join(line + "\n" for line in rows))
 
 
 def check_ctc_weight(key: str, weight: float, has_ctc: bool) -> None:
@@ -182,9 +215,11 @@ class SpeechRecognitionTask(L.LightningModule):
         set_name = names[dataloader_idx]
         loss, _, encoded = self._losses(batch)
         hyps = self.transcribe(batch, None if stage == "val" else self.hparams.beam_size, encoded)
-        record = self._stage[stage].setdefault(set_name, {"refs": [], "hyps": [], "loss": 0.0, "utterances": 0})
+        record = self._stage[stage].setdefault(set_name, _eval_record())
         record["refs"].extend(batch["texts"])
         record["hyps"].extend(hyps)
+        record["speakers"].extend(batch["speakers"])
+        record["audio"].extend(batch["audio"])
         record["loss"] += float(loss) * len(batch["texts"])
         record["utterances"] += len(batch["texts"])
 
@@ -219,8 +254,16 @@ class SpeechRecognitionTask(L.LightningModule):
                 for ref, hyp in list(zip(record["refs"], record["hyps"]))[:EXAMPLES_PER_VALIDATION]:
                     lines.append(f"  [{set_name}] ref: {normalize_text(ref)}\n  [{set_name}] hyp: {normalize_text(hyp)}")
             self.print("\n".join(lines))
+            if stage == "test":
+                for set_name, record in sets.items():
+                    self.print(f"  [{set_name}] WER by speaker: " + speaker_summary(record))
+                    write_decoded(Path(self.trainer.default_root_dir) / DECODED_DIR / f"{set_name}.jsonl", record)
         self._stage[stage]["last"] = metrics
         return metrics
+
+    def exact_metrics(self, stage: str) -> dict[str, float]:
+        """The last `stage` evaluation's logged metrics as the Python floats they were computed as."""
+        return dict(self._stage.get(stage, {}).get("last", {}))
 
     def _gather(self, sets: dict[str, dict]) -> dict[str, dict]:
         """Every rank's references and hypotheses (DDP), merged per set."""
@@ -231,7 +274,7 @@ class SpeechRecognitionTask(L.LightningModule):
         merged: dict[str, dict] = {}
         for part in gathered:
             for name, record in part.items():
-                target = merged.setdefault(name, {"refs": [], "hyps": [], "loss": 0.0, "utterances": 0})
+                target = merged.setdefault(name, _eval_record())
                 for key in target:
                     target[key] += record[key]
         return merged

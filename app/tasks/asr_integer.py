@@ -20,7 +20,7 @@ from app.engine.asr import IntegerASRModel
 from app.engine.checkpoint import IntegerCheckpointError, load_integer_checkpoint, save_integer_checkpoint
 from app.errors import UserInputError
 from app.quant.monitor import float_model_bytes
-from app.tasks.asr import corpus_wer
+from app.tasks.asr import corpus_wer, write_decoded
 from app.tasks.lm_integer import INTEGER_CHECKPOINT, size_fields
 
 
@@ -93,21 +93,28 @@ def transcribe_integer(engine: IntegerASRModel, batch: dict[str, Any], tokenizer
 
 def integer_wer(engine: IntegerASRModel, datamodule: Any, split: str, beam_size: int, length_norm: float,
                 max_len_ratio: float, limits: list[int | float] | None = None, ctc_weight: float = 0.0,
-                lm: LanguageModelFusion | None = None) -> dict[str, Any]:  # fmt: skip
-    """WER (%) per set of ``split`` ("val" / "test") decoded by the integer engine; ``limits``: batches per set."""
+                lm: LanguageModelFusion | None = None, decoded_dir: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """WER (%) per set of ``split`` ("val" / "test") decoded by the integer engine; ``limits``: batches per set.
+    decoded_dir: where each set's utterances, references and hypotheses go (``<set>.jsonl``, write_decoded)."""
     loaders = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     result: dict[str, Any] = {}
     utterances, started = 0, time.perf_counter()
     for index, (set_name, loader) in enumerate(loaders.items()):
         limit = math.inf if limits is None else limits[index]
-        refs, hyps = [], []
+        record: dict[str, list] = {"refs": [], "hyps": [], "speakers": [], "audio": []}
         for batch_index, batch in enumerate(loader):
             if batch_index >= limit:
                 break
-            hyps += transcribe_integer(engine, batch, datamodule.tokenizer, beam_size, length_norm, max_len_ratio, ctc_weight, lm)
-            refs += batch["texts"]
-        if refs:
-            result[set_name] = corpus_wer(refs, hyps)[0]
-            utterances += len(refs)
+            record["hyps"] += transcribe_integer(
+                engine, batch, datamodule.tokenizer, beam_size, length_norm, max_len_ratio, ctc_weight, lm
+            )
+            record["refs"] += batch["texts"]
+            record["speakers"] += batch["speakers"]
+            record["audio"] += batch["audio"]
+        if record["refs"]:
+            result[set_name] = corpus_wer(record["refs"], record["hyps"])[0]
+            utterances += len(record["refs"])
+            if decoded_dir is not None:
+                write_decoded(decoded_dir / f"{set_name}.jsonl", record)
     return {"wer": result, "utterances_per_s": utterances / max(time.perf_counter() - started, 1e-9)}
 
