@@ -80,16 +80,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         filename="best",
         monitor=MONITOR[cfg.task.name],
         mode="min",
-        save_last=True,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
+    # last.ckpt after every epoch. Not ModelCheckpoint(save_last=True) above: Lightning writes that one only
+    # when a top-k checkpoint was saved too, so after an epoch that did not improve, a resume lost epochs.
+    latest = ModelCheckpoint(
+        dirpath=directory / "checkpoints", filename="last", save_top_k=1, auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )  # fmt: skip
     best_epochs = BestEpochs(directory / "checkpoints", MONITOR[cfg.task.name], average_best) if average_best > 1 else None
     trainer = build(
         cfg.trainer,
         default_root_dir=directory,
-        # best_epochs first: it updates its list of kept epochs before last.ckpt is written (with that list)
-        callbacks=[elapsed, *([best_epochs] if best_epochs else []), checkpoints],
+        # latest last: last.ckpt holds the other callbacks' states as updated by this epoch
+        callbacks=[elapsed, *([best_epochs] if best_epochs else []), checkpoints, latest],
         logger=TensorBoardLogger(directory, name="tensorboard", version=""),
         plugins=[AtomicCheckpointIO()],
     )

@@ -61,6 +61,14 @@ def test_resume_continues_the_interrupted_run_in_its_own_directory(
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
 
 
+def test_last_checkpoint_is_written_after_an_epoch_that_did_not_improve(ptb_overrides: list[str], tmp_path: Path) -> None:
+    # lr 0: epoch 1 repeats epoch 0's validation perplexity, so best.ckpt stays epoch 0's
+    overrides = [*ptb_overrides, "task.max_epochs=2", "task.module.optimizer.lr=0"]
+    train(compose_config("train", overrides, tmp_path))
+    assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)["epoch"] == 0
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1  # a resume goes on from here
+
+
 def test_resume_with_another_model_config_names_the_differing_key_and_changes_nothing(
     trained_run: tuple[Path, dict], ptb_overrides: list[str], tmp_path: Path
 ) -> None:
