@@ -4,8 +4,9 @@ Loss: label-smoothed cross entropy of the teacher-forced decoder, plus ``ctc_wei
 encoder output when the model has a CTC layer (joint CTC-attention, Kim et al. 2017). Optional
 scheduled sampling (``sampling_prob``) feeds the decoder some of its own predictions instead of the
 reference tokens, in two parallel passes (Duckworth et al. 2019): a teacher-forced pass without gradient
-predicts every position, and the loss is taken on a second pass whose inputs mix those predictions in. Validation:
-loss and WER by greedy decoding per validation set; test: WER by beam search per test set. WER is
+predicts every position, and the loss is taken on a second pass whose inputs mix those predictions in.
+Validation: loss and WER by greedy decoding per validation set; test: WER by beam search per test set,
+each utterance's reference and hypothesis in ``<run>/decoded/<set>.jsonl`` and the WER per speaker. WER is
 jiwer's corpus WER on normalized text (``app.data.text.normalize_text``: the same normalization as the
 training targets), logged as ``<stage>/wer/<set>`` in percent; ``val/wer`` (all validation words
 together) picks the best checkpoint.
