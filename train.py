@@ -31,6 +31,7 @@ from app.runs import (
     write_run_config,
 )
 from app.sweeps import finished_run
+from app.tasks.asr import DECODED_INTEGER_DIR
 from app.tasks.asr_integer import export_integer_asr, integer_wer
 from app.tasks.lm_integer import export_integer_lm, integer_split_metrics
 
@@ -179,7 +180,7 @@ def export_and_check_integer_asr(task, datamodule, directory, metrics, info, lim
     result = dict(sizes)
     if metrics["test_wer"] is not None:
         decoded = integer_wer(engine, datamodule, "test", hp.beam_size, hp.length_norm, hp.max_len_ratio, limits["test"],
-                              info["decoding"]["ctc_weight"], decoded_dir=directory / "decoded_integer")  # fmt: skip
+                              info["decoding"]["ctc_weight"], decoded_dir=directory / DECODED_INTEGER_DIR)  # fmt: skip
         result["test_wer"] = decoded["wer"]
         result["test_wer_abs_diff_vs_qat"] = {k: v - metrics["test_wer"][k] for k, v in decoded["wer"].items()}
         result["eval_utterances_per_s"] = decoded["utterances_per_s"]

@@ -37,6 +37,7 @@ from app.tasks.optim import check_optimization, configure_optimization
 
 EXAMPLES_PER_VALIDATION = 3
 DECODED_DIR = "decoded"  # <run>/decoded/<test set>.jsonl: every test utterance's reference and hypothesis
+DECODED_INTEGER_DIR = "decoded_integer"  # the same from the integer engine, in a quant=irnn train.py run
 
 
 def corpus_wer(references: list[str], hypotheses: list[str]) -> tuple[float, int, int]:
@@ -52,35 +53,51 @@ def corpus_wer(references: list[str], hypotheses: list[str]) -> tuple[float, int
     return 100.0 * errors / words, errors, words
 
 
-def _eval_record() -> dict[str, Any]:
+def new_record() -> dict[str, Any]:
+    """What an evaluation collects per set: references, hypotheses, speakers, audio paths, summed loss."""
     return {"refs": [], "hyps": [], "speakers": [], "audio": [], "loss": 0.0, "utterances": 0}
 
 
-def speaker_errors(record: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
-    """Speaker -> (word errors, reference words) of one evaluated set, speakers in order of appearance."""
-    by_speaker: dict[str, tuple[list[str], list[str]]] = {}
-    for speaker, ref, hyp in zip(record["speakers"], record["refs"], record["hyps"]):
-        refs, hyps = by_speaker.setdefault(speaker, ([], []))
-        refs.append(ref)
-        hyps.append(hyp)
-    return {speaker: corpus_wer(refs, hyps)[1:] for speaker, (refs, hyps) in by_speaker.items()}
+def add_batch(record: dict[str, Any], batch: Mapping[str, Any], hyps: list[str]) -> None:
+    """Append one decoded batch's utterances to `record` (new_record)."""
+    record["refs"].extend(batch["texts"])
+    record["hyps"].extend(hyps)
+    record["speakers"].extend(batch["speakers"])
+    record["audio"].extend(batch["audio"])
 
 
-def speaker_summary(record: Mapping[str, Any]) -> str:
-    """'spk 12.50 (3/24) | ...': WER % per speaker, worst first."""
-    counts = sorted(speaker_errors(record).items(), key=lambda item: -item[1][0] / max(item[1][1], 1))
-    return " | ".join(f"{speaker} {100.0 * e / max(w, 1):.2f} ({e}/{w})" for speaker, (e, w) in counts)
+def utterance_errors(record: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """(word errors, reference words) of each utterance of `record`; their sums give corpus_wer's counts."""
+    return [corpus_wer([ref], [hyp])[1:] for ref, hyp in zip(record["refs"], record["hyps"])]
 
 
-def write_decoded(path: Path, record: Mapping[str, Any]) -> None:
-    """One json line per utterance (audio, speaker, normalized reference and hypothesis, word errors, words),
-    written atomically: what the WER of a test set was computed from."""
+def speaker_summary(record: Mapping[str, Any], counts: list[tuple[int, int]]) -> str:
+    """'spk 12.50 (3/24) | ...': WER % per speaker from the utterances' `counts`, worst first."""
+    by_speaker: dict[str, list[int]] = {}
+    for speaker, (errors, words) in zip(record["speakers"], counts):
+        total = by_speaker.setdefault(speaker, [0, 0])
+        total[0], total[1] = total[0] + errors, total[1] + words
+    ranked = sorted(by_speaker.items(), key=lambda item: -item[1][0] / max(item[1][1], 1))
+    return " | ".join(f"{speaker} {100.0 * e / max(w, 1):.2f} ({e}/{w})" for speaker, (e, w) in ranked)
+
+
+def write_decoded(path: Path, record: Mapping[str, Any], counts: list[tuple[int, int]]) -> None:
+    """One json line per utterance (audio, speaker, normalized reference and hypothesis, and its `counts`:
+    word errors, words), written atomically: what the WER of a test set was computed from."""
     rows = []
-    for audio, speaker, ref, hyp in zip(record["audio"], record["speakers"], record["refs"], record["hyps"]):
-        _, errors, words = corpus_wer([ref], [hyp])
+    for audio, speaker, ref, hyp, (errors, words) in zip(
+        record["audio"], record["speakers"], record["refs"], record["hyps"], counts
+    ):
         row = {"audio": audio, "speaker": speaker, "ref": normalize_text(ref), "hyp": normalize_text(hyp)}
         rows.append(json.dumps({**row, "errors": errors, "words": words}, ensure_ascii=False))
     write_text_atomic(path, "".join(line + "\n" for line in rows))
+
+
+def write_test_record(directory: Path, set_name: str, record: Mapping[str, Any]) -> str:
+    """``<directory>/<set_name>.jsonl`` (write_decoded); returns the set's per-speaker WER line."""
+    counts = utterance_errors(record)
+    write_decoded(directory / f"{set_name}.jsonl", record, counts)
+    return speaker_summary(record, counts)
 
 
 def check_ctc_weight(key: str, weight: float, has_ctc: bool) -> None:
@@ -216,11 +233,8 @@ class SpeechRecognitionTask(L.LightningModule):
         set_name = names[dataloader_idx]
         loss, _, encoded = self._losses(batch)
         hyps = self.transcribe(batch, None if stage == "val" else self.hparams.beam_size, encoded)
-        record = self._stage[stage].setdefault(set_name, _eval_record())
-        record["refs"].extend(batch["texts"])
-        record["hyps"].extend(hyps)
-        record["speakers"].extend(batch["speakers"])
-        record["audio"].extend(batch["audio"])
+        record = self._stage[stage].setdefault(set_name, new_record())
+        add_batch(record, batch, hyps)
         record["loss"] += float(loss) * len(batch["texts"])
         record["utterances"] += len(batch["texts"])
 
@@ -257,8 +271,8 @@ class SpeechRecognitionTask(L.LightningModule):
             self.print("\n".join(lines))
             if stage == "test":
                 for set_name, record in sets.items():
-                    self.print(f"  [{set_name}] WER by speaker: " + speaker_summary(record))
-                    write_decoded(Path(self.trainer.default_root_dir) / DECODED_DIR / f"{set_name}.jsonl", record)
+                    speakers = write_test_record(Path(self.trainer.default_root_dir) / DECODED_DIR, set_name, record)
+                    self.print(f"  [{set_name}] WER by speaker: {speakers}")
         self._stage[stage]["last"] = metrics
         return metrics
 
@@ -275,7 +289,7 @@ class SpeechRecognitionTask(L.LightningModule):
         merged: dict[str, dict] = {}
         for part in gathered:
             for name, record in part.items():
-                target = merged.setdefault(name, _eval_record())
+                target = merged.setdefault(name, new_record())
                 for key in target:
                     target[key] += record[key]
         return merged

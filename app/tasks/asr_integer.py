@@ -20,7 +20,7 @@ from app.engine.asr import IntegerASRModel
 from app.engine.checkpoint import IntegerCheckpointError, load_integer_checkpoint, save_integer_checkpoint
 from app.errors import UserInputError
 from app.quant.monitor import float_model_bytes
-from app.tasks.asr import corpus_wer, write_decoded
+from app.tasks.asr import add_batch, corpus_wer, new_record, write_test_record
 from app.tasks.lm_integer import INTEGER_CHECKPOINT, size_fields
 
 
@@ -95,26 +95,22 @@ def integer_wer(engine: IntegerASRModel, datamodule: Any, split: str, beam_size:
                 max_len_ratio: float, limits: list[int | float] | None = None, ctc_weight: float = 0.0,
                 lm: LanguageModelFusion | None = None, decoded_dir: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """WER (%) per set of ``split`` ("val" / "test") decoded by the integer engine; ``limits``: batches per set.
-    decoded_dir: where each set's utterances, references and hypotheses go (``<set>.jsonl``, write_decoded)."""
+    decoded_dir: where each set's utterances, references and hypotheses go (``<set>.jsonl``, write_test_record)."""
     loaders = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     result: dict[str, Any] = {}
     utterances, started = 0, time.perf_counter()
     for index, (set_name, loader) in enumerate(loaders.items()):
         limit = math.inf if limits is None else limits[index]
-        record: dict[str, list] = {"refs": [], "hyps": [], "speakers": [], "audio": []}
+        record = new_record()
         for batch_index, batch in enumerate(loader):
             if batch_index >= limit:
                 break
-            record["hyps"] += transcribe_integer(
-                engine, batch, datamodule.tokenizer, beam_size, length_norm, max_len_ratio, ctc_weight, lm
-            )
-            record["refs"] += batch["texts"]
-            record["speakers"] += batch["speakers"]
-            record["audio"] += batch["audio"]
+            hyps = transcribe_integer(engine, batch, datamodule.tokenizer, beam_size, length_norm, max_len_ratio, ctc_weight, lm)
+            add_batch(record, batch, hyps)
         if record["refs"]:
             result[set_name] = corpus_wer(record["refs"], record["hyps"])[0]
             utterances += len(record["refs"])
             if decoded_dir is not None:
-                write_decoded(decoded_dir / f"{set_name}.jsonl", record)
+                write_test_record(decoded_dir, set_name, record)
     return {"wer": result, "utterances_per_s": utterances / max(time.perf_counter() - started, 1e-9)}
 
