@@ -244,8 +244,7 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
     norm, ratio = decoding.get("length_norm", 1.0), decoding.get("max_len_ratio", 1.0)
     ctc_weight = float(cfg.ctc_weight) if cfg.ctc_weight is not None else decoding.get("ctc_weight", 0.0)
     check_ctc_weight("ctc_weight", ctc_weight, engine.ctc is not None)
-    limits = {split: None if limit == math.inf else [limit] * len(getattr(datamodule, f"{split}_names"))
-              for split, limit in integer_batch_limits(cfg).items()}  # fmt: skip
+    limits = {split: None if limit == math.inf else limit for split, limit in integer_batch_limits(cfg).items()}
     lm = None if cfg.lm is None else load_lm_fusion(str(cfg.lm), datamodule.tokenizer, float(cfg.lm_weight))
     val = integer_wer(engine, datamodule, "val", 1, norm, ratio, limits["val"])
     test = integer_wer(engine, datamodule, "test", beam, norm, ratio, limits["test"], ctc_weight, lm,

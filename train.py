@@ -126,7 +126,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero and task.model.quant.integer_activations:
         limits = {"valid": trainer.num_val_batches, "test": trainer.num_test_batches}
-        metrics["integer"] = export_and_check_integer(task, datamodule, directory, metrics, cfg, limits)
+        metrics["integer"] = export_and_check_integer(task, datamodule, directory, metrics, cfg, limits, trainer)
     if trainer.is_global_zero:
         write_metrics(directory, metrics)
     return metrics
@@ -146,14 +146,15 @@ def average_best_epochs(trainer, best_epochs: BestEpochs, best: Path) -> tuple[s
 
 
 def export_and_check_integer(
-    task, datamodule, directory, metrics: dict[str, Any], cfg: DictConfig, limits: dict[str, list[int | float]]
+    task, datamodule, directory, metrics: dict[str, Any], cfg: DictConfig, limits: dict[str, list[int | float]], trainer
 ) -> dict[str, Any]:
-    """Write the integer checkpoint of the best weights and evaluate it with the integer-only engine."""
+    """Write the integer checkpoint of the best weights and evaluate it with the integer-only engine on the
+    batches the QAT evaluation saw (``limits``: this rank's batches per set; ASR applies the trainer's limit)."""
     info = {"quant": OmegaConf.to_container(cfg.quant, resolve=True), "model": cfg.model.name, "data": cfg.data.name,
             "source_checkpoint": metrics["checkpoint"], "averaged_epochs": metrics["averaged_epochs"],
             "vocab_sha256": datamodule.vocab_sha256}
     if cfg.task.name == "asr":
-        return export_and_check_integer_asr(task, datamodule, directory, metrics, info, limits)
+        return export_and_check_integer_asr(task, datamodule, directory, metrics, info, trainer.limit_test_batches)
     sizes, engine = export_integer_lm(task.model, datamodule.vocab, directory, info)
     result = dict(sizes)
     for split, prefix in (("valid", "val"), ("test", "test")):
@@ -171,7 +172,7 @@ def export_and_check_integer(
     return result
 
 
-def export_and_check_integer_asr(task, datamodule, directory, metrics, info, limits) -> dict[str, Any]:
+def export_and_check_integer_asr(task, datamodule, directory, metrics, info, limit) -> dict[str, Any]:
     """ASR: the integer checkpoint, and the WER of each test set decoded by the integer engine (same search)."""
     hp = task.hparams
     info["decoding"] = {"beam_size": hp.beam_size, "length_norm": hp.length_norm, "max_len_ratio": hp.max_len_ratio,
@@ -179,7 +180,7 @@ def export_and_check_integer_asr(task, datamodule, directory, metrics, info, lim
     sizes, engine = export_integer_asr(task.model, directory, info)
     result = dict(sizes)
     if metrics["test_wer"] is not None:
-        decoded = integer_wer(engine, datamodule, "test", hp.beam_size, hp.length_norm, hp.max_len_ratio, limits["test"],
+        decoded = integer_wer(engine, datamodule, "test", hp.beam_size, hp.length_norm, hp.max_len_ratio, limit,
                               info["decoding"]["ctc_weight"], decoded_dir=directory / DECODED_INTEGER_DIR)  # fmt: skip
         result["test_wer"] = decoded["wer"]
         result["test_wer_abs_diff_vs_qat"] = {k: v - metrics["test_wer"][k] for k, v in decoded["wer"].items()}

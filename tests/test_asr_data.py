@@ -8,6 +8,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -240,6 +241,26 @@ def test_asr_synth_config_builds_train_val_and_test_loaders(asr_root):
     assert all(dataset.vtlp is None for split in ("val", "test") for dataset in datamodule.datasets[split].values())
 
 
+def test_ddp_eval_loaders_give_every_rank_a_share_or_name_the_set_too_small(asr_root):
+    cfg = _compose("asr_synth", [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0"])
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("test")
+    sizes = {name: len(utterances) for name, utterances in datamodule.utterances["test"].items()}
+    decoded = {name: [] for name in sizes}
+    for rank in range(2):
+        datamodule.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        for name, loader in datamodule.test_dataloader().items():
+            assert len(loader) >= 1, name  # Lightning stops a DDP test when any rank has no batch
+            decoded[name] += [audio for batch in loader for audio in batch["audio"]]
+    assert {name: len(set(audio)) for name, audio in decoded.items()} == sizes
+    assert {name: len(audio) for name, audio in decoded.items()} == sizes  # each utterance on one rank
+    smallest = min(sizes, key=sizes.get)
+    datamodule.trainer = SimpleNamespace(world_size=sizes[smallest] + 1, global_rank=0)
+    message = f"test set '{smallest}' has {sizes[smallest]} utterance.*fewer than the {sizes[smallest] + 1} DDP ranks"
+    with pytest.raises(UserInputError, match=message):
+        datamodule.test_dataloader()
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -320,6 +341,20 @@ def test_bucket_sampler_covers_every_utterance_within_the_duration_budget():
     assert len({len(shard) for shard in shards}) == 1  # DDP ranks step in lockstep
     indices = [i for shard in shards for batch in shard for i in batch]
     assert len(indices) == len(set(indices))
+
+
+def test_eval_sampler_gives_every_ddp_rank_a_share_of_a_one_batch_set():
+    """An eval set that makes one batch (pocketsphinx: 11 utterances) still gives each rank a batch: Lightning
+    stops a DDP test when any rank has none. Together the ranks decode every utterance exactly once."""
+    durations = [1.0 + i / 10 for i in range(11)]
+    assert len(list(BucketBatchSampler(durations, 400.0, 48, shuffle=False))) == 1
+    for world_size in (2, 3):
+        shards = [list(BucketBatchSampler(durations, 400.0, 48, False, 0, r, world_size)) for r in range(world_size)]
+        assert all(len(shard) >= 1 for shard in shards)
+        assert sorted(i for shard in shards for batch in shard for i in batch) == list(range(11))
+    small_batches = [list(BucketBatchSampler(durations, 3.0, 48, False, 0, r, 2)) for r in range(2)]
+    assert all(max(durations[i] for i in b) * len(b) <= 3.0 or len(b) == 1 for s in small_batches for b in s)
+    assert sorted(i for shard in small_batches for batch in shard for i in batch) == list(range(11))
 
 
 class _MeanFeatureModel(L.LightningModule):

@@ -17,10 +17,12 @@ A batch is a dict:
     speakers    list[str]
     audio       list[str]           audio file paths
 
-Under DDP each rank takes every world_size-th batch of the bucketed order, so the Trainer must not add a
-DistributedSampler (`use_distributed_sampler: false` in `conf/trainer/`). Training ranks get equal batch
-counts; an eval rank may get one batch fewer, so sum word errors per rank and all-reduce them at epoch end
-(no per-step sync_dist in eval).
+Under DDP the batch sampler shards the data itself, so the Trainer must not add a DistributedSampler
+(`use_distributed_sampler: false` in `conf/trainer/`). Training ranks take every world_size-th batch and get
+equal batch counts (DDP steps in lockstep); eval ranks take every world_size-th utterance by duration and
+batch their own share, so a set of at least world_size utterances gives every rank a batch (Lightning
+refuses a rank with none) while batch counts may differ: sum word errors per rank and all-reduce them at
+epoch end (no per-step sync_dist in eval).
 """
 
 import functools
@@ -119,8 +121,10 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     Sorting by duration keeps padding small; with shuffle, durations get +-10 % noise before sorting (so
     batches differ between epochs) and the batch order is shuffled, both seeded by (seed, epoch).
-    Rank r of world_size takes batches r, r + world_size, ...; when training (drop_uneven) every rank gets
-    the same number of batches, so DDP steps stay in lockstep.
+    Training (drop_uneven): rank r of world_size takes batches r, r + world_size, ... of the whole set, and
+    every rank gets the same number of batches, so DDP steps stay in lockstep. Evaluation: rank r takes
+    utterances r, r + world_size, ... in duration order and batches them alone, so every rank of a set
+    with at least world_size utterances has a batch, however few batches the set makes.
     """
 
     def __init__(
@@ -143,10 +147,17 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
-        """All ranks' batches in this epoch's order."""
+        """All ranks' batches in this epoch's order (with world_size 1: this rank's)."""
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
         noise = [rng.uniform(0.9, 1.1) if self.shuffle else 1.0 for _ in self.durations]
         order = sorted(range(len(self.durations)), key=lambda i: self.durations[i] * noise[i])
+        batches = self._bucket(order)
+        if self.shuffle:
+            rng.shuffle(batches)
+        return batches
+
+    def _bucket(self, order: Sequence[int]) -> list[list[int]]:
+        """Consecutive runs of ``order`` (utterances sorted by duration) cut at the size and duration limits."""
         batches: list[list[int]] = []
         current: list[int] = []
         longest = 0.0
@@ -161,15 +172,17 @@ class BucketBatchSampler(Sampler[list[int]]):
             longest = longest_if_added
         if current:
             batches.append(current)
-        if self.shuffle:
-            rng.shuffle(batches)
         return batches
 
     def _mine(self) -> list[list[int]]:
-        batches = self.batches()
+        if self.world_size == 1:
+            return self.batches()
         if self.drop_uneven:
+            batches = self.batches()
             batches = batches[: len(batches) // self.world_size * self.world_size]
-        return batches[self.rank :: self.world_size]
+            return batches[self.rank :: self.world_size]
+        order = sorted(range(len(self.durations)), key=lambda i: self.durations[i])
+        return self._bucket(order[self.rank :: self.world_size])
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._mine())
@@ -316,24 +329,45 @@ class ASRDataModule(L.LightningDataModule):
         return self._loader(dataset, durations, self.batch_duration_s, shuffle=True)
 
     def val_dataloader(self) -> dict[str, DataLoader]:
-        return self._eval_loaders("val")
+        return self.eval_loaders("val")
 
     def test_dataloader(self) -> dict[str, DataLoader]:
-        return self._eval_loaders("test")
+        return self.eval_loaders("test")
 
-    def _eval_loaders(self, split: str) -> dict[str, DataLoader]:
+    @property
+    def shard(self) -> tuple[int, int]:
+        """(rank, world_size) of this process: (0, 1) without a trainer or DDP."""
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
+    def eval_loaders(self, split: str, shard: tuple[int, int] | None = None) -> dict[str, DataLoader]:
+        """One loader per set of ``split`` ("val" / "test"), in config order: this rank's share of each set, or
+        rank r's share for ``shard=(r, world_size)`` (the integer engine, on one process, decodes every
+        rank's share in turn, so it sees exactly the utterances the QAT model's DDP evaluation saw)."""
+        shard = shard or self.shard
+        world_size = shard[1]
+        for set_name, utterances in self.utterances[split].items():
+            if len(utterances) < world_size:
+                raise UserInputError(
+                    f"{split} set {set_name!r} has {len(utterances)} utterance(s), fewer than the {world_size} DDP "
+                    "ranks that each decode a share of it: run it with fewer devices or leave it out of data."
+                    f"{split}"
+                )
         return {
             set_name: self._loader(
                 dataset,
                 [u.duration for u in self.utterances[split][set_name]],
                 self.eval_batch_duration_s,
                 shuffle=False,
+                shard=shard,
             )
             for set_name, dataset in self.datasets[split].items()
         }
 
-    def _loader(self, dataset: Dataset, durations: list[float], batch_duration_s: float, shuffle: bool) -> DataLoader:
-        world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+    def _loader(
+        self, dataset: Dataset, durations: list[float], batch_duration_s: float, shuffle: bool,
+        shard: tuple[int, int] | None = None,
+    ) -> DataLoader:  # fmt: skip
+        rank, world_size = shard or self.shard
         sampler = BucketBatchSampler(
             durations, batch_duration_s, self.max_batch_size, shuffle, self.seed, rank, world_size, drop_uneven=shuffle
         )

@@ -98,7 +98,8 @@ class LMDataModule(L.LightningDataModule):
         self.vocab: list[str] = []
         self.vocab_sha256 = ""  # identifies the vocabulary: a checkpoint only fits data with the same one
         self.token_ids: dict[str, Tensor] = {}
-        self.windows: dict[str, BpttWindows] = {}
+        self.windows: dict[str, BpttWindows] = {}  # this rank's rows (DDP)
+        self.all_rank_windows: dict[str, BpttWindows] = {}  # every rank's rows: the integer engine's evaluation
 
     def prepare_data(self) -> None:
         """Prepare the corpus (download / verify / vocabulary) and load every split's token ids.
@@ -139,6 +140,7 @@ class LMDataModule(L.LightningDataModule):
             inputs, targets = batchify(self.token_ids[split], rows * world_size, eos_id, pad_remainder=split != "train")
             mine = slice(rank * rows, (rank + 1) * rows)
             self.windows[split] = BpttWindows(inputs[mine], targets[mine], self.bptt)
+            self.all_rank_windows[split] = BpttWindows(inputs, targets, self.bptt)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -148,6 +150,11 @@ class LMDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+    def eval_loader(self, split: str) -> DataLoader:
+        """The windows of ``split`` with every DDP rank's rows in one batch: rows are independent, so one
+        process evaluating them sees exactly what the ranks' evaluation saw together (no DDP: the loader)."""
+        return DataLoader(self.all_rank_windows[split], batch_size=None, shuffle=False)
 
     def _loader(self, split: str) -> DataLoader:
         # Windows are already batches and must stay in order: the hidden state flows from one to the next.

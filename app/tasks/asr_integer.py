@@ -6,7 +6,7 @@ model decodes with, so both give the same words when their logits agree (they do
 """
 from __future__ import annotations
 
-import math
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -91,22 +91,35 @@ def transcribe_integer(engine: IntegerASRModel, batch: dict[str, Any], tokenizer
     return [tokenizer.decode(h) for h in hyps]
 
 
+def limited_batches(limit: int | float | None, batches: int) -> int:
+    """How many of a loader's ``batches`` Lightning evaluates under ``trainer.limit_*_batches=limit``."""
+    if limit is None or (isinstance(limit, float) and limit == 1.0):
+        return batches
+    return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+
+
 def integer_wer(engine: IntegerASRModel, datamodule: Any, split: str, beam_size: int, length_norm: float,
-                max_len_ratio: float, limits: list[int | float] | None = None, ctc_weight: float = 0.0,
+                max_len_ratio: float, limit: int | float | None = None, ctc_weight: float = 0.0,
                 lm: LanguageModelFusion | None = None, decoded_dir: Path | None = None) -> dict[str, Any]:  # fmt: skip
-    """WER (%) per set of ``split`` ("val" / "test") decoded by the integer engine; ``limits``: batches per set.
-    decoded_dir: where each set's utterances, references and hypotheses go (``<set>.jsonl``, write_test_record)."""
-    loaders = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+    """WER (%) per set of ``split`` ("val" / "test") decoded by the integer engine.
+    limit: the trainer's ``limit_{val,test}_batches`` as Lightning applies it to each loader (a number of
+    batches, or a fraction of them; None: all). decoded_dir: where each set's utterances, references and
+    hypotheses go (``<set>.jsonl``, write_test_record).
+
+    Under DDP (called on rank 0) it decodes every rank's share of each set in rank order, the limit applied
+    to each share, which are the utterances the ranks' QAT evaluation decoded and gathered in that order."""
     result: dict[str, Any] = {}
+    records: dict[str, dict] = {}
     utterances, started = 0, time.perf_counter()
-    for index, (set_name, loader) in enumerate(loaders.items()):
-        limit = math.inf if limits is None else limits[index]
-        record = new_record()
-        for batch_index, batch in enumerate(loader):
-            if batch_index >= limit:
-                break
-            hyps = transcribe_integer(engine, batch, datamodule.tokenizer, beam_size, length_norm, max_len_ratio, ctc_weight, lm)
-            add_batch(record, batch, hyps)
+    world_size = datamodule.shard[1]
+    for rank in range(world_size):
+        for set_name, loader in datamodule.eval_loaders(split, (rank, world_size)).items():
+            record = records.setdefault(set_name, new_record())
+            for batch in itertools.islice(loader, limited_batches(limit, len(loader))):
+                hyps = transcribe_integer(engine, batch, datamodule.tokenizer, beam_size, length_norm, max_len_ratio,
+                                          ctc_weight, lm)  # fmt: skip
+                add_batch(record, batch, hyps)
+    for set_name, record in records.items():
         if record["refs"]:
             result[set_name] = corpus_wer(record["refs"], record["hyps"])[0]
             utterances += len(record["refs"])

@@ -34,9 +34,10 @@ def integer_split_metrics(
 ) -> dict[str, float]:
     """Whole-split perplexity with the LSTM state carried across windows, exactly like the task's eval loop.
 
-    ``max_batches`` mirrors the trainer's ``limit_*_batches`` so both evaluate the same windows.
+    ``max_batches`` mirrors the trainer's ``limit_*_batches`` so both evaluate the same windows; under DDP
+    (on rank 0) every rank's rows are evaluated at once, so the perplexity is the one the ranks reduced.
     """
-    loader = {"valid": datamodule.val_dataloader, "test": datamodule.test_dataloader}[split]()
+    loader = datamodule.eval_loader(split)
     nll_sum, tokens, state = 0.0, 0, None
     started = time.perf_counter()
     for index, (inputs, targets) in enumerate(loader):
