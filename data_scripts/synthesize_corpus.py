@@ -1,9 +1,10 @@
 """Synthesize a multi-speaker English speech corpus with the Debian TTS engines (espeak-ng, flite, festival).
 
-    python data_scripts/synthesize_corpus.py                       # -> outputs/cache/asr/synth/
-    python data_scripts/synthesize_corpus.py --train 8000 --jobs 2  # bigger, on an idle machine
+    python data_scripts/synthesize_corpus.py                        # 11,400 / 200 / 300 -> outputs/cache/asr/synth/
+    python data_scripts/synthesize_corpus.py --train 20000 --jobs 2  # bigger, on an idle machine
 
-Needs `apt-get install -y espeak-ng sox flite festival festvox-kallpc16k` (all Debian main).
+Needs `apt-get install -y espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts`
+(all Debian main).
 
 Text: spans of 5-12 words cut from the lines of a tokenized corpus (PTB by default, or WikiText-2) where
 every word is among the `--word-vocab` most frequent ones, plus spoken digit strings ("four one nine")
@@ -13,8 +14,13 @@ split has held-out sentences.
 
 Voices: espeak-ng accents (en-us, en-gb, en-gb-scotland, ...) x voice variants (m1..m8, f1..f5, klatt,
 named variants), each speaker with its own base pitch and speed, jittered per utterance; flite voices
-(kal16, slt, awb, rms) and festival's kal diphone voice at three pitch settings. Whole espeak variants
-and the flite voice rms are held out: valid and test speakers never occur in train.
+(kal16, slt, awb, each also at a second target pitch, and rms); festival's kal and ked diphone voices at
+several target pitches and its HTS slt voice; train shares espeak 0.7 / flite 0.18 / festival 0.12 (the
+default 11,400 keeps the 8,000-odd espeak utterances of the earlier 10,000-utterance default and adds the
+other voices on top: README "Speech recognition"). Whole espeak variants and the flite voice rms are held out:
+valid and test speakers never occur in train. Each split draws from its own seeded generator, so changing
+the train voices or shares leaves the valid and test utterances as they were (bar digit / yes-no strings,
+which avoid the train ones).
 
 Every utterance is 16 kHz 16-bit mono wav, passed through sox: speed perturbation (p=0.5, 0.9-1.1),
 reverb (p=0.3), additive white/pink/brown noise at 10-30 dB SNR (p=0.4) and a random peak level, in all
@@ -56,9 +62,19 @@ SPLITS = ("train", "valid", "test")
 SAMPLE_RATE = 16000
 ENGINES = ("espeak", "flite", "festival")
 # Debian packages that provide each program.
-PACKAGES = {"espeak-ng": "espeak-ng", "sox": "sox", "flite": "flite", "festival": "festival festvox-kallpc16k"}
+PACKAGES = {
+    "espeak-ng": "espeak-ng",
+    "sox": "sox",
+    "flite": "flite",
+    "festival": "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts",
+}
 ENGINE_PROGRAMS = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival"}
-FESTIVAL_KAL_VOICE = Path("/usr/share/festival/voices/english/kal_diphone")
+# festival voice -> (its festival name, the directory its Debian package installs)
+FESTIVAL_VOICES = {
+    "kal": ("kal_diphone", Path("/usr/share/festival/voices/english/kal_diphone")),  # festvox-kallpc16k
+    "ked": ("ked_diphone", Path("/usr/share/festival/voices/english/ked_diphone")),  # festvox-kdlpc16k
+    "slt_hts": ("cmu_us_slt_arctic_hts", Path("/usr/share/festival/voices/us/cmu_us_slt_arctic_hts")),
+}
 
 ESPEAK_ACCENTS = (
     "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
@@ -72,8 +88,15 @@ ESPEAK_VARIANTS = (
     "quincy", "rob", "robert", "steph", "steph2", "travis", "victor", "zac",
 )  # fmt: skip
 HELD_OUT_VARIANTS = {"valid": 4, "test": 6}  # whole espeak variants held out of train, drawn with the seed
-FLITE_VOICES = {"train": ("kal16", "slt", "awb"), "valid": (), "test": ("rms",)}
-FESTIVAL_F0 = (90, 120, 150)  # kal diphone target F0 means (its default is 105 Hz), all train speakers
+# flite (voice, target F0 mean in Hz; 0: the voice's own): kal16 speaks at about 90 Hz, awb 120, slt 165.
+FLITE_SPEAKERS = {
+    "train": (("kal16", 0), ("kal16", 130), ("slt", 0), ("slt", 125), ("awb", 0), ("awb", 95)),
+    "valid": (),
+    "test": (("rms", 0),),  # rms ignores a target F0
+}
+# festival (voice, target F0 mean in Hz; 0: the voice's own), all train speakers: the diphone voices
+# (kal's default is 105 Hz) take a target F0, the HTS voice its own.
+FESTIVAL_SPEAKERS = (("kal", 90), ("kal", 120), ("kal", 150), ("ked", 95), ("ked", 130), ("slt_hts", 0))
 DIGITS = tuple(number_to_words(digit) for digit in range(10))
 WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 NOISES = ("whitenoise", "pinknoise", "brownnoise")
@@ -83,12 +106,12 @@ NOISES = ("whitenoise", "pinknoise", "brownnoise")
 class Speaker:
     engine: str  # espeak | flite | festival
     voice: str  # espeak "en-us+m3", flite "slt", festival "kal"
-    pitch: float  # espeak 0-99; festival target F0 mean (Hz); unused by flite
+    pitch: float  # espeak 0-99; flite / festival target F0 mean (Hz), 0: the voice's own
     speed: float  # espeak words per minute; flite / festival duration stretch (1 = the voice's own)
 
     @property
     def name(self) -> str:
-        return f"{self.engine}:{self.voice}" + (f"@{self.pitch:g}Hz" if self.engine == "festival" else "")
+        return f"{self.engine}:{self.voice}" + (f"@{self.pitch:g}Hz" if self.engine != "espeak" and self.pitch else "")
 
 
 @dataclass
@@ -116,12 +139,13 @@ def require_tools(engines: Sequence[str]) -> None:
     """Exit with one line naming each missing program and the apt command that installs it."""
     programs = ["sox", *(ENGINE_PROGRAMS[engine] for engine in engines)]
     missing = [program for program in programs if shutil.which(program) is None]
-    if "festival" in engines and "festival" not in missing and not FESTIVAL_KAL_VOICE.is_dir():
-        missing.append("festival")  # the program without its voice
+    if "festival" in engines and "festival" not in missing:
+        if any(not directory.is_dir() for _, directory in FESTIVAL_VOICES.values()):
+            missing.append("festival")  # the program without its voices
     if missing:
         packages = " ".join(PACKAGES[program] for program in missing)
         sys.exit(
-            f"error: {', '.join(missing)} not found (festival also needs its kal voice): "
+            f"error: {', '.join(missing)} not found (festival also needs its kal, ked and slt voices): "
             f"install with `apt-get install -y {packages}` (Debian main), or leave the engine out with --engines"
         )
 
@@ -199,12 +223,13 @@ def speakers_by_split(engines: Sequence[str], seed: int) -> dict[str, dict[str, 
                 for accent in ESPEAK_ACCENTS
                 for variant in espeak_variants[split]
             ]
-        if "flite" in engines and FLITE_VOICES[split]:
+        if "flite" in engines and FLITE_SPEAKERS[split]:
             result[split]["flite"] = [
-                Speaker("flite", voice, 0.0, _draw(f"flite{voice}", 0.95, 1.1)) for voice in FLITE_VOICES[split]
+                Speaker("flite", voice, f0, _draw(f"flite{voice}{f0 or ''}", 0.95, 1.1))
+                for voice, f0 in FLITE_SPEAKERS[split]
             ]
         if "festival" in engines and split == "train":
-            result[split]["festival"] = [Speaker("festival", "kal", f0, 1.1) for f0 in FESTIVAL_F0]
+            result[split]["festival"] = [Speaker("festival", voice, f0, 1.1) for voice, f0 in FESTIVAL_SPEAKERS]
     return result
 
 
@@ -216,13 +241,14 @@ def _draw(key: str, low: float, high: float) -> float:
 
 def plan(args: argparse.Namespace, lines: Sequence[str]) -> list[Item]:
     """Every utterance of the corpus: text, speaker, pitch / speed and sox augmentation, all seeded."""
-    rng = random.Random(args.seed)
     spans = word_spans(lines, args.word_vocab, args.min_words, args.max_words, args.seed)
     speakers = speakers_by_split(args.engines, args.seed)
-    shares = _engine_shares(args.shares, args.engines)
+    shares = {"train": _engine_shares(args.shares, args.engines)}
+    shares["valid"] = shares["test"] = _engine_shares(args.held_out_shares, args.engines)
     items: list[Item] = []
     seen: set[str] = set()
     for split in SPLITS:
+        rng = random.Random(f"{args.seed}:{split}")  # held-out splits do not move with the train voices
         total = getattr(args, split)
         n_digits, n_yesno = round(total * args.digit_share), round(total * args.yesno_share)
         n_sentences = total - n_digits - n_yesno
@@ -241,8 +267,8 @@ def plan(args: argparse.Namespace, lines: Sequence[str]) -> list[Item]:
         ]
         if split == "train":
             seen.update(text for text, _ in texts)
-        split_engines = [engine for engine in shares if engine in speakers[split]]
-        counts = _allocate(len(texts), [shares[engine] for engine in split_engines])
+        split_engines = [engine for engine in shares[split] if engine in speakers[split]]
+        counts = _allocate(len(texts), [shares[split][engine] for engine in split_engines])
         engine_of = [engine for engine, count in zip(split_engines, counts) for _ in range(count)]
         rng.shuffle(engine_of)
         for number, ((text, kind), engine) in enumerate(zip(texts, engine_of)):
@@ -275,7 +301,7 @@ def _jitter(speaker: Speaker, rng: random.Random) -> tuple[float, float]:
         return round(min(99, max(0, speaker.pitch + rng.uniform(-8, 8)))), round(speaker.speed + rng.uniform(-15, 15))
     if speaker.engine == "festival":
         return round(speaker.pitch * rng.uniform(0.92, 1.08)), round(speaker.speed * rng.uniform(0.9, 1.15), 2)
-    return 0.0, round(speaker.speed * rng.uniform(0.9, 1.12), 2)
+    return round(speaker.pitch * rng.uniform(0.92, 1.08)), round(speaker.speed * rng.uniform(0.9, 1.12), 2)
 
 
 def _with_augmentation(item: Item, rng: random.Random, augment: bool) -> Item:
@@ -304,8 +330,9 @@ def synthesize(items: Sequence[Item], out_dir: Path, jobs: int) -> dict[str, flo
             if not batch:
                 continue
             started = time.perf_counter()
-            if engine == "festival":  # one festival process per chunk: its start-up costs ~0.2 s
-                chunks = [batch[start : start + 50] for start in range(0, len(batch), 50)]
+            if engine == "festival":  # one festival process per chunk of one voice: its start-up costs ~0.2 s
+                voices = {voice: [item for item in batch if item.speaker.voice == voice] for voice in FESTIVAL_VOICES}
+                chunks = [part[start : start + 50] for part in voices.values() for start in range(0, len(part), 50)]
                 _run_parallel(jobs, chunks, functools.partial(_festival, scratch=scratch_dir, finish=finish))
             else:
                 render = functools.partial(_espeak if engine == "espeak" else _flite, scratch=scratch_dir)
@@ -341,17 +368,23 @@ def _espeak(item: Item, scratch: Path) -> Path:
 def _flite(item: Item, scratch: Path) -> Path:
     raw = scratch / f"{item.id}.raw.wav"
     voice = ["-voice", item.speaker.voice, "--setf", f"duration_stretch={item.speed}"]
+    if item.pitch:
+        voice += ["--setf", f"int_f0_target_mean={item.pitch}"]
     _run(["flite", *voice, "-t", item.text, "-o", str(raw)])
     return raw
 
 
 def _festival(chunk: Sequence[Item], scratch: Path, finish: Callable[[Item, Path], None]) -> None:
-    script = ["(voice_kal_diphone)"]
+    """Synthesize ``chunk`` (items of one voice) in one festival process."""
+    script = [f"(voice_{FESTIVAL_VOICES[chunk[0].speaker.voice][0]})"]
     for item in chunk:  # texts are normalized ([a-z' ]): nothing to escape in a Scheme string
+        script.append(f"(Parameter.set 'Duration_Stretch {item.speed})")
+        if item.pitch:  # the diphone voices' linear-regression intonation, moved to this target F0
+            script.append(
+                f"(set! int_lr_params '((target_f0_mean {item.pitch}) (target_f0_std 14)"
+                " (model_f0_mean 170) (model_f0_std 34)))"
+            )
         script += [
-            f"(Parameter.set 'Duration_Stretch {item.speed})",
-            f"(set! int_lr_params '((target_f0_mean {item.pitch}) (target_f0_std 14)"
-            " (model_f0_mean 170) (model_f0_std 34)))",
             f'(utt.save.wave (utt.wave.resample (SynthText "{item.text}") {SAMPLE_RATE})'
             f' "{scratch / item.id}.raw.wav" \'riff)',
         ]
@@ -406,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="outputs/cache/asr/synth",
         help="corpus folder (paths.asr_root/synth in conf/data/asr_synth.yaml)",
     )
-    parser.add_argument("--train", type=int, default=10000, help="train utterances")
+    parser.add_argument("--train", type=int, default=11400, help="train utterances")
     parser.add_argument("--valid", type=int, default=200, help="valid utterances (held-out voices and sentences)")
     parser.add_argument("--test", type=int, default=300, help="test utterances (held-out voices and sentences)")
     parser.add_argument("--word-vocab", type=int, default=1000, help="sentences use only the N most frequent words")
@@ -420,7 +453,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--engines", default="espeak,flite,festival", help="comma-separated subset of espeak,flite,festival"
     )
     parser.add_argument(
-        "--shares", default="espeak=0.8,flite=0.12,festival=0.08", help="fraction of utterances per engine"
+        "--shares", default="espeak=0.7,flite=0.18,festival=0.12", help="fraction of train utterances per engine"
+    )
+    parser.add_argument(
+        "--held-out-shares",
+        default="espeak=0.8,flite=0.12",
+        help="fraction of valid / test utterances per engine (among those with held-out voices: espeak, flite)",
     )
     parser.add_argument(
         "--no-augment", dest="augment", action="store_false", help="no speed / reverb / noise / level changes"

@@ -1,9 +1,11 @@
 """data_scripts/: the synthetic TTS corpus (held-out voices and sentences) and the real-set manifests + tokenizer.
 
-These need espeak-ng, flite, festival (+ its kal voice) and sox from Debian main; `.ci/run` installs them.
+These need espeak-ng, flite, festival (+ its kal, ked and HTS slt voices) and sox from Debian main; `.ci/run` installs them.
 A missing tool fails the test with the install command: it is never skipped.
 """
 
+import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -17,13 +19,24 @@ from app.data.text import Tokenizer, normalize_text
 from tests.conftest import ROOT, run_script
 
 DATA_ROOT = Path(os.environ.get("QRNN_DATA_ROOT", ROOT.parent / "shared" / "data"))
-INSTALL = "apt-get install -y espeak-ng sox flite festival festvox-kallpc16k"
+INSTALL = "apt-get install -y espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
+FESTIVAL_VOICE_DIRS = {
+    "festvox-kallpc16k": "/usr/share/festival/voices/english/kal_diphone",
+    "festvox-kdlpc16k": "/usr/share/festival/voices/english/ked_diphone",
+    "festvox-us-slt-hts": "/usr/share/festival/voices/us/cmu_us_slt_arctic_hts",
+}
+
+
+def _synthesize_corpus_module():
+    spec = importlib.util.spec_from_file_location("synthesize_corpus", ROOT / "data_scripts" / "synthesize_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _require_tts_tools() -> None:
     missing = [program for program in ("espeak-ng", "sox", "flite", "festival") if shutil.which(program) is None]
-    if not Path("/usr/share/festival/voices/english/kal_diphone").is_dir():
-        missing.append("festvox-kallpc16k (festival's kal voice)")
+    missing += [f"{package} (a festival voice)" for package, path in FESTIVAL_VOICE_DIRS.items() if not Path(path).is_dir()]
     if missing:
         pytest.fail(f"{', '.join(missing)} not installed: run `{INSTALL}` (Debian main; .ci/run does this)")
 
@@ -41,7 +54,7 @@ def tiny_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("asr") / "synth"
     args = [
         "--text", str(DATA_ROOT / "ptb" / "ptb.valid.txt"), "--out", str(out), "--train", "18", "--valid", "4",
-        "--test", "8", "--shares", "espeak=0.5,flite=0.25,festival=0.25", "--word-vocab", "500",
+        "--test", "8", "--shares", "espeak=0.3,flite=0.2,festival=0.5", "--word-vocab", "500",
     ]  # fmt: skip
     _run_script("synthesize_corpus.py", *args)
     return out, args
@@ -62,6 +75,8 @@ def test_synthetic_corpus_is_16khz_with_held_out_voices_and_sentences(tiny_corpu
             assert 0.2 < info.frames / info.samplerate == pytest.approx(row["duration"], abs=1e-3)
             assert row["text"] == normalize_text(row["text"]) and row["text"]
     assert {row["engine"] for row in rows["train"]} == {"espeak", "flite", "festival"}
+    festival_voices = {row["speaker"].split(":")[1].split("@")[0] for row in rows["train"] if row["engine"] == "festival"}
+    assert festival_voices == {"kal", "ked", "slt_hts"}  # every festival voice synthesizes
     assert {row["kind"] for row in rows["train"]} == {"sentence", "digits", "yesno"}
     train_speakers = {row["speaker"] for row in rows["train"]}
     train_texts = {row["text"] for row in rows["train"]}
@@ -103,3 +118,25 @@ def test_prepare_asr_writes_real_set_manifests_and_a_tokenizer(tiny_corpus):
     assert tokenizer.vocab_size == 60
     for row in _rows(corpus, "test"):
         assert tokenizer.decode(tokenizer.encode(row["text"])) == row["text"]
+
+
+def test_held_out_splits_do_not_move_with_the_train_voices_or_shares():
+    """Valid / test draw from their own generators: a bigger train split with other engine shares (a
+    recipe change) leaves every held-out utterance as it was, so test WERs stay comparable."""
+    corpus = _synthesize_corpus_module()
+    lines = (DATA_ROOT / "ptb" / "ptb.valid.txt").read_text().splitlines()
+    common = dict(
+        word_vocab=500, min_words=5, max_words=12, seed=0, engines=list(corpus.ENGINES), valid=6, test=10,
+        digit_share=0.0, yesno_share=0.0, augment=True, held_out_shares="espeak=0.8,flite=0.12",
+    )  # fmt: skip
+    small = corpus.plan(argparse.Namespace(train=20, shares="espeak=0.8,flite=0.12,festival=0.08", **common), lines)
+    large = corpus.plan(argparse.Namespace(train=60, shares="espeak=0.5,flite=0.3,festival=0.2", **common), lines)
+
+    def held_out(items):
+        return [(i.id, i.text, i.speaker.name, i.pitch, i.speed, i.effects, i.noise) for i in items if i.split != "train"]
+
+    assert len(held_out(small)) == 16 and held_out(small) == held_out(large)
+    assert [i.text for i in small if i.split == "train"] != [i.text for i in large if i.split == "train"]
+    train_names = {item.speaker.name for item in large if item.split == "train"}
+    assert {"flite:slt@125Hz", "flite:slt"} <= train_names  # a flite voice at its own and a second pitch
+    assert "flite:rms" in {item.speaker.name for item in small if item.split == "test"}
