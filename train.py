@@ -125,8 +125,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "hardware": machine_text(trainer.strategy.root_device),
     }
     if trainer.is_global_zero and task.model.quant.integer_activations:
-        limits = {"valid": trainer.num_val_batches, "test": trainer.num_test_batches}
-        metrics["integer"] = export_and_check_integer(task, datamodule, directory, metrics, cfg, limits, trainer)
+        metrics["integer"] = export_and_check_integer(task, datamodule, directory, metrics, cfg, trainer)
     if trainer.is_global_zero:
         write_metrics(directory, metrics)
     return metrics
@@ -146,10 +145,10 @@ def average_best_epochs(trainer, best_epochs: BestEpochs, best: Path) -> tuple[s
 
 
 def export_and_check_integer(
-    task, datamodule, directory, metrics: dict[str, Any], cfg: DictConfig, limits: dict[str, list[int | float]], trainer
+    task, datamodule, directory, metrics: dict[str, Any], cfg: DictConfig, trainer
 ) -> dict[str, Any]:
     """Write the integer checkpoint of the best weights and evaluate it with the integer-only engine on the
-    batches the QAT evaluation saw (``limits``: this rank's batches per set; ASR applies the trainer's limit)."""
+    batches the QAT evaluation saw (the trainer's batch limits)."""
     info = {"quant": OmegaConf.to_container(cfg.quant, resolve=True), "model": cfg.model.name, "data": cfg.data.name,
             "source_checkpoint": metrics["checkpoint"], "averaged_epochs": metrics["averaged_epochs"],
             "vocab_sha256": datamodule.vocab_sha256}
@@ -157,10 +156,11 @@ def export_and_check_integer(
         return export_and_check_integer_asr(task, datamodule, directory, metrics, info, trainer.limit_test_batches)
     sizes, engine = export_integer_lm(task.model, datamodule.vocab, directory, info)
     result = dict(sizes)
+    limits = {"valid": trainer.num_val_batches[0], "test": trainer.num_test_batches[0]}  # LM: one loader each
     for split, prefix in (("valid", "val"), ("test", "test")):
         if metrics[f"{prefix}_ppl"] is None:
             continue
-        split_metrics = integer_split_metrics(engine, datamodule, split, limits[split][0])
+        split_metrics = integer_split_metrics(engine, datamodule, split, limits[split])
         result[f"{prefix}_ppl"] = split_metrics["ppl"]
         result[f"{prefix}_ppl_rel_diff_vs_qat"] = split_metrics["ppl"] / metrics[f"{prefix}_ppl"] - 1
         result["eval_tokens_per_s"] = split_metrics["tokens_per_s"]

@@ -149,12 +149,15 @@ class BucketBatchSampler(Sampler[list[int]]):
     def batches(self) -> list[list[int]]:
         """All ranks' batches in this epoch's order (with world_size 1: this rank's)."""
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
-        noise = [rng.uniform(0.9, 1.1) if self.shuffle else 1.0 for _ in self.durations]
-        order = sorted(range(len(self.durations)), key=lambda i: self.durations[i] * noise[i])
-        batches = self._bucket(order)
+        batches = self._bucket(self._order(rng))
         if self.shuffle:
             rng.shuffle(batches)
         return batches
+
+    def _order(self, rng: random.Random) -> list[int]:
+        """Utterance indices by duration; with shuffle, by duration with +-10 % noise drawn from ``rng``."""
+        noise = [rng.uniform(0.9, 1.1) if self.shuffle else 1.0 for _ in self.durations]
+        return sorted(range(len(self.durations)), key=lambda i: self.durations[i] * noise[i])
 
     def _bucket(self, order: Sequence[int]) -> list[list[int]]:
         """Consecutive runs of ``order`` (utterances sorted by duration) cut at the size and duration limits."""
@@ -181,8 +184,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches = self.batches()
             batches = batches[: len(batches) // self.world_size * self.world_size]
             return batches[self.rank :: self.world_size]
-        order = sorted(range(len(self.durations)), key=lambda i: self.durations[i])
-        return self._bucket(order[self.rank :: self.world_size])
+        return self._bucket(self._order(random.Random(0))[self.rank :: self.world_size])  # eval: no shuffle
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._mine())

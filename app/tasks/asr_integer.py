@@ -93,7 +93,7 @@ def transcribe_integer(engine: IntegerASRModel, batch: dict[str, Any], tokenizer
 
 def limited_batches(limit: int | float | None, batches: int) -> int:
     """How many of a loader's ``batches`` Lightning evaluates under ``trainer.limit_*_batches=limit``."""
-    if limit is None or (isinstance(limit, float) and limit == 1.0):
+    if limit is None:
         return batches
     return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
 
