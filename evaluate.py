@@ -59,7 +59,7 @@ def evaluate_sweep(cfg: DictConfig) -> list[dict[str, Any]]:
     ``model.int.safetensors`` (points with float activations export none and are skipped for it).
     Results go to ``<point>/evals/<engine>/metrics.json``; a point whose evaluation is already there is
     skipped, so an interrupted sweep evaluation resumes.
-    The ASR decoding options (beam_size, ctc_weight, lm) apply to the ASR points only.
+    The ASR decoding options (beam_size, ctc_weight, length_norm, lm) apply to the ASR points only.
     """
     root = Path(cfg.sweep_dir)
     if not root.is_dir():
@@ -89,15 +89,15 @@ def evaluate_sweep(cfg: DictConfig) -> list[dict[str, Any]]:
             one.ckpt, one.engine, one.sweep_dir, one.output_dir = str(ckpt), engine, None, str(out)
             one.task, one.data = trained.task, trained.data
             if trained.task.name != "asr":  # a mixed sweep (+sweep=cpu): the ASR decoding options skip LM points
-                one.beam_size = one.ctc_weight = one.lm = None
+                one.beam_size = one.ctc_weight = one.length_norm = one.lm = None
         print(f"evaluating {point.name} engine={engine}")
         results.append(evaluate(one))
     return results
 
 
 def check_decoding_options(cfg: DictConfig, task: str) -> None:
-    """beam_size, ctc_weight and lm decode speech: refused for an LM checkpoint rather than ignored."""
-    for option in ("beam_size", "ctc_weight", "lm"):
+    """beam_size, ctc_weight, length_norm and lm decode speech: refused for an LM checkpoint rather than ignored."""
+    for option in ("beam_size", "ctc_weight", "length_norm", "lm"):
         if cfg[option] is not None and task != "asr":
             raise UserInputError(f"{option}={cfg[option]} applies to ASR checkpoints; {cfg.ckpt} is a {task} one")
 
@@ -127,6 +127,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_decoding_options(cfg, checkpoint["task"])
     if cfg.beam_size is not None:
         task.hparams.beam_size = int(cfg.beam_size)
+    if cfg.length_norm is not None:
+        task.hparams.length_norm = float(cfg.length_norm)
     if cfg.ctc_weight is not None:
         check_ctc_weight("ctc_weight", float(cfg.ctc_weight), task.model.ctc is not None)
         task.hparams.decode_ctc_weight = float(cfg.ctc_weight)
@@ -241,7 +243,8 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
     info = meta.get("info", {})
     decoding = info.get("decoding", {})
     beam = int(cfg.beam_size) if cfg.beam_size is not None else decoding.get("beam_size", 5)
-    norm, ratio = decoding.get("length_norm", 1.0), decoding.get("max_len_ratio", 1.0)
+    norm = float(cfg.length_norm) if cfg.length_norm is not None else decoding.get("length_norm", 1.0)
+    ratio = decoding.get("max_len_ratio", 1.0)
     ctc_weight = float(cfg.ctc_weight) if cfg.ctc_weight is not None else decoding.get("ctc_weight", 0.0)
     check_ctc_weight("ctc_weight", ctc_weight, engine.ctc is not None)
     limits = {split: None if limit == math.inf else limit for split, limit in integer_batch_limits(cfg).items()}
@@ -272,6 +275,7 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
             "format_version": meta["version"],
             "eval_utterances_per_s": test["utterances_per_s"],
             "beam_size": beam,
+            "length_norm": norm,
             "ctc_weight": ctc_weight,
         },
         "hardware": machine_text("cpu"),

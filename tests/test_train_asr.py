@@ -81,6 +81,18 @@ def test_evaluate_reruns_the_checkpoint_and_the_integer_checkpoint(irnn_asr_run,
     )
     assert integer["engine"] == "integer" and integer["test_wer"] == metrics["test_wer"]
     assert (tmp_path / "i" / "decoded" / "fsdd.jsonl").read_text() == (run_dir / "decoded" / "fsdd.jsonl").read_text()
+    # decoding options tuned at evaluation time reach both engines' searches alike
+    tuned = ["beam_size=3", "length_norm=0.0", "ctc_weight=0.2"]
+    qat_tuned = evaluate(compose_config("evaluate", [*common, f"ckpt={metrics['checkpoint']}", *tuned], tmp_path / "qt"))
+    integer_tuned = evaluate(compose_config(
+        "evaluate", [*common, f"ckpt={run_dir / 'model.int.safetensors'}", "engine=integer", *tuned], tmp_path / "it"
+    ))
+    assert integer_tuned["integer"]["length_norm"] == 0.0 and integer_tuned["integer"]["beam_size"] == 3
+    assert integer_tuned["test_wer"] == qat_tuned["test_wer"]
+    for set_name in metrics["test_wer"]:
+        assert (tmp_path / "it" / "decoded" / f"{set_name}.jsonl").read_text() == (
+            tmp_path / "qt" / "decoded" / f"{set_name}.jsonl"
+        ).read_text()
     with pytest.raises(UserInputError, match="task=asr"):
         evaluate(compose_config("evaluate", [f"ckpt={metrics['checkpoint']}"], tmp_path / "lm"))
     for engine, ckpt in (("qat", metrics["checkpoint"]), ("integer", run_dir / "model.int.safetensors")):

@@ -80,9 +80,10 @@ def test_evaluate_refuses_mismatched_engine_and_checkpoint(irnn_run, ptb_overrid
         overrides = [*eval_overrides(ptb_overrides), f"ckpt={run_dir / 'model.int.safetensors'}"]
         evaluate(compose_config("evaluate", overrides, tmp_path))
     for engine, ckpt in (("integer", run_dir / "model.int.safetensors"), ("qat", metrics["checkpoint"])):
-        with pytest.raises(UserInputError, match="beam_size=4 applies to ASR checkpoints"):  # not silently ignored
-            overrides = [*eval_overrides(ptb_overrides), f"ckpt={ckpt}", f"engine={engine}", "beam_size=4"]
-            evaluate(compose_config("evaluate", overrides, tmp_path))
+        for option in ("beam_size=4", "length_norm=0.5"):
+            with pytest.raises(UserInputError, match=f"{option} applies to ASR checkpoints"):  # not silently ignored
+                overrides = [*eval_overrides(ptb_overrides), f"ckpt={ckpt}", f"engine={engine}", option]
+                evaluate(compose_config("evaluate", overrides, tmp_path))
 
 
 def test_irnn_fine_tunes_from_a_float_checkpoint(trained_run, ptb_overrides, tmp_path):
