@@ -152,6 +152,23 @@ def test_observer_calibrates_on_first_use_even_in_eval_mode_and_freezes():
     assert observer.frac == 6
 
 
+def test_quantile_observer_keeps_a_fine_grid_under_outliers_and_saturates_them():
+    from app.quant.quantizers import PowerOfTwoObserver, snap
+
+    x = torch.cat([torch.linspace(0.0, 3.0, 9_990), torch.full((10,), 200.0)])  # 0.1% outliers
+    by_max, by_quantile = PowerOfTwoObserver(8, 0.5), PowerOfTwoObserver(8, 0.5, quantile=0.999)
+    by_max.observe(x), by_quantile.observe(x)
+    assert by_max.frac == -1  # 200 -> 2^-(-1) steps: every value below 1 rounds to 0 or 2
+    assert float(by_quantile.running_max) == pytest.approx(3.0, abs=1e-3) and by_quantile.frac == 5
+    q = snap(x, by_quantile.frac, 8)
+    assert q.max() == pytest.approx(127 / 32) and (q[-10:] == q.max()).all()  # the outliers saturate
+    by_quantile.count_saturation(torch.round(x * 32).clamp(-128, 127))
+    assert by_quantile.pop_saturation_rate() == pytest.approx(10 / 10_000)
+    assert (x[:9_990] - q[:9_990]).abs().max() <= 2.0**-6 + 1e-6  # half a step of the finer grid
+    with pytest.raises(ValueError, match="observer_quantile=0.5"):
+        QuantConfig(mode="irnn", observer_quantile=0.5).validate()
+
+
 @pytest.mark.parametrize("mode", ["float", "denseshift"])
 def test_outputs_only_with_lengths_equal_the_packed_kernel_and_its_gradients(mode):
     """final_state=False runs the fused kernel on the padded batch (per direction, reversed within each

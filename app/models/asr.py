@@ -75,7 +75,7 @@ class AttentionASR(nn.Module):
         self.quant = q = QuantConfig.from_dict(quant)
         self.vocab_size = vocab_size
         self.residual = residual
-        self.feat_observer = PowerOfTwoObserver(8, q.observer_momentum) if q.integer_activations else None
+        self.feat_observer = PowerOfTwoObserver(8, q.observer_momentum, q.observer_quantile) if q.integer_activations else None
         hidden = dict(out_frac=None, out_bits=q.act_bits)
         if conv_layers < 1:
             raise ValueError(f"model.asr.conv_layers={conv_layers}: the front end needs at least one convolution")

@@ -19,6 +19,7 @@ class QuantConfig:
     layer_norm: bool = False  # LN-LSTM: integer layer norm on W_x x, W_h h and the cell
     cell_int_bits: int = 4  # cell state format Q(cell_int_bits).(15 - cell_int_bits)
     observer_momentum: float = 0.01  # EMA of activation |max| during QAT
+    observer_quantile: float = 1.0  # <1: the EMA tracks this quantile of |x| instead of its max (the rest saturates)
     freeze_observers_epoch: int = -1  # freeze activation ranges from this epoch (-1: never freeze)
     init_from: str | None = None  # float (or QAT) checkpoint to initialise weights from (fine-tune)
     init: str = "low_variance"  # DenseShift latents: low_variance (N(0, 1e-3), paper) | float (nearest codes)
@@ -76,6 +77,11 @@ class QuantConfig:
             raise ValueError(f"quant.cell_int_bits={self.cell_int_bits}: supported 1..8 (int16 cell state)")
         if not 0.0 < self.observer_momentum <= 1.0:
             raise ValueError(f"quant.observer_momentum={self.observer_momentum}: must be in (0, 1]")
+        if not 0.9 <= self.observer_quantile <= 1.0:
+            raise ValueError(
+                f"quant.observer_quantile={self.observer_quantile}: must be in [0.9, 1] (1: the |max|; "
+                "lower saturates more than a tenth of the values)"
+            )
         return self
 
     @classmethod

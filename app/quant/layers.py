@@ -72,7 +72,7 @@ class QuantEmbedding(nn.Embedding):
         if self.quant.denseshift:
             use_shift_weights(self, ["weight"])
         if self.quant.integer_activations:
-            self.observer = PowerOfTwoObserver(self.quant.act_bits, self.quant.observer_momentum)
+            self.observer = PowerOfTwoObserver(self.quant.act_bits, self.quant.observer_momentum, self.quant.observer_quantile)
 
     @property
     def out_frac(self) -> int:
@@ -127,7 +127,7 @@ class QuantLinear(nn.Linear):
         self.out_bits = out_bits
         self.observer = None
         if out_frac is None and self.quant.integer_activations:
-            self.observer = PowerOfTwoObserver(out_bits, self.quant.observer_momentum)
+            self.observer = PowerOfTwoObserver(out_bits, self.quant.observer_momentum, self.quant.observer_quantile)
         self.exact_in_training = exact_in_training
         if self.quant.denseshift:
             use_shift_weights(self, ["weight"])

@@ -89,23 +89,36 @@ def snap(x: Tensor, frac: int, bits: int | None = None) -> Tensor:
 class PowerOfTwoObserver(nn.Module):
     """EMA of an activation's |max| -> the largest power-of-two scale 2^-frac that keeps it in ``bits``.
 
-    Buffers (saved in checkpoints): ``running_max`` and ``frozen``. Tracks the saturation rate.
+    ``quantile`` < 1 tracks that quantile of |x| per batch instead of its max: a few outliers then no
+    longer coarsen the grid of every other value (a ReLU conv front end's largest outputs are ~30x its
+    median), and the values above the range saturate, in the QAT simulation and the engine alike (the
+    engine only sees the resulting ``frac``). Buffers (saved in checkpoints): ``running_max`` and
+    ``frozen``. Tracks the saturation rate.
     """
 
-    def __init__(self, bits: int, momentum: float):
+    def __init__(self, bits: int, momentum: float, quantile: float = 1.0):
         super().__init__()
         self.bits = bits
         self.momentum = momentum
+        self.quantile = quantile
         self.register_buffer("running_max", torch.tensor(0.0))
         self.register_buffer("frozen", torch.tensor(False))
         self.saturated = 0
         self.seen = 0
 
+    def _peak(self, x: Tensor) -> Tensor:
+        """|x|'s max, or its ``quantile`` (the k-th smallest |x|, k = ceil(quantile * n))."""
+        magnitude = x.detach().abs().flatten().float()
+        if self.quantile >= 1.0 or magnitude.numel() == 0:
+            return magnitude.max()
+        k = max(1, math.ceil(self.quantile * magnitude.numel()))
+        return magnitude.kthvalue(k).values
+
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
         """EMA update in training; an observer that never saw data takes its first batch's range in
         any mode (e.g. Lightning's sanity validation runs before the first training step)."""
-        current = x.detach().abs().max().float()
+        current = self._peak(x)
         if float(self.running_max) == 0.0:
             self.running_max.copy_(current)
             return
