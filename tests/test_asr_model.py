@@ -31,10 +31,10 @@ def fsdd_batch(asr_root):
     return batch, datamodule
 
 
-def _model(mode: str, batch, vocab_size: int, seed: int = 0, conv_layers: int | None = None):
+def _model(mode: str, batch, vocab_size: int, seed: int = 0, conv_layers: int | None = None, quantile: float = 1.0):
     torch.manual_seed(seed)
     preset = TINY if conv_layers is None else {"name": "tiny", "asr": {**TINY["asr"], "conv_layers": conv_layers}}
-    model = build_asr(preset, {"name": mode, "mode": mode}, 80, vocab_size)
+    model = build_asr(preset, {"name": mode, "mode": mode, "observer_quantile": quantile}, 80, vocab_size)
     if model.quant.integer_activations:  # calibrate the activation grids on real features, as QAT does
         model.train()
         with torch.no_grad():
@@ -61,10 +61,11 @@ def test_padding_does_not_change_an_utterance_and_attention_ignores_padded_frame
     assert torch.allclose(probs.sum(-1), torch.ones(len(batch["texts"]), dtype=probs.dtype), atol=1e-3)
 
 
-@pytest.mark.parametrize("conv_layers", [2, 3])  # 4x (model=tiny) and 8x (model=small) subsampling
-def test_integer_engine_equals_the_qat_model_bit_for_bit_under_the_integer_guard(fsdd_batch, tmp_path, conv_layers):
+# 4x (model=tiny) and 8x subsampling; ranges from the |max| and from a quantile (values above it saturate)
+@pytest.mark.parametrize("conv_layers, quantile", [(2, 1.0), (3, 1.0), (2, 0.99)])
+def test_integer_engine_equals_the_qat_model_bit_for_bit_under_the_integer_guard(fsdd_batch, tmp_path, conv_layers, quantile):
     batch, datamodule = fsdd_batch
-    model = _model("irnn", batch, datamodule.vocab_size, conv_layers=conv_layers)
+    model = _model("irnn", batch, datamodule.vocab_size, conv_layers=conv_layers, quantile=quantile)
     assert len(model.conv) == conv_layers
     path = tmp_path / "model.int.safetensors"
     save_integer_checkpoint(path, model.export_integer(), kind="asr", vocab=None, info={})
@@ -77,6 +78,8 @@ def test_integer_engine_equals_the_qat_model_bit_for_bit_under_the_integer_guard
         for step in range(tokens.shape[1]):  # the same decoder one step at a time
             step_logits, state = model.decode_step(tokens[:, step], state, encoded.memory)
             assert torch.equal(step_logits, logits[:, step])
+    if quantile < 1.0:  # values above the range saturate: the path is exercised, and still equal below
+        assert all(conv.observer.pop_saturation_rate() > 0 for conv in model.conv)
     with IntegerOnlyGuard() as guard:
         memory = engine.encode(feats_q, batch["feat_lens"])
         int_state = engine.init_state(len(batch["texts"]))
