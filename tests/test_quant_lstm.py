@@ -157,7 +157,8 @@ def test_quantile_observer_keeps_a_fine_grid_under_outliers_and_saturates_them()
 
     x = torch.cat([torch.linspace(0.0, 3.0, 9_990), torch.full((10,), 200.0)])  # 0.1% outliers
     by_max, by_quantile = PowerOfTwoObserver(8, 0.5), PowerOfTwoObserver(8, 0.5, quantile=0.999)
-    by_max.observe(x), by_quantile.observe(x)
+    by_max.observe(x)
+    by_quantile.observe(x)
     assert by_max.frac == -1  # 200 -> 2^-(-1) steps: every value below 1 rounds to 0 or 2
     assert float(by_quantile.running_max) == pytest.approx(3.0, abs=1e-3) and by_quantile.frac == 5
     q = snap(x, by_quantile.frac, 8)

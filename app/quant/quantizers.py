@@ -108,11 +108,10 @@ class PowerOfTwoObserver(nn.Module):
 
     def _peak(self, x: Tensor) -> Tensor:
         """|x|'s max, or its ``quantile`` (the k-th smallest |x|, k = ceil(quantile * n))."""
-        magnitude = x.detach().abs().flatten().float()
-        if self.quantile >= 1.0 or magnitude.numel() == 0:
-            return magnitude.max()
-        k = max(1, math.ceil(self.quantile * magnitude.numel()))
-        return magnitude.kthvalue(k).values
+        magnitude = x.detach().abs().flatten()
+        if self.quantile >= 1.0:
+            return magnitude.max().float()
+        return magnitude.kthvalue(max(1, math.ceil(self.quantile * magnitude.numel()))).values.float()
 
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
