@@ -1,67 +1,33 @@
-"""A compiled int8 GEMM for CPUs where ``torch._int_mm`` has no fast path.
+"""Compiled kernels of the torch-op engine: an int8 GEMM and a whole LSTM direction without layer norm.
 
-On CPUs without AVX-512 VNNI (this project's 2-core AVX2 machines), torch's ``_int_mm`` runs a
-reference loop that is 10-100x slower than a float GEMM (measured: README "Engine speed"). The engine
-then uses ``csrc/int8_gemm.c``: plain C, integer-only, compiled once with the system C compiler
-(``cc -O3 -march=native -fopenmp``) into a per-user cache and registered as the torch operator
-``qrnn::int8_gemm_nt``, so dispatch-level guards still see an op with integer inputs and outputs.
-Without a C compiler the engine falls back to ``torch._int_mm`` (same integers, slower) and says so.
+torch's ``_int_mm`` runs a reference loop on many CPUs, 10-100x slower than a float GEMM, so the engine
+uses ``csrc/int8_gemm.c`` (registered as the torch operator ``qrnn::int8_gemm_nt``, so dispatch-level
+guards still see an op with integer inputs and outputs) and ``csrc/int_lstm.c``. Both are compiled into the
+native runtime's library (``app.engine.native``). Without a C compiler the engine falls back to torch ops
+(same integers, slower) and says so.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 import warnings
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-_SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("int8_gemm.c", "int_lstm.c"))
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("QRNN_KERNEL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "qrnn-speech"
-    )
-    return Path(root)
-
-
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
+    """The native runtime's library (app/engine/native.py builds it), or None where it cannot be built."""
     if os.environ.get("QRNN_DISABLE_C_KERNELS") == "1":
         return None
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    source = b"".join(path.read_bytes() for path in _SOURCES)
-    digest = hashlib.sha256(source + os.uname().machine.encode()).hexdigest()[:16]
-    target = _cache_dir() / f"qrnn_kernels-{digest}.so"
-    if not target.exists():
-        if compiler is None:
-            warnings.warn("no C compiler found: the integer engine uses torch._int_mm (slow on CPUs without VNNI)")
-            return None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so")
-        os.close(fd)
-        cmd = [compiler, "-O3", "-march=native", "-shared", "-fPIC", *map(str, _SOURCES), "-o", tmp]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            os.unlink(tmp)
-            names = ", ".join(path.name for path in _SOURCES)
-            warnings.warn(f"compiling {names} failed ({result.stderr.strip()[:200]}): using torch ops (slower)")
-            return None
-        os.replace(tmp, target)  # atomic: concurrent builders never see a half-written library
-    lib = ctypes.CDLL(str(target))
-    lib.qrnn_int8_gemm_nt.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-    lib.qrnn_int8_gemm_nt.restype = None
-    lib.qrnn_lstm_direction.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3 + \
-        [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
-    lib.qrnn_lstm_direction.restype = ctypes.c_int
-    return lib
+    from app.engine import native
+
+    try:
+        return native.library()
+    except (native.NativeRuntimeError, OSError) as exc:
+        warnings.warn(f"{exc}: the integer engine uses torch ops (same integers, slower)")
+        return None
 
 
 def _int8_gemm_nt_cpu(x: Tensor, w: Tensor) -> Tensor:

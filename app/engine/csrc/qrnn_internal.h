@@ -1,0 +1,110 @@
+/* Internal structures of the qrnn runtime (see qrnn.h). Integer arithmetic only. */
+#ifndef QRNN_INTERNAL_H
+#define QRNN_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qrnn.h"
+
+#define QRNN_KBLOCK 64            /* activation rows are padded with zeros to a multiple of 64 columns */
+#define QRNN_SHIFT_TILE_BYTES 24  /* 64 DenseShift weights: 16 bytes of 2-bit exponents + 8 bytes of signs */
+
+void qrnn_set_error(const char *fmt, ...);
+
+/* ---- weights ------------------------------------------------------------------------------------- */
+enum { QRNN_W_INT8 = 0, QRNN_W_SHIFT = 1 };
+
+/* One weight matrix (n, k) in the tiled layout of qrnn_kernels.c: tiles of 16 rows x 4 columns, rows padded
+ * to np (a multiple of 16), columns to kp (a multiple of 4), with zeros (int8) or code 0 (DenseShift).
+ * int8:  q, 64 bytes per tile; shift: planes, 24 bytes per tile (3 bits per weight, as the checkpoint's codes).
+ * row_sum (np,) int32: the sum of each row's weights. */
+typedef struct {
+    int32_t n, k, np, kp;
+    int kind;
+    int8_t *q;
+    uint8_t *planes;
+    int32_t *row_sum;
+    int has_min; /* an int8 weight equals -128: the AVX2 sign trick cannot take it (scalar then) */
+} qrnn_weight;
+
+/* acc[i * ldacc + r] = w[r] . x[i] for rows r in [r0, r1) and m activation rows x (m, ldx) int8 whose
+ * padding columns [k, ldx) are zero (ldx >= kp). r0 is a multiple of 16; the SIMD paths may also write the
+ * rows up to r1 rounded up to 16 (ldacc >= np). Exact int32 (k < 2^16). */
+void qrnn_matmul_rows(const qrnn_weight *w, int isa, const int8_t *x, int64_t ldx, int m, int r0, int r1,
+                      int32_t *acc, int64_t ldacc);
+int qrnn_cpu_isa(void); /* the best ISA of this CPU */
+void qrnn_weight_free(qrnn_weight *w);
+/* Build from int8 values (n, k) / from DenseShift (sign, exponent) pairs (n, k). Returns 0 or -1 (error set). */
+int qrnn_weight_from_int8(qrnn_weight *w, const int8_t *values, int32_t n, int32_t k);
+int qrnn_weight_from_shift(qrnn_weight *w, const uint8_t *sign, const uint8_t *exponent, int32_t n, int32_t k);
+int64_t qrnn_weight_stored_bytes(const qrnn_weight *w);
+
+/* ---- thread pool -------------------------------------------------------------------------------- */
+typedef struct qrnn_pool qrnn_pool;
+typedef void (*qrnn_task)(void *ctx, int tid, int nthreads);
+qrnn_pool *qrnn_pool_new(int threads);
+void qrnn_pool_free(qrnn_pool *pool);
+int qrnn_pool_threads(const qrnn_pool *pool);
+void qrnn_pool_run(qrnn_pool *pool, qrnn_task task, void *ctx); /* task(ctx, t, n) on every thread t */
+void qrnn_pool_barrier(qrnn_pool *pool);                           /* inside a task: all threads meet */
+
+/* ---- JSON (the checkpoint metadata) --------------------------------------------------------------- */
+enum { QJ_NULL, QJ_BOOL, QJ_NUMBER, QJ_STRING, QJ_ARRAY, QJ_OBJECT };
+typedef struct qjson {
+    int type;
+    char *str;           /* STRING: decoded UTF-8; NUMBER: its source text */
+    int64_t integer;     /* NUMBER: the value when `is_integer` */
+    int is_integer;
+    int boolean;
+    struct qjson *items; /* ARRAY / OBJECT values */
+    char **keys;         /* OBJECT keys */
+    int count;
+} qjson;
+qjson *qjson_parse(const char *text, size_t len, char *err, size_t errlen);
+void qjson_free(qjson *v);
+const qjson *qjson_get(const qjson *obj, const char *key); /* NULL when absent or not an object */
+
+/* ---- SHA-256 ------------------------------------------------------------------------------------- */
+void qrnn_sha256(const uint8_t *data, size_t len, uint8_t out[32]);
+
+/* ---- safetensors file ----------------------------------------------------------------------------- */
+typedef struct {
+    char *name;
+    int dtype; /* QDT_* */
+    int ndim;
+    int64_t shape[8];
+    int64_t numel;
+    const uint8_t *data;
+    size_t nbytes;
+} qrnn_tensor;
+enum { QDT_I8, QDT_U8, QDT_I16, QDT_I32, QDT_I64, QDT_BOOL };
+typedef struct {
+    const char *path;
+    uint8_t *bytes;
+    size_t size;
+    qjson *header;
+    qjson *meta; /* the parsed qrnn_speech metadata */
+    qrnn_tensor *tensors;
+    int count;
+} qrnn_file;
+int qrnn_file_open(qrnn_file *f, const char *path);
+void qrnn_file_close(qrnn_file *f);
+const qrnn_tensor *qrnn_file_tensor(const qrnn_file *f, const char *name);
+
+/* ---- integer primitives (app/engine/fixed_point.py) --------------------------------------------- */
+static inline int64_t qrnn_clamp(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
+/* floor((x + 2^(s-1)) / 2^s), s >= 1: round half up by an arithmetic right shift. C leaves >> of a negative
+ * value to the implementation; gcc and clang define it as arithmetic (floor), which this check pins down. */
+_Static_assert((-5 >> 1) == -3, "the qrnn runtime needs an arithmetic right shift of negative integers");
+static inline int64_t qrnn_round_shift(int64_t x, int64_t s) { return (x + ((int64_t)1 << (s - 1))) >> s; }
+
+/* out[v] = clamp(round((acc[v] + bias[v]) * m0[v] / 2^shift[v]), lo, hi) for v in [v0, v1); bias may be NULL */
+void qrnn_requantize_rows(int isa, const int32_t *acc, const int64_t *bias, const int64_t *m0, const int64_t *shift,
+                          int64_t lo, int64_t hi, int v0, int v1, int32_t *out);
+static inline int64_t qrnn_floor_div(int64_t a, int64_t b) { /* b > 0 */
+    int64_t q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+#endif

@@ -1,0 +1,317 @@
+/* Weight x activation kernels of the qrnn runtime: int8 and packed DenseShift weights, each as a portable
+ * scalar loop (the reference), an AVX2 path and an AVX-512 VNNI path, chosen at run time by CPU feature.
+ * All compute the exact int32 dot products w[r] . x[i]; tests/test_native.py compares every path.
+ *
+ * Layout: rows in blocks of 16, columns in steps of 4. One 64-byte tile holds 16 rows x 4 columns
+ * (byte 4 * row + column), so one vector instruction accumulates 16 different output rows, with no
+ * horizontal sums, and a tile loaded once serves every activation row of the batch.
+ * AVX-512 VNNI (vpdpbusd: unsigned x signed bytes, no saturation): (w + 128) as the unsigned operand and x
+ * as the signed one, then 128 * sum(x) subtracted.
+ * AVX2 (vpmaddubsw saturates pairs to int16): |x| as the unsigned operand and w * sign(x) as the signed one
+ * (vpsignb), so a pair is at most 2 * 128 * 127 < 2^15. It needs w != -128; such matrices run the scalar loop.
+ * DenseShift tiles (w = s * 2^e, e in 0..3) are 24 bytes: 16 bytes of 2-bit exponents (tile byte p has its
+ * exponent in bits 2 * (p / 16) of byte p % 16) and 8 bytes of sign bits (bit p of the little-endian word),
+ * decoded in registers by byte shuffles: a step reads 3 bits per weight instead of 8.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdlib.h>
+#include <string.h>
+
+#include "qrnn_internal.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define QRNN_X86 1
+#include <immintrin.h>
+#endif
+
+#define TILE_ROWS 16
+#define TILE_COLS 4
+
+/* ---- building weights ------------------------------------------------------------------------------ */
+
+static int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
+static void *zalloc(size_t bytes) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return NULL;
+    memset(p, 0, bytes ? bytes : 64);
+    return p;
+}
+
+void qrnn_weight_free(qrnn_weight *w) {
+    free(w->q);
+    free(w->planes);
+    free(w->row_sum);
+    memset(w, 0, sizeof *w);
+}
+
+/* tile index and byte position of weight (r, c) */
+static inline int64_t tile_of(const qrnn_weight *w, int64_t r, int64_t c) {
+    return (r / TILE_ROWS) * (w->kp / TILE_COLS) + c / TILE_COLS;
+}
+static inline int tile_pos(int64_t r, int64_t c) { return (int)(TILE_COLS * (r % TILE_ROWS) + c % TILE_COLS); }
+
+static int init_weight(qrnn_weight *w, int kind, int32_t n, int32_t k) {
+    memset(w, 0, sizeof *w);
+    w->n = n, w->k = k, w->np = (int32_t)round_up(n, TILE_ROWS), w->kp = (int32_t)round_up(k, TILE_COLS), w->kind = kind;
+    size_t tiles = (size_t)(w->np / TILE_ROWS) * (w->kp / TILE_COLS);
+    if (kind == QRNN_W_INT8) w->q = zalloc(tiles * 64);
+    else w->planes = zalloc(tiles * QRNN_SHIFT_TILE_BYTES);
+    w->row_sum = zalloc((size_t)w->np * sizeof(int32_t));
+    if ((!w->q && !w->planes) || !w->row_sum) {
+        qrnn_weight_free(w);
+        qrnn_set_error("out of memory for a %d x %d weight", n, k);
+        return -1;
+    }
+    return 0;
+}
+
+int qrnn_weight_from_int8(qrnn_weight *w, const int8_t *values, int32_t n, int32_t k) {
+    if (init_weight(w, QRNN_W_INT8, n, k)) return -1;
+    for (int64_t r = 0; r < n; ++r)
+        for (int64_t c = 0; c < k; ++c) {
+            int8_t v = values[r * k + c];
+            w->q[tile_of(w, r, c) * 64 + tile_pos(r, c)] = v;
+            w->row_sum[r] += v;
+            if (v == -128) w->has_min = 1;
+        }
+    return 0;
+}
+
+int qrnn_weight_from_shift(qrnn_weight *w, const uint8_t *sign, const uint8_t *exponent, int32_t n, int32_t k) {
+    if (init_weight(w, QRNN_W_SHIFT, n, k)) return -1;
+    for (int64_t r = 0; r < n; ++r)
+        for (int64_t c = 0; c < k; ++c) {
+            int e = exponent[r * k + c], s = sign[r * k + c];
+            if (e > 3) {
+                qrnn_set_error("DenseShift exponent %d does not fit the 3-bit runtime (codes of 2 or 3 bits)", e);
+                qrnn_weight_free(w);
+                return -1;
+            }
+            uint8_t *tile = w->planes + tile_of(w, r, c) * QRNN_SHIFT_TILE_BYTES;
+            int p = tile_pos(r, c);
+            tile[p % 16] |= (uint8_t)(e << (2 * (p / 16)));
+            if (s) tile[16 + p / 8] |= (uint8_t)(1u << (p % 8));
+            w->row_sum[r] += s ? -(1 << e) : (1 << e);
+        }
+    return 0; /* padding decodes as +1 (code 0) and always meets x = 0 */
+}
+
+int64_t qrnn_weight_stored_bytes(const qrnn_weight *w) {
+    int64_t tiles = (int64_t)(w->np / TILE_ROWS) * (w->kp / TILE_COLS);
+    return tiles * (w->kind == QRNN_W_SHIFT ? QRNN_SHIFT_TILE_BYTES : 64);
+}
+
+/* ---- scalar (reference) ----------------------------------------------------------------------------- */
+
+static inline int32_t shift_value(const uint8_t *tile, int p) {
+    int e = (tile[p % 16] >> (2 * (p / 16))) & 3;
+    return ((tile[16 + p / 8] >> (p % 8)) & 1) ? -(1 << e) : (1 << e);
+}
+
+static void scalar_rows(const qrnn_weight *w, const int8_t *x, int64_t ldx, int m, int r0, int r1, int32_t *acc,
+                        int64_t ldacc) {
+    for (int r = r0; r < r1; ++r)
+        for (int i = 0; i < m; ++i) {
+            const int8_t *xi = x + i * ldx;
+            int32_t s = 0;
+            for (int64_t c = 0; c < w->k; ++c) {
+                int p = tile_pos(r, c);
+                int32_t v = w->kind == QRNN_W_SHIFT ? shift_value(w->planes + tile_of(w, r, c) * QRNN_SHIFT_TILE_BYTES, p)
+                                                    : w->q[tile_of(w, r, c) * 64 + p];
+                s += (int32_t)xi[c] * v; /* DenseShift: x * (+-2^e), a shift and a sign */
+            }
+            acc[i * ldacc + r] = s;
+        }
+}
+
+#ifdef QRNN_X86
+#define MAX_ROWS_AT_ONCE 8 /* activation rows sharing each loaded tile (registers) */
+
+/* ---- AVX2 ----------------------------------------------------------------------------------------- */
+#define QRNN_AVX2 __attribute__((target("avx2")))
+
+/* one 32-byte half tile (8 rows x 4 columns) of DenseShift weights as int8 values +-2^e */
+QRNN_AVX2 static inline __m256i shift_half_avx2(const uint8_t *tile, int half) {
+    const __m256i lut = _mm256_setr_epi8(1, 2, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 4, 8, 0, 0, 0, 0, 0, 0,
+                                         0, 0, 0, 0, 0, 0);
+    __m256i e = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tile));
+    __m256i counts = half ? _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6) : _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+    __m256i mag = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srlv_epi32(e, counts), _mm256_set1_epi8(3)));
+    uint32_t bits;
+    memcpy(&bits, tile + 16 + 4 * half, 4);
+    const __m256i select = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                                            3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((int64_t)0x8040201008040201LL);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int32_t)bits), select);
+    __m256i neg = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit); /* 0xff where the weight is negative */
+    return _mm256_sub_epi8(_mm256_xor_si256(mag, neg), neg);
+}
+
+QRNN_AVX2 static void avx2_rows(const qrnn_weight *w, const int8_t *x, int64_t ldx, int m, int r0, int r1,
+                                int32_t *acc, int64_t ldacc) {
+    const int64_t steps = w->kp / TILE_COLS;
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = r0; r < r1; r += 8) { /* half tiles: 8 rows */
+        const int64_t tile0 = (int64_t)(r / TILE_ROWS) * steps;
+        const int half = (r % TILE_ROWS) / 8;
+        for (int i0 = 0; i0 < m; i0 += MAX_ROWS_AT_ONCE) {
+            const int mi = m - i0 < MAX_ROWS_AT_ONCE ? m - i0 : MAX_ROWS_AT_ONCE;
+            __m256i s[MAX_ROWS_AT_ONCE];
+            for (int i = 0; i < mi; ++i) s[i] = _mm256_setzero_si256();
+            for (int64_t kk = 0; kk < steps; ++kk) {
+                __m256i wv = w->kind == QRNN_W_SHIFT
+                                 ? shift_half_avx2(w->planes + (tile0 + kk) * QRNN_SHIFT_TILE_BYTES, half)
+                                 : _mm256_load_si256((const __m256i *)(w->q + (tile0 + kk) * 64 + 32 * half));
+                for (int i = 0; i < mi; ++i) {
+                    int32_t four;
+                    memcpy(&four, x + (i0 + i) * ldx + TILE_COLS * kk, 4);
+                    __m256i xv = _mm256_set1_epi32(four);
+                    __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv));
+                    s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(pairs, ones));
+                }
+            }
+            for (int i = 0; i < mi; ++i) _mm256_storeu_si256((__m256i *)(acc + (i0 + i) * ldacc + r), s[i]);
+        }
+    }
+}
+
+/* ---- AVX-512 VNNI --------------------------------------------------------------------------------- */
+#define QRNN_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+
+/* one DenseShift tile as unsigned bytes w + 128 */
+QRNN_VNNI static inline __m512i shift_tile_vnni(const uint8_t *tile) {
+    const __m512i pos = _mm512_broadcast_i32x4(_mm_setr_epi8((char)129, (char)130, (char)132, (char)136, 0, 0, 0, 0,
+                                                             0, 0, 0, 0, 0, 0, 0, 0));
+    const __m512i neg = _mm512_broadcast_i32x4(_mm_setr_epi8(127, 126, 124, 120, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
+    const __m512i counts = _mm512_setr_epi64(0, 0, 0x0002000200020002LL, 0x0002000200020002LL, 0x0004000400040004LL,
+                                             0x0004000400040004LL, 0x0006000600060006LL, 0x0006000600060006LL);
+    __m512i e = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)tile)); /* lane j: shifted by 2j */
+    e = _mm512_and_si512(_mm512_srlv_epi16(e, counts), _mm512_set1_epi8(3));
+    uint64_t bits;
+    memcpy(&bits, tile + 16, 8);
+    return _mm512_mask_shuffle_epi8(_mm512_shuffle_epi8(pos, e), (__mmask64)bits, neg, e);
+}
+
+QRNN_VNNI static void vnni_rows(const qrnn_weight *w, const int8_t *x, int64_t ldx, int m, int r0, int r1,
+                                int32_t *acc, int64_t ldacc) {
+    const int64_t steps = w->kp / TILE_COLS;
+    const __m512i flip = _mm512_set1_epi8((char)0x80); /* w ^ 0x80 = w + 128 as an unsigned byte */
+    int32_t x_sum[MAX_ROWS_AT_ONCE];
+    for (int i0 = 0; i0 < m; i0 += MAX_ROWS_AT_ONCE) {
+        const int mi = m - i0 < MAX_ROWS_AT_ONCE ? m - i0 : MAX_ROWS_AT_ONCE;
+        for (int i = 0; i < mi; ++i) { /* padding columns of x are zero, so sum over kp */
+            int32_t s = 0;
+            for (int64_t c = 0; c < w->kp; ++c) s += x[(i0 + i) * ldx + c];
+            x_sum[i] = 128 * s;
+        }
+        for (int r = r0; r < r1; r += TILE_ROWS) {
+            const int64_t tile0 = (int64_t)(r / TILE_ROWS) * steps;
+            __m512i s[MAX_ROWS_AT_ONCE];
+            for (int i = 0; i < mi; ++i) s[i] = _mm512_setzero_si512();
+            for (int64_t kk = 0; kk < steps; ++kk) {
+                __m512i wu = w->kind == QRNN_W_SHIFT
+                                 ? shift_tile_vnni(w->planes + (tile0 + kk) * QRNN_SHIFT_TILE_BYTES)
+                                 : _mm512_xor_si512(_mm512_load_si512(w->q + (tile0 + kk) * 64), flip);
+                for (int i = 0; i < mi; ++i) {
+                    int32_t four;
+                    memcpy(&four, x + (i0 + i) * ldx + TILE_COLS * kk, 4);
+                    s[i] = _mm512_dpbusd_epi32(s[i], wu, _mm512_set1_epi32(four));
+                }
+            }
+            for (int i = 0; i < mi; ++i)
+                _mm512_storeu_si512(acc + (i0 + i) * ldacc + r, _mm512_sub_epi32(s[i], _mm512_set1_epi32(x_sum[i])));
+        }
+    }
+}
+#endif /* QRNN_X86 */
+
+/* ---- requantization ------------------------------------------------------------------------------- */
+
+static void requantize_scalar(const int32_t *acc, const int64_t *bias, const int64_t *m0, const int64_t *shift,
+                              int64_t lo, int64_t hi, int v0, int v1, int32_t *out) {
+    for (int v = v0; v < v1; ++v) {
+        int64_t a = (int64_t)acc[v] + (bias ? bias[v] : 0);
+        out[v] = (int32_t)qrnn_clamp(qrnn_round_shift(a * m0[v], shift[v]), lo, hi);
+    }
+}
+
+#ifdef QRNN_X86
+__attribute__((target("avx512f,avx512dq"))) static void requantize_avx512(const int32_t *acc, const int64_t *bias,
+                                                                          const int64_t *m0, const int64_t *shift,
+                                                                          int64_t lo, int64_t hi, int v0, int v1,
+                                                                          int32_t *out) {
+    const __m512i one = _mm512_set1_epi64(1), vlo = _mm512_set1_epi64(lo), vhi = _mm512_set1_epi64(hi);
+    int v = v0;
+    for (; v + 8 <= v1; v += 8) {
+        __m512i a = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(acc + v)));
+        if (bias) a = _mm512_add_epi64(a, _mm512_loadu_si512(bias + v));
+        __m512i s = _mm512_loadu_si512(shift + v);
+        __m512i half = _mm512_sllv_epi64(one, _mm512_sub_epi64(s, one));
+        __m512i y = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mullo_epi64(a, _mm512_loadu_si512(m0 + v)), half), s);
+        y = _mm512_min_epi64(_mm512_max_epi64(y, vlo), vhi);
+        _mm256_storeu_si256((__m256i *)(out + v), _mm512_cvtepi64_epi32(y));
+    }
+    requantize_scalar(acc, bias, m0, shift, lo, hi, v, v1, out);
+}
+#endif
+
+void qrnn_requantize_rows(int isa, const int32_t *acc, const int64_t *bias, const int64_t *m0, const int64_t *shift,
+                          int64_t lo, int64_t hi, int v0, int v1, int32_t *out) {
+#ifdef QRNN_X86
+    if (isa == QRNN_ISA_AVX512VNNI) {
+        requantize_avx512(acc, bias, m0, shift, lo, hi, v0, v1, out);
+        return;
+    }
+#else
+    (void)isa;
+#endif
+    requantize_scalar(acc, bias, m0, shift, lo, hi, v0, v1, out);
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------------- */
+
+int qrnn_cpu_isa(void) {
+#ifdef QRNN_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni"))
+        return QRNN_ISA_AVX512VNNI;
+    if (__builtin_cpu_supports("avx2")) return QRNN_ISA_AVX2;
+#endif
+    return QRNN_ISA_SCALAR;
+}
+
+int qrnn_isa_supported(int isa) {
+    int best = qrnn_cpu_isa();
+    if (isa == QRNN_ISA_AUTO || isa == QRNN_ISA_SCALAR) return 1;
+    if (isa == QRNN_ISA_AVX2 || isa == QRNN_ISA_AVX512VNNI) return best >= isa;
+    return 0;
+}
+
+const char *qrnn_isa_name(int isa) {
+    switch (isa) {
+    case QRNN_ISA_SCALAR: return "scalar";
+    case QRNN_ISA_AVX2: return "avx2";
+    case QRNN_ISA_AVX512VNNI: return "avx512vnni";
+    default: return "auto";
+    }
+}
+
+void qrnn_matmul_rows(const qrnn_weight *w, int isa, const int8_t *x, int64_t ldx, int m, int r0, int r1,
+                      int32_t *acc, int64_t ldacc) {
+    if (r0 >= r1 || m <= 0) return;
+#ifdef QRNN_X86
+    if (isa == QRNN_ISA_AVX512VNNI) {
+        vnni_rows(w, x, ldx, m, r0, r1, acc, ldacc);
+        return;
+    }
+    if (isa == QRNN_ISA_AVX2 && !w->has_min) {
+        avx2_rows(w, x, ldx, m, r0, r1, acc, ldacc);
+        return;
+    }
+#else
+    (void)isa;
+#endif
+    scalar_rows(w, x, ldx, m, r0, r1, acc, ldacc);
+}
