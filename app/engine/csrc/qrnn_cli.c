@@ -1,0 +1,162 @@
+/* qrnn-run: run an integer checkpoint from the command line, without Python.
+ *
+ *   qrnn-run lm MODEL.int.safetensors [--threads N] [--isa auto|scalar|avx2|avx512vnni] [--shift packed|int8]
+ *            [--ids] [--logits FILE] < tokens.txt
+ *
+ * Reads whitespace-separated tokens (words of the checkpoint's vocabulary, or integer ids with --ids; a word
+ * outside the vocabulary becomes <unk> when the vocabulary has it) and feeds them one at a time. For every
+ * input token it prints: the position, the token id, the argmax of the int32 logits (id and word), the
+ * largest logit and the logit of the next input token (the scores are int32 at 2^-logit_frac: softmax and
+ * log-likelihoods are host float code, left to the caller). --logits writes every step's int32 logits
+ * (little-endian, vocab values per step) to FILE. Errors: one line on stderr and exit status 1 or 2.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qrnn.h"
+
+static int usage(const char *msg) {
+    if (msg) fprintf(stderr, "qrnn-run: %s\n", msg);
+    fprintf(stderr, "usage: qrnn-run lm MODEL.int.safetensors [--threads N] [--isa auto|scalar|avx2|avx512vnni] "
+                    "[--shift packed|int8] [--ids] [--logits FILE] < tokens.txt\n");
+    return 2;
+}
+
+static int parse_int(const char *s, long long *out) {
+    char *end = NULL;
+    long long v = strtoll(s, &end, 10);
+    if (!*s || *end) return -1;
+    *out = v;
+    return 0;
+}
+
+/* all whitespace-separated tokens of stdin as ids */
+static int64_t *read_tokens(const qrnn_model *model, int ids, int64_t *count) {
+    size_t cap = 1024, n = 0;
+    int64_t *out = malloc(cap * sizeof *out);
+    char word[4096];
+    int unk = qrnn_lm_token_id(model, "<unk>");
+    while (out && scanf("%4095s", word) == 1) {
+        long long id;
+        if (ids) {
+            if (parse_int(word, &id)) {
+                fprintf(stderr, "qrnn-run: %s is not an integer token id (drop --ids to read words)\n", word);
+                free(out);
+                return NULL;
+            }
+            if (id < 0 || id >= qrnn_lm_vocab_size(model)) {
+                fprintf(stderr, "qrnn-run: token id %s is outside the vocabulary [0, %d)\n", word, qrnn_lm_vocab_size(model));
+                free(out);
+                return NULL;
+            }
+        } else {
+            id = qrnn_lm_token_id(model, word);
+            if (id < 0) id = unk;
+            if (id < 0) {
+                fprintf(stderr, "qrnn-run: the word %s is not in the vocabulary, which has no <unk>\n", word);
+                free(out);
+                return NULL;
+            }
+        }
+        if (n == cap) {
+            int64_t *grown = realloc(out, 2 * cap * sizeof *out);
+            if (!grown) break;
+            out = grown, cap *= 2;
+        }
+        out[n++] = id;
+    }
+    *count = (int64_t)n;
+    return out;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3 || strcmp(argv[1], "lm")) return usage(argc >= 2 && strcmp(argv[1], "lm") ? "the first argument is the model kind: lm" : NULL);
+    const char *path = argv[2], *logits_path = NULL;
+    long long threads = 1;
+    int isa = QRNN_ISA_AUTO, flags = 0, ids = 0;
+    for (int a = 3; a < argc; ++a) {
+        const char *arg = argv[a], *val = a + 1 < argc ? argv[a + 1] : NULL;
+        if (!strcmp(arg, "--ids")) ids = 1;
+        else if (!strcmp(arg, "--threads") && val) {
+            if (parse_int(val, &threads) || threads < 1 || threads > 256) return usage("--threads needs an integer between 1 and 256");
+            ++a;
+        } else if (!strcmp(arg, "--isa") && val) {
+            const char *names[] = {"auto", "scalar", "avx2", "avx512vnni"};
+            isa = -1;
+            for (int i = 0; i < 4; ++i)
+                if (!strcmp(val, names[i])) isa = i;
+            if (isa < 0) return usage("--isa is one of auto, scalar, avx2, avx512vnni");
+            ++a;
+        } else if (!strcmp(arg, "--shift") && val) {
+            if (strcmp(val, "packed") && strcmp(val, "int8")) return usage("--shift is packed or int8");
+            flags = strcmp(val, "int8") ? 0 : QRNN_LOAD_SHIFT_AS_INT8;
+            ++a;
+        } else if (!strcmp(arg, "--logits") && val) {
+            logits_path = val;
+            ++a;
+        } else {
+            char msg[300];
+            snprintf(msg, sizeof msg, "unknown or incomplete option %.200s", arg);
+            return usage(msg);
+        }
+    }
+    qrnn_model *model = qrnn_load(path, flags);
+    if (!model) {
+        fprintf(stderr, "qrnn-run: %s\n", qrnn_last_error());
+        return 1;
+    }
+    if (qrnn_set_threads(model, (int)threads) || qrnn_set_isa(model, isa)) {
+        fprintf(stderr, "qrnn-run: %s\n", qrnn_last_error());
+        qrnn_free(model);
+        return 1;
+    }
+    int64_t count = 0;
+    int64_t *tokens = read_tokens(model, ids, &count);
+    int vocab = qrnn_lm_vocab_size(model);
+    int32_t *logits = malloc((size_t)vocab * sizeof(int32_t));
+    qrnn_session *session = qrnn_lm_session(model, 1);
+    FILE *dump = logits_path ? fopen(logits_path, "wb") : NULL;
+    int status = 0;
+    if (!tokens || !logits || !session || (logits_path && !dump)) {
+        if (logits_path && !dump) fprintf(stderr, "qrnn-run: cannot write %s\n", logits_path);
+        else if (tokens && !session) fprintf(stderr, "qrnn-run: %s\n", qrnn_last_error());
+        status = 1;
+    }
+    int64_t hits = 0;
+    for (int64_t t = 0; status == 0 && t < count; ++t) {
+        if (qrnn_lm_step(session, &tokens[t], logits)) {
+            fprintf(stderr, "qrnn-run: token %lld: %s\n", (long long)t, qrnn_last_error());
+            status = 1;
+            break;
+        }
+        int best = 0;
+        for (int v = 1; v < vocab; ++v)
+            if (logits[v] > logits[best]) best = v;
+        const char *word = qrnn_lm_token(model, best);
+        printf("%lld\t%lld\t%d\t%s\t%d\t", (long long)t, (long long)tokens[t], best, word ? word : "-", logits[best]);
+        if (t + 1 < count && tokens[t + 1] >= 0 && tokens[t + 1] < vocab) {
+            printf("%d\n", logits[tokens[t + 1]]);
+            hits += best == tokens[t + 1];
+        } else {
+            printf("-\n");
+        }
+        if (dump && fwrite(logits, sizeof(int32_t), (size_t)vocab, dump) != (size_t)vocab) {
+            fprintf(stderr, "qrnn-run: writing %s failed\n", logits_path);
+            status = 1;
+        }
+    }
+    if (status == 0)
+        fprintf(stderr, "qrnn-run: %lld tokens, next-token argmax right %lld times, logits at 2^-%d, kernels %s, %lld threads\n",
+                (long long)count, (long long)hits, qrnn_lm_logit_frac(model), qrnn_isa_name(qrnn_get_isa(model)), threads);
+    if (dump && fclose(dump) != 0 && status == 0) {
+        fprintf(stderr, "qrnn-run: writing %s failed\n", logits_path);
+        status = 1;
+    }
+    qrnn_session_free(session);
+    free(logits);
+    free(tokens);
+    qrnn_free(model);
+    return status;
+}
