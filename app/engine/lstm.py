@@ -204,7 +204,7 @@ def run_direction(
         hidden = h0.shape[-1]
         lut_min = acts.luts["sigmoid"].offset
         return kernels.lstm_direction(
-            x_proj, d.w_hh, requant_h.m0.expand(4 * hidden), requant_h.shift.expand(4 * hidden),
+            x_proj, kernels.tiled_weight(d, "w_hh"), requant_h.m0.expand(4 * hidden), requant_h.shift.expand(4 * hidden),
             (requant_h.lo, requant_h.hi), tuple(acts.luts[name].lut for name in ("sigmoid", "tanh_gate", "tanh_cell")),
             lut_min, 2 * PWL_OUT_FRAC - fmt.cell_frac, 2 * PWL_OUT_FRAC - fmt.h_frac, qrange(fmt.h_bits), h0, c0, lengths,
         )

@@ -111,7 +111,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "qrnn_lm_get_state": ([p, p, p], None),
         "qrnn_lm_set_state": ([p, p, p], None),
         "qrnn_lm_step": ([p, p, p], i),
-        "qrnn_int8_gemm_nt": ([p] * 3 + [i64] * 3 + [i], None),
+        "qrnn_int8_gemm_nt": ([p] * 3 + [i64] * 3, i),
+        "qrnn_weight_new": ([p, i64, i64], p),
+        "qrnn_weight_delete": ([p], None),
+        "qrnn_weight_matmul": ([p, p, i64, p], i),
         "qrnn_lstm_direction": ([p] * 4 + [i64] * 2 + [p] * 3 + [i64] * 5 + [p] * 4 + [i64] * 3, i),
     }
     for name, (args, res) in signatures.items():

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from app.engine import kernels
 from app.engine.fixed_point import int_matmul
 
 # the shift kernel materialises (rows * K, M) running sums; this bounds one chunk to 4M values (16 MiB in int32)
@@ -140,7 +141,10 @@ def weight_matmul(x_q: Tensor, layer: Any, name: str) -> Tensor:
     ``shift_matmul`` on its DenseShift codes where ``use_shift_kernel`` switched the layer over."""
     codes = layer.shift_codes.get(name) if layer.shift_kernel else None
     if codes is None:
-        return int_matmul(x_q, getattr(layer, name).t())
+        weight = getattr(layer, name)
+        if not x_q.is_cuda and weight.dtype == torch.int8 and kernels.c_kernels_available():
+            return kernels.tiled_matmul(x_q, kernels.tiled_weight(layer, name)).to(torch.int64)  # tiled once per layer
+        return int_matmul(x_q, weight.t())
     return codes.shift_plan.matmul(x_q)
 
 

@@ -1,81 +1,31 @@
-/* int8 x int8 -> int32 matrix product, y = x w^T, for the integer engine.
+/* int8 x int8 -> int32 matrix product, y = x w^T, for the torch-op engine (registered as qrnn::int8_gemm_nt).
  *
- * x: (M, K) int8 row-major, w: (N, K) int8 row-major (the nn.Linear layout), y: (M, N) int32.
- * Integer arithmetic only: products are widened to int16 x int16 -> int32 pairs (AVX2
- * vpmaddwd) and summed in int32, exact for K < 2^17. Rows of w are taken four at a time so each
- * widened load of x feeds four dot products. A portable scalar loop covers other CPUs and tails.
+ * x: (M, K) int8 row-major, w: (N, K) int8 row-major (the nn.Linear layout), y: (M, N) int32, exact for
+ * K < 2^16. The weight is laid out in the runtime's tiles (in this thread's reused work buffers) and multiplied by its kernels (qrnn_kernels.c:
+ * scalar, AVX2 or AVX-512 VNNI, chosen by CPU feature); the copies cost O(NK + MK) next to O(MNK).
+ * Returns 0, or 1 when the work buffers could not be allocated (y untouched).
  */
-#include <stdint.h>
-#if defined(__x86_64__) || defined(__i386__)
-#define QRNN_GEMM_X86 1
-#include <immintrin.h>
-#define AVX2 __attribute__((target("avx2")))
+#define _POSIX_C_SOURCE 200809L
+#include <stdlib.h>
+#include <string.h>
 
-AVX2 static inline int32_t hsum(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
-}
+#include "qrnn_internal.h"
 
-AVX2 static inline __m256i widen(const int8_t *p) {
-    return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p));
-}
-#endif
-
-#ifdef QRNN_GEMM_X86
-AVX2 static void dot4_avx2(const int8_t *x, const int8_t *w, int64_t K, int32_t *out) {
-    const int8_t *w0 = w, *w1 = w + K, *w2 = w + 2 * K, *w3 = w + 3 * K;
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    int64_t k = 0;
-    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
-    for (; k + 16 <= K; k += 16) {
-        __m256i xv = widen(x + k);
-        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(xv, widen(w0 + k)));
-        s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(xv, widen(w1 + k)));
-        s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(xv, widen(w2 + k)));
-        s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(xv, widen(w3 + k)));
+int qrnn_int8_gemm_nt(const int8_t *x, const int8_t *w, int32_t *y, int64_t M, int64_t N, int64_t K) {
+    qrnn_weight tiles;
+    if (N == 0 || M == 0) return 0;
+    void *buffer = qrnn_scratch(0, qrnn_weight_int8_bytes((int32_t)N, (int32_t)K));
+    if (buffer == NULL) return 1;
+    qrnn_weight_int8_in(&tiles, w, (int32_t)N, (int32_t)K, buffer);
+    const int64_t ld = tiles.kp;
+    int8_t *xp = qrnn_scratch(1, (size_t)(M * ld)); /* rows padded with zeros to the tiles' columns */
+    int32_t *acc = qrnn_scratch(2, (size_t)(M * tiles.np) * sizeof(int32_t));
+    if (xp == NULL || acc == NULL) return 1;
+    for (int64_t m = 0; m < M; ++m) {
+        memcpy(xp + m * ld, x + m * K, (size_t)K);
+        memset(xp + m * ld + K, 0, (size_t)(ld - K));
     }
-    a0 = hsum(s0); a1 = hsum(s1); a2 = hsum(s2); a3 = hsum(s3);
-    for (; k < K; ++k) {
-        int32_t xv = x[k];
-        a0 += xv * w0[k]; a1 += xv * w1[k]; a2 += xv * w2[k]; a3 += xv * w3[k];
-    }
-    out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;
-}
-
-#endif
-
-static void dot4_scalar(const int8_t *x, const int8_t *w, int64_t K, int32_t *out) {
-    const int8_t *w0 = w, *w1 = w + K, *w2 = w + 2 * K, *w3 = w + 3 * K;
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    int64_t k = 0;
-    for (; k < K; ++k) {
-        int32_t xv = x[k];
-        a0 += xv * w0[k]; a1 += xv * w1[k]; a2 += xv * w2[k]; a3 += xv * w3[k];
-    }
-    out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;
-}
-
-static int32_t dot1(const int8_t *x, const int8_t *w, int64_t K) {
-    int32_t acc = 0;
-    for (int64_t k = 0; k < K; ++k) acc += (int32_t)x[k] * (int32_t)w[k];
-    return acc;
-}
-
-void qrnn_int8_gemm_nt(const int8_t *x, const int8_t *w, int32_t *y, int64_t M, int64_t N, int64_t K,
-                       int threads) {
-    (void)threads; /* single-threaded: a second OpenMP runtime beside torch's only spins */
-    void (*dot4)(const int8_t *, const int8_t *, int64_t, int32_t *) = dot4_scalar;
-#ifdef QRNN_GEMM_X86
-    if (__builtin_cpu_supports("avx2")) dot4 = dot4_avx2; /* the kernel is chosen at run time */
-#endif
-    int64_t blocks = N / 4;
-    for (int64_t b = 0; b < blocks; ++b) {
-        int64_t n = 4 * b;
-        for (int64_t m = 0; m < M; ++m) dot4(x + m * K, w + n * K, K, y + m * N + n);
-    }
-    for (int64_t n = 4 * blocks; n < N; ++n) {
-        for (int64_t m = 0; m < M; ++m) y[m * N + n] = dot1(x + m * K, w + n * K, K);
-    }
+    qrnn_matmul_rows(&tiles, qrnn_cpu_isa(), xp, ld, (int)M, 0, (int)N, acc, tiles.np);
+    for (int64_t m = 0; m < M; ++m) memcpy(y + m * N, acc + m * tiles.np, (size_t)N * sizeof(int32_t));
+    return 0;
 }

@@ -39,6 +39,16 @@ void qrnn_weight_free(qrnn_weight *w);
 int qrnn_weight_from_int8(qrnn_weight *w, const int8_t *values, int32_t n, int32_t k);
 int qrnn_weight_from_shift(qrnn_weight *w, const uint8_t *sign, const uint8_t *exponent, int32_t n, int32_t k);
 int64_t qrnn_weight_stored_bytes(const qrnn_weight *w);
+/* Tiles of int8 values in caller memory of qrnn_weight_int8_bytes(n, k) bytes, 64-byte aligned (not freed by
+ * qrnn_weight_free), and this thread's grow-only work buffers (slots 0..3; NULL when out of memory). */
+size_t qrnn_weight_int8_bytes(int32_t n, int32_t k);
+/* For the torch-op engine (app/engine/kernels.py): an int8 weight (n, k) tiled once, and y (m, n) = x w^T for
+ * x (m, k) int8 row-major. qrnn_weight_matmul returns 0, or 1 when its work buffers could not be allocated. */
+qrnn_weight *qrnn_weight_new(const int8_t *values, int64_t n, int64_t k);
+void qrnn_weight_delete(qrnn_weight *w);
+int qrnn_weight_matmul(const qrnn_weight *w, const int8_t *x, int64_t m, int32_t *y);
+void qrnn_weight_int8_in(qrnn_weight *w, const int8_t *values, int32_t n, int32_t k, void *buffer);
+void *qrnn_scratch(int slot, size_t bytes);
 
 /* ---- thread pool -------------------------------------------------------------------------------- */
 typedef struct qrnn_pool qrnn_pool;

@@ -66,16 +66,91 @@ static int init_weight(qrnn_weight *w, int kind, int32_t n, int32_t k) {
     return 0;
 }
 
+/* the tiles of int8 values (n, k), into w->q and w->row_sum (zeroed, of the sizes init_weight gives) */
+static void fill_int8(qrnn_weight *w, const int8_t *values) {
+    const int64_t steps = w->kp / TILE_COLS, n = w->n, k = w->k;
+    int8_t *q = w->q; /* locals: int8_t stores may alias any field of *w, which would be reloaded each time */
+    int32_t *row_sum = w->row_sum;
+    int has_min = 0;
+    for (int64_t r = 0; r < n; ++r) {
+        const int8_t *src = values + r * k;
+        int8_t *dst = q + (r / TILE_ROWS) * steps * 64 + TILE_COLS * (r % TILE_ROWS);
+        int32_t sum = 0;
+        int64_t c = 0;
+        for (; c + TILE_COLS <= k; c += TILE_COLS, dst += 64) memcpy(dst, src + c, TILE_COLS);
+        if (c < k) memcpy(dst, src + c, (size_t)(k - c)); /* the rest of the tile stays zero */
+        for (c = 0; c < k; ++c) {
+            sum += src[c];
+            has_min |= src[c] == -128;
+        }
+        row_sum[r] = sum;
+    }
+    w->has_min = has_min;
+}
+
 int qrnn_weight_from_int8(qrnn_weight *w, const int8_t *values, int32_t n, int32_t k) {
     if (init_weight(w, QRNN_W_INT8, n, k)) return -1;
-    for (int64_t r = 0; r < n; ++r)
-        for (int64_t c = 0; c < k; ++c) {
-            int8_t v = values[r * k + c];
-            w->q[tile_of(w, r, c) * 64 + tile_pos(r, c)] = v;
-            w->row_sum[r] += v;
-            if (v == -128) w->has_min = 1;
-        }
+    fill_int8(w, values);
     return 0;
+}
+
+size_t qrnn_weight_int8_bytes(int32_t n, int32_t k) {
+    return (size_t)round_up(n, TILE_ROWS) * (size_t)round_up(k, TILE_COLS) + (size_t)round_up(n, TILE_ROWS) * sizeof(int32_t);
+}
+
+void qrnn_weight_int8_in(qrnn_weight *w, const int8_t *values, int32_t n, int32_t k, void *buffer) {
+    memset(w, 0, sizeof *w);
+    w->n = n, w->k = k, w->np = (int32_t)round_up(n, TILE_ROWS), w->kp = (int32_t)round_up(k, TILE_COLS);
+    w->kind = QRNN_W_INT8;
+    memset(buffer, 0, qrnn_weight_int8_bytes(n, k));
+    w->q = buffer;
+    w->row_sum = (int32_t *)((int8_t *)buffer + (size_t)w->np * w->kp);
+    fill_int8(w, values);
+}
+
+qrnn_weight *qrnn_weight_new(const int8_t *values, int64_t n, int64_t k) {
+    qrnn_weight *w = malloc(sizeof *w);
+    if (w == NULL || qrnn_weight_from_int8(w, values, (int32_t)n, (int32_t)k)) {
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+void qrnn_weight_delete(qrnn_weight *w) {
+    if (w == NULL) return;
+    qrnn_weight_free(w);
+    free(w);
+}
+
+int qrnn_weight_matmul(const qrnn_weight *w, const int8_t *x, int64_t m, int32_t *y) {
+    if (m == 0 || w->n == 0) return 0;
+    const int64_t ld = w->kp;
+    int8_t *xp = qrnn_scratch(1, (size_t)(m * ld));
+    int32_t *acc = qrnn_scratch(2, (size_t)(m * w->np) * sizeof(int32_t));
+    if (xp == NULL || acc == NULL) return 1;
+    for (int64_t i = 0; i < m; ++i) { /* rows padded with zeros to the tiles' columns */
+        memcpy(xp + i * ld, x + i * w->k, (size_t)w->k);
+        memset(xp + i * ld + w->k, 0, (size_t)(ld - w->k));
+    }
+    qrnn_matmul_rows(w, qrnn_cpu_isa(), xp, ld, (int)m, 0, w->n, acc, w->np);
+    for (int64_t i = 0; i < m; ++i) memcpy(y + i * w->n, acc + i * w->np, (size_t)w->n * sizeof(int32_t));
+    return 0;
+}
+
+void *qrnn_scratch(int slot, size_t bytes) {
+    static _Thread_local struct {
+        void *p;
+        size_t size;
+    } scratch[4];
+    if (scratch[slot].size < bytes) {
+        free(scratch[slot].p);
+        scratch[slot].p = NULL;
+        scratch[slot].size = 0;
+        if (posix_memalign(&scratch[slot].p, 64, bytes) != 0) return NULL;
+        scratch[slot].size = bytes;
+    }
+    return scratch[slot].p;
 }
 
 int qrnn_weight_from_shift(qrnn_weight *w, const uint8_t *sign, const uint8_t *exponent, int32_t n, int32_t k) {
