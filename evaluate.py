@@ -20,7 +20,7 @@ from app.config import build, register_resolvers
 from app.errors import UserInputError
 from app.runs import METRICS_FILE, command_line, evaluate_splits, machine_text, read_checkpoint, run_dir, write_metrics
 from app.engine.checkpoint import IntegerCheckpointError, read_metadata, tensor_bytes
-from app.tasks.asr import DECODED_DIR, SpeechRecognitionTask, check_ctc_weight
+from app.tasks.asr import DECODED_DIR, SpeechRecognitionTask, check_ctc_weight, decoded_counts, speech_wer_summary
 from app.tasks.asr_integer import integer_wer, load_integer_asr, load_lm_fusion
 from app.tasks.lm import LanguageModelTask
 from app.tasks.lm_integer import INTEGER_CHECKPOINT, integer_split_metrics, load_integer_lm
@@ -211,6 +211,7 @@ def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
         "test_tokens": split_metrics["test"]["tokens"],
         "val_wer": None,
         "test_wer": None,
+        "test_wer_summary": None,
         "params": None,
         "epochs": None,
         "wall_time_s": time.perf_counter() - started,
@@ -263,6 +264,8 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
         **{key: None for key in ("val_ppl", "val_loss", "val_tokens", "test_ppl", "test_loss", "test_tokens")},
         "val_wer": val["wer"] or None,
         "test_wer": test["wer"] or None,
+        "test_wer_summary": speech_wer_summary(decoded_counts(output_dir(cfg) / DECODED_DIR, list(test["wer"])),
+                                               datamodule.speech) if test["wer"] else None,  # fmt: skip
         "params": None,
         "epochs": None,
         "wall_time_s": time.perf_counter() - started,

@@ -32,7 +32,7 @@ METRICS_FILE = "metrics.json"
 METRIC_FIELDS = (
     "command", "task", "quant", "model", "data", "checkpoint", "averaged_epochs",
     "val_ppl", "val_loss", "val_tokens", "test_ppl", "test_loss", "test_tokens",
-    "val_wer", "test_wer",
+    "val_wer", "test_wer", "test_wer_summary",
     "params", "epochs", "wall_time_s", "train_tokens_per_s", "eval_tokens_per_s", "quant_metrics",
     "engine", "integer", "hardware",
 )  # fmt: skip
@@ -172,7 +172,21 @@ def evaluate_splits(
         # ASR: word error rate per evaluation set ({set name: WER in %}); null for the LM
         "val_wer": _per_set(val, "val/wer/"),
         "test_wer": _per_set(test, "test/wer/"),
+        # ASR: real-speech and synthetic WER, words pooled over the sets of each kind (app.tasks.asr.speech_wer_summary)
+        "test_wer_summary": task.wer_summary("test") if hasattr(task, "wer_summary") and test else None,
     }
+
+
+def wer_summary_text(summary: Mapping[str, Any]) -> str:
+    """One line of a speech_wer_summary: 'real speech 25.30 (fsdd + pocketsphinx: 396 words) | synthetic ... |
+    not aggregated: yesno (why)'."""
+    parts = []
+    for key, label in (("real_speech", "real speech"), ("synthetic", "synthetic")):
+        pool = summary.get(key)
+        if pool is not None:
+            parts.append(f"{label} {pool['wer']:.2f} ({' + '.join(pool['sets'])}: {pool['words']} words)")
+    parts += [f"not aggregated: {name} ({why})" for name, why in summary.get("not_aggregated", {}).items()]
+    return " | ".join(parts)
 
 
 def _per_set(logged: Mapping[str, Any], prefix: str) -> dict[str, float] | None:
@@ -209,6 +223,8 @@ def write_metrics(directory: Path, metrics: Mapping[str, Any]) -> None:
     if metrics.get("test_wer") is not None or metrics.get("val_wer") is not None:
         sets = metrics.get("test_wer") or metrics.get("val_wer")
         print("WER " + " | ".join(f"{name} {rate:.2f}" for name, rate in sets.items()) + f" | {directory / METRICS_FILE}")
+        if metrics.get("test_wer_summary"):
+            print(f"test WER {wer_summary_text(metrics['test_wer_summary'])}")
         return
     val, test = (metrics[key] for key in ("val_ppl", "test_ppl"))
     print(f"val ppl {val if val is None else f'{val:.2f}'} | test ppl {test if test is None else f'{test:.2f}'}"

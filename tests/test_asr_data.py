@@ -241,6 +241,19 @@ def test_asr_synth_config_builds_train_val_and_test_loaders(asr_root):
     assert all(dataset.vtlp is None for split in ("val", "test") for dataset in datamodule.datasets[split].values())
 
 
+@pytest.mark.parametrize("data", ["asr_synth", "asr_librispeech"])
+def test_every_asr_eval_set_is_labelled_real_or_synthetic_and_yesno_is_not_english(asr_root, data):
+    cfg = _compose(data, [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}"])
+    datamodule = instantiate(cfg.data)
+    assert set(datamodule.val_names + datamodule.test_names) <= set(datamodule.speech)
+    assert {name: datamodule.speech[name] for name in ("fsdd", "pocketsphinx", "yesno")} == {
+        "fsdd": "real", "pocketsphinx": "real", "yesno": "real_non_english"  # Kaldi yesno is Hebrew "ken" / "lo"
+    }  # fmt: skip
+    assert datamodule.speech.get("synth", "synthetic") == "synthetic"
+    with pytest.raises(UserInputError, match="data.speech.fsdd='recorded' is unknown: choose one of synthetic, real"):
+        build(_compose(data, [f"+paths.asr_root={asr_root}", "data.speech.fsdd=recorded"]).data)
+
+
 def test_ddp_eval_loaders_give_every_rank_a_share_or_name_the_set_too_small(asr_root):
     cfg = _compose("asr_synth", [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0"])
     datamodule = instantiate(cfg.data)

@@ -47,6 +47,13 @@ def test_float_asr_trains_and_reports_wer_per_test_set(asr_root, tmp_path):
     assert metrics["val_ppl"] is None and metrics["test_ppl"] is None
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["test_wer"] == metrics["test_wer"]
+    # real English speech (fsdd + pocketsphinx) and synthetic speech pooled apart; yesno (Hebrew) in neither
+    summary = on_disk["test_wer_summary"]
+    assert summary["real_speech"]["sets"] == ["fsdd", "pocketsphinx"] and summary["synthetic"]["sets"] == ["synth"]
+    assert list(summary["not_aggregated"]) == ["yesno"] and "Hebrew" in summary["not_aggregated"]["yesno"]
+    real = summary["real_speech"]
+    assert real["words"] == summary["words"]["fsdd"] + summary["words"]["pocketsphinx"]
+    assert real["wer"] == pytest.approx(sum(metrics["test_wer"][s] * summary["words"][s] for s in real["sets"]) / real["words"])
     epoch = json.loads((tmp_path / "epochs.jsonl").read_text().splitlines()[0])
     assert epoch["train_loss"] > 0 and set(epoch["val_wer_sets"]) == {"synth", "fsdd"}
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
@@ -80,6 +87,7 @@ def test_evaluate_reruns_the_checkpoint_and_the_integer_checkpoint(irnn_asr_run,
         compose_config("evaluate", [*common, f"ckpt={run_dir / 'model.int.safetensors'}", "engine=integer"], tmp_path / "i")
     )
     assert integer["engine"] == "integer" and integer["test_wer"] == metrics["test_wer"]
+    assert integer["test_wer_summary"] == metrics["test_wer_summary"] == qat["test_wer_summary"]
     assert (tmp_path / "i" / "decoded" / "fsdd.jsonl").read_text() == (run_dir / "decoded" / "fsdd.jsonl").read_text()
     # decoding options tuned at evaluation time reach both engines' searches alike
     tuned = ["beam_size=3", "length_norm=0.0", "ctc_weight=0.2"]

@@ -4,7 +4,9 @@ Data config: `conf/data/asr_synth.yaml` (synthetic sentences + FSDD; build it wi
 `conf/data/asr_librispeech.yaml`. Each split is a mapping set name -> manifest (app/data/manifest.py) or
 LibriSpeech-layout directory; train sets are concatenated, val and test sets stay separate, and their
 loaders come as a dict name -> DataLoader in config order (`val_names`, `test_names`), so the task can
-report WER per set (Lightning passes the position as `dataloader_idx`).
+report WER per set (Lightning passes the position as `dataloader_idx`). `speech` labels each set's audio
+(synthetic / real / real_non_english, app.data.manifest.SPEECH_KINDS): the task pools the real English sets
+into one "real speech" WER and the synthetic ones into another.
 
 A batch is a dict:
 
@@ -47,7 +49,7 @@ from app.data.audio import (
     utterance_cmvn,
     vtlp_warp,
 )
-from app.data.manifest import Utterance, read_manifest
+from app.data.manifest import SPEECH_KINDS, Utterance, read_manifest
 from app.data.text import Tokenizer
 from app.errors import UserInputError
 
@@ -205,6 +207,7 @@ class ASRDataModule(L.LightningDataModule):
         test: Mapping[str, str],
         tokenizer: str,
         cache_dir: str,
+        speech: Mapping[str, str] | None = None,
         features: Mapping[str, Any] | None = None,
         cmvn: str = "utterance",
         spec_augment: Mapping[str, Any] | None = None,
@@ -223,6 +226,8 @@ class ASRDataModule(L.LightningDataModule):
         train / val / test: set name -> manifest (.jsonl/.csv) or LibriSpeech-layout directory.
         tokenizer: sentencepiece .model (data_scripts/prepare_asr.py trains it).
         cache_dir: scanned LibriSpeech manifests and the datasets Arrow cache.
+        speech: set name -> what its audio is (SPEECH_KINDS: synthetic, real, real_non_english), for the
+            real-speech and synthetic WERs of the task's summary; an unlabelled set is in neither.
         features: FeatureConfig fields (app/data/audio.py). cmvn: utterance | global | none (global: mean
             and std of `cmvn_utterances` train utterances, see `cmvn_stats`).
         spec_augment: SpecAugmentConfig fields, applied to training batches only; None turns it off.
@@ -242,6 +247,7 @@ class ASRDataModule(L.LightningDataModule):
         self.name = name
         self.root = Path(root)
         self.sources = {"train": dict(train), "val": dict(val), "test": dict(test)}
+        self.speech = _speech_kinds(speech or {})
         self.tokenizer_path = self._resolve(tokenizer)
         self.cache_dir = Path(cache_dir)
         self.features = _config(FeatureConfig, features or {}, "data.features")
@@ -418,6 +424,14 @@ def _config(cls: type, values: Mapping[str, Any], key: str) -> Any:
         return cls(**values)
     except ValueError as err:
         raise UserInputError(str(err)) from err
+
+
+def _speech_kinds(speech: Mapping[str, str]) -> dict[str, str]:
+    """data.speech checked: every label one of SPEECH_KINDS (labels of sets the config does not use are kept)."""
+    for set_name, kind in speech.items():
+        if kind not in SPEECH_KINDS:
+            raise UserInputError(f"data.speech.{set_name}={kind!r} is unknown: choose one of {', '.join(SPEECH_KINDS)}")
+    return dict(speech)
 
 
 def _vtlp_range(vtlp: Sequence[float] | None, feature_kind: str) -> tuple[float, float] | None:

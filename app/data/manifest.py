@@ -44,6 +44,13 @@ AUDIO_SUFFIXES = (".wav", ".flac")
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
 MAX_LINES_PER_REASON = 20  # warning lines per set and reason; the rest are counted in one summary line
 FSDD_SPLITS = {"test": range(0, 5), "valid": range(5, 10), "train": range(10, 50)}  # by take index
+# What a set's audio is (conf/data/asr_*.yaml `speech:`, set name -> kind): the headline "real speech" WER
+# pools the `real` sets, "synthetic" WER the `synthetic` ones; a `real_non_english` set is reported alone.
+SPEECH_KINDS = {
+    "synthetic": "text-to-speech voices",
+    "real": "recorded English speech",
+    "real_non_english": "recorded speech, not English, scored against English words (yesno: Hebrew 'ken'/'lo' as yes/no)",
+}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ Validation: loss and WER by greedy decoding per validation set; test: WER by bea
 each utterance's reference and hypothesis in ``<run>/decoded/<set>.jsonl`` and the WER per speaker. WER is
 jiwer's corpus WER on normalized text (``app.data.text.normalize_text``: the same normalization as the
 training targets), logged as ``<stage>/wer/<set>`` in percent; ``val/wer`` (all validation words
-together) picks the best checkpoint.
+together) picks the best checkpoint. Each set's ``data.speech`` label (real / synthetic / real_non_english)
+gives ``<stage>/real_speech_wer`` and ``<stage>/synthetic_wer``: the words of the real English sets, and of
+the synthetic ones, pooled (speech_wer_summary; metrics.json's ``test_wer_summary``).
 """
 from __future__ import annotations
 
@@ -26,12 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from app.asr_search import beam_search, greedy_search, max_decode_length, qat_decoder
+from app.data.manifest import SPEECH_KINDS
 from app.data.text import BOS_ID, EOS_ID, PAD_ID, normalize_text
 from app.errors import UserInputError
 from app.files import write_text_atomic
 from app.models.asr import build_asr
 from app.quant import monitor
 from app.quant.denseshift import FreezingTracker
+from app.runs import wer_summary_text
 from app.tasks.lm import EPOCHS_FILE
 from app.tasks.optim import check_optimization, configure_optimization
 
@@ -51,6 +55,32 @@ def corpus_wer(references: list[str], hypotheses: list[str]) -> tuple[float, int
     errors = out.substitutions + out.deletions + out.insertions
     words = out.substitutions + out.deletions + out.hits
     return 100.0 * errors / words, errors, words
+
+
+def speech_wer_summary(counts: Mapping[str, tuple[int, int]], speech: Mapping[str, str]) -> dict[str, Any]:
+    """WER (%) of the real English sets' words pooled, and of the synthetic sets' words pooled.
+
+    counts: set name -> (word errors, reference words); speech: set name -> SPEECH_KINDS label. A
+    real_non_english or unlabelled set is in neither pool and named under not_aggregated with why.
+    metrics.json's test_wer_summary:
+        {"real_speech": {"wer", "errors", "words", "sets"} or None, "synthetic": (the same),
+         "not_aggregated": {set: why}, "speech": {set: label}, "words": {set: reference words}}
+    """
+    summary: dict[str, Any] = {"real_speech": None, "synthetic": None, "not_aggregated": {}, "speech": {}, "words": {}}
+    pools: dict[str, list[str]] = {"real": [], "synthetic": []}
+    for set_name, (_, words) in counts.items():
+        kind = speech.get(set_name)
+        summary["speech"][set_name], summary["words"][set_name] = kind, words
+        if kind in pools:
+            pools[kind].append(set_name)
+        else:
+            summary["not_aggregated"][set_name] = SPEECH_KINDS.get(kind, "no data.speech label")
+    for key, kind in (("real_speech", "real"), ("synthetic", "synthetic")):
+        errors, words = (sum(counts[name][i] for name in pools[kind]) for i in (0, 1))
+        summary[key] = (
+            {"wer": 100.0 * errors / words, "errors": errors, "words": words, "sets": pools[kind]} if words else None
+        )
+    return summary
 
 
 def new_record() -> dict[str, Any]:
@@ -98,6 +128,15 @@ def write_test_record(directory: Path, set_name: str, record: Mapping[str, Any])
     counts = utterance_errors(record)
     write_decoded(directory / f"{set_name}.jsonl", record, counts)
     return speaker_summary(record, counts)
+
+
+def decoded_counts(directory: Path, set_names: list[str]) -> dict[str, tuple[int, int]]:
+    """(word errors, reference words) of each set, summed from its ``<directory>/<set>.jsonl`` (write_decoded)."""
+    counts = {}
+    for set_name in set_names:
+        rows = [json.loads(line) for line in (directory / f"{set_name}.jsonl").read_text(encoding="utf-8").splitlines()]
+        counts[set_name] = (sum(row["errors"] for row in rows), sum(row["words"] for row in rows))
+    return counts
 
 
 def check_ctc_weight(key: str, weight: float, has_ctc: bool) -> None:
@@ -251,20 +290,26 @@ class SpeechRecognitionTask(L.LightningModule):
             return {}
         sets = self._gather(sets)
         metrics: dict[str, float] = {}
-        errors = words = 0
+        counts: dict[str, tuple[int, int]] = {}
         loss = utterances = 0.0
         for set_name, record in sets.items():
             rate, set_errors, set_words = corpus_wer(record["refs"], record["hyps"])
+            counts[set_name] = (set_errors, set_words)
             metrics[f"{stage}/wer/{set_name}"] = rate
-            errors, words = errors + set_errors, words + set_words
             loss, utterances = loss + record["loss"], utterances + record["utterances"]
+        errors, words = (sum(count[i] for count in counts.values()) for i in (0, 1))
         metrics[f"{stage}/wer"] = 100.0 * errors / max(words, 1)
+        summary = speech_wer_summary(counts, self.trainer.datamodule.speech)
+        for key in ("real_speech", "synthetic"):
+            if summary[key] is not None:
+                metrics[f"{stage}/{key}_wer"] = summary[key]["wer"]
         metrics[f"{stage}/loss"] = loss / max(utterances, 1)
         metrics[f"{stage}/utterances_per_s"] = utterances / max(time.perf_counter() - self._stage[stage]["started"], 1e-9)
         for name, value in metrics.items():
             self.log(name, value, prog_bar=name == f"{stage}/wer", add_dataloader_idx=False)
         if self.trainer.is_global_zero:
-            lines = [f"{stage} WER " + " | ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in metrics.items() if "/wer/" in k)]
+            lines = [f"{stage} WER " + " | ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in metrics.items() if "/wer/" in k),
+                     f"{stage} WER {wer_summary_text(summary)}"]  # fmt: skip
             for set_name, record in list(sets.items())[:2]:
                 for ref, hyp in list(zip(record["refs"], record["hyps"]))[:EXAMPLES_PER_VALIDATION]:
                     lines.append(f"  [{set_name}] ref: {normalize_text(ref)}\n  [{set_name}] hyp: {normalize_text(hyp)}")
@@ -273,12 +318,16 @@ class SpeechRecognitionTask(L.LightningModule):
                 for set_name, record in sets.items():
                     speakers = write_test_record(Path(self.trainer.default_root_dir) / DECODED_DIR, set_name, record)
                     self.print(f"  [{set_name}] WER by speaker: {speakers}")
-        self._stage[stage]["last"] = metrics
+        self._stage[stage]["last"], self._stage[stage]["summary"] = metrics, summary
         return metrics
 
     def exact_metrics(self, stage: str) -> dict[str, float]:
         """The last `stage` evaluation's logged metrics as the Python floats they were computed as."""
         return dict(self._stage.get(stage, {}).get("last", {}))
+
+    def wer_summary(self, stage: str) -> dict[str, Any] | None:
+        """The last `stage` evaluation's speech_wer_summary (real-speech and synthetic WER); None before one."""
+        return self._stage.get(stage, {}).get("summary")
 
     def _gather(self, sets: dict[str, dict]) -> dict[str, dict]:
         """Every rank's references and hypotheses (DDP), merged per set."""
@@ -348,6 +397,7 @@ class SpeechRecognitionTask(L.LightningModule):
             "val_loss": val.get("val/loss"),
             "val_wer": val.get("val/wer"),
             "val_wer_sets": {k.split("/")[-1]: v for k, v in val.items() if "/wer/" in k},
+            "val_real_speech_wer": val.get("val/real_speech_wer"),
             "lr": self._epoch_lr,
             "train_audio_s_per_s": train["audio_s"] / max(seconds, 1e-9),
             "train_seconds": seconds,
