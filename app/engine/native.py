@@ -26,8 +26,11 @@ from torch import Tensor
 
 CSRC = Path(__file__).with_name("csrc")
 # the runtime and the two kernels of the torch-op engine (app/engine/kernels.py): one library
-SOURCES = ("qrnn_kernels.c", "qrnn_pool.c", "qrnn_file.c", "qrnn_model.c", "int8_gemm.c", "int_lstm.c")
-HEADERS = ("qrnn.h", "qrnn_internal.h")
+SOURCES = (
+    "qrnn_kernels.c", "qrnn_pool.c", "qrnn_file.c", "qrnn_load.c", "qrnn_lstm.c", "qrnn_model.c", "qrnn_asr.c",
+    "int8_gemm.c", "int_lstm.c",
+)
+HEADERS = ("qrnn.h", "qrnn_asr.h", "qrnn_internal.h")
 CFLAGS = ("-O3", "-std=c11", "-fPIC", "-pthread", "-Wall")  # no -march: kernels pick their ISA at run time
 ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512vnni": 3}
 LOAD_SHIFT_AS_INT8 = 1
@@ -111,6 +114,20 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "qrnn_lm_get_state": ([p, p, p], None),
         "qrnn_lm_set_state": ([p, p, p], None),
         "qrnn_lm_step": ([p, p, p], i),
+        "qrnn_asr_vocab_size": ([p], i),
+        "qrnn_asr_feat_dim": ([p], i),
+        "qrnn_asr_feat_frac": ([p], i),
+        "qrnn_asr_encoder_dim": ([p], i),
+        "qrnn_asr_decoder_layers": ([p], i),
+        "qrnn_asr_decoder_hidden": ([p], i),
+        "qrnn_asr_logit_frac": ([p], i),
+        "qrnn_asr_encode": ([p, p, i, i], p),
+        "qrnn_utterance_free": ([p], None),
+        "qrnn_asr_frames": ([p], i),
+        "qrnn_asr_keys": ([p, p, p], None),
+        "qrnn_asr_ctc_logits": ([p, p, p], i),
+        "qrnn_asr_decode_step": ([p, p, i, p, p, p, p], i),
+        "qrnn_asr_greedy": ([p, p, i64, i64, i, p], i),
         "qrnn_int8_gemm_nt": ([p] * 3 + [i64] * 3, i),
         "qrnn_weight_new": ([p, i64, i64], p),
         "qrnn_weight_delete": ([p], None),
@@ -137,13 +154,10 @@ def isa_supported(isa: str) -> bool:
     return bool(library().qrnn_isa_supported(ISAS[isa]))
 
 
-class NativeLanguageModel:
-    """An integer checkpoint of an LM run by the C runtime; called like ``IntegerLanguageModel``.
+class _NativeModel:
+    """A checkpoint loaded by the C runtime, with its threads and kernel path (see NativeLanguageModel)."""
 
-    ``threads``: worker threads of a step (>= 1). ``isa``: "auto" (the fastest kernels this CPU runs),
-    "scalar", "avx2" or "avx512vnni". ``shift``: how DenseShift weights run: "packed" (their 3-bit codes,
-    decoded in registers) or "int8" (decoded once at load, the int8 kernels).
-    """
+    kind = ""
 
     def __init__(self, path: str | Path, threads: int = 1, isa: str = "auto", shift: str = "packed"):
         if shift not in ("packed", "int8"):
@@ -156,13 +170,9 @@ class NativeLanguageModel:
         if not handle:
             raise _error(self._lib)
         self._handle = handle
-        self._sessions: dict[int, int] = {}
-        if self._lib.qrnn_kind(handle).decode() != "lm":
-            raise NativeRuntimeError(f"{path}: not a language model checkpoint")
-        self.vocab_size = self._lib.qrnn_lm_vocab_size(handle)
-        self.num_layers = self._lib.qrnn_lm_layers(handle)
-        self.hidden_size = self._lib.qrnn_lm_hidden(handle)
-        self.logit_frac = self._lib.qrnn_lm_logit_frac(handle)
+        kind = self._lib.qrnn_kind(handle).decode()
+        if kind != self.kind:
+            raise NativeRuntimeError(f"{path}: a kind {kind} checkpoint, not {self.kind} ({type(self).__name__})")
         self.weight_bytes = self._lib.qrnn_weight_bytes(handle)
         self.set_threads(threads)
         self.set_isa(isa)
@@ -173,9 +183,42 @@ class NativeLanguageModel:
         self.threads = threads
 
     def set_isa(self, isa: str) -> None:
-        if isa not in ISAS or self._lib.qrnn_set_isa(self._handle, ISAS[isa]) != 0:
-            raise _error(self._lib) if isa in ISAS else ValueError(f"isa must be one of {sorted(ISAS)}")
+        if isa not in ISAS:
+            raise ValueError(f"isa must be one of {sorted(ISAS)}, got {isa!r}")
+        if self._lib.qrnn_set_isa(self._handle, ISAS[isa]) != 0:
+            raise _error(self._lib)
         self.isa = self._lib.qrnn_isa_name(self._lib.qrnn_get_isa(self._handle)).decode()
+
+    def _close(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None):
+            self._close()
+            self._lib.qrnn_free(self._handle)
+            self._handle = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class NativeLanguageModel(_NativeModel):
+    """An integer LM checkpoint run by the C runtime; called like ``IntegerLanguageModel``.
+
+    ``threads``: worker threads of a step (>= 1). ``isa``: "auto" (the fastest kernels this CPU runs),
+    "scalar", "avx2" or "avx512vnni". ``shift``: how DenseShift weights run: "packed" (their 3-bit codes,
+    decoded in registers) or "int8" (decoded once at load, the int8 kernels).
+    """
+
+    kind = "lm"
+
+    def __init__(self, path: str | Path, threads: int = 1, isa: str = "auto", shift: str = "packed"):
+        self._sessions: dict[int, int] = {}
+        super().__init__(path, threads, isa, shift)
+        self.vocab_size = self._lib.qrnn_lm_vocab_size(self._handle)
+        self.num_layers = self._lib.qrnn_lm_layers(self._handle)
+        self.hidden_size = self._lib.qrnn_lm_hidden(self._handle)
+        self.logit_frac = self._lib.qrnn_lm_logit_frac(self._handle)
 
     def _session(self, batch: int) -> int:
         session = self._sessions.get(batch)
@@ -212,13 +255,91 @@ class NativeLanguageModel:
         self._lib.qrnn_lm_get_state(session, h.data_ptr(), c.data_ptr())
         return logits.transpose(0, 1), (h, c)
 
-    def close(self) -> None:
-        if getattr(self, "_handle", None):
-            for session in self._sessions.values():
-                self._lib.qrnn_session_free(session)
-            self._sessions.clear()
-            self._lib.qrnn_free(self._handle)
-            self._handle = None
+    def _close(self) -> None:
+        for session in self._sessions.values():
+            self._lib.qrnn_session_free(session)
+        self._sessions.clear()
+
+
+class NativeMemory:
+    """One encoded utterance held by the C runtime (its keys and their attention projection)."""
+
+    def __init__(self, lib: ctypes.CDLL, handle: int):
+        self._lib, self.handle = lib, handle
+        self.frames = lib.qrnn_asr_frames(handle)
 
     def __del__(self) -> None:
-        self.close()
+        if getattr(self, "handle", None):
+            self._lib.qrnn_utterance_free(self.handle)
+            self.handle = None
+
+
+class NativeASRModel(_NativeModel):
+    """An integer speech recognizer checkpoint run by the C runtime, with the engine's interface for one
+    utterance at a time: ``encode``, ``init_state``, ``decode_step`` (n hypotheses), ``ctc_logits``; and
+    ``greedy``, the whole argmax decoding in C."""
+
+    kind = "asr"
+
+    def __init__(self, path: str | Path, threads: int = 1, isa: str = "auto", shift: str = "packed"):
+        super().__init__(path, threads, isa, shift)
+        lib, h = self._lib, self._handle
+        self.vocab_size = lib.qrnn_asr_vocab_size(h)
+        self.feat_dim, self.feat_frac = lib.qrnn_asr_feat_dim(h), lib.qrnn_asr_feat_frac(h)
+        self.encoder_dim, self.logit_frac = lib.qrnn_asr_encoder_dim(h), lib.qrnn_asr_logit_frac(h)
+        self.decoder_layers, self.decoder_hidden = lib.qrnn_asr_decoder_layers(h), lib.qrnn_asr_decoder_hidden(h)
+
+    def encode(self, feats_q: Tensor, lengths: Tensor | None = None) -> NativeMemory:
+        """feats (1, T, F) int8 (or (T, F)); lengths, if given, (1,) == T -> the utterance's memory."""
+        if feats_q.dim() == 3:
+            if feats_q.shape[0] != 1:
+                raise ValueError(f"the native recognizer encodes one utterance at a time, got a batch of {feats_q.shape[0]}")
+            feats_q = feats_q[0]
+        if lengths is not None:
+            feats_q = feats_q[: int(lengths.reshape(-1)[0])]
+        if feats_q.dtype != torch.int8:
+            raise TypeError(f"features must be int8 (quantize_features), got {feats_q.dtype}")
+        feats_q = feats_q.contiguous()
+        handle = self._lib.qrnn_asr_encode(self._handle, feats_q.data_ptr(), feats_q.shape[0], feats_q.shape[1])
+        if not handle:
+            raise _error(self._lib)
+        return NativeMemory(self._lib, handle)
+
+    def keys(self, memory: NativeMemory) -> Tensor:
+        """(1, T', encoder_dim) int8: the encoder output."""
+        keys = torch.empty(memory.frames, self.encoder_dim, dtype=torch.int8)
+        self._lib.qrnn_asr_keys(self._handle, memory.handle, keys.data_ptr())
+        return keys.unsqueeze(0)
+
+    def ctc_logits(self, memory: NativeMemory) -> Tensor:
+        """(1, T', V) int32 CTC logits at 2^-logit_frac."""
+        logits = torch.empty(memory.frames, self.vocab_size, dtype=torch.int32)
+        if self._lib.qrnn_asr_ctc_logits(self._handle, memory.handle, logits.data_ptr()):
+            raise _error(self._lib)
+        return logits.unsqueeze(0)
+
+    def init_state(self, batch_size: int) -> list[tuple[Tensor, Tensor]]:
+        shape = (1, batch_size, self.decoder_hidden)
+        return [(torch.zeros(shape, dtype=torch.int8), torch.zeros(shape, dtype=torch.int16)) for _ in range(self.decoder_layers)]
+
+    def decode_step(
+        self, tokens: Tensor, state: list[tuple[Tensor, Tensor]], memory: NativeMemory
+    ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """Previous tokens (N,) int64 -> (logits (N, V) int32 at 2^-logit_frac, new state), as IntegerASRModel."""
+        n = tokens.shape[0]
+        h = torch.cat([layer[0].to(torch.int8) for layer in state]).contiguous()  # (L, N, H)
+        c = torch.cat([layer[1].to(torch.int16) for layer in state]).contiguous()
+        tokens = tokens.to(torch.int64).contiguous()
+        logits = torch.empty(n, self.vocab_size, dtype=torch.int32)
+        if self._lib.qrnn_asr_decode_step(self._handle, memory.handle, n, tokens.data_ptr(), h.data_ptr(), c.data_ptr(),
+                                          logits.data_ptr()):
+            raise _error(self._lib)
+        return logits, [(h[i : i + 1], c[i : i + 1]) for i in range(self.decoder_layers)]
+
+    def greedy(self, memory: NativeMemory, bos: int, eos: int, max_len: int) -> list[int]:
+        """Argmax decoding in C from ``bos``: the tokens before ``eos``, at most ``max_len``."""
+        out = torch.empty(max(1, max_len), dtype=torch.int64)
+        count = self._lib.qrnn_asr_greedy(self._handle, memory.handle, bos, eos, max_len, out.data_ptr())
+        if count < 0:
+            raise _error(self._lib)
+        return out[:count].tolist()

@@ -117,4 +117,115 @@ static inline int64_t qrnn_floor_div(int64_t a, int64_t b) { /* b > 0 */
     return (a % b != 0 && a < 0) ? q - 1 : q;
 }
 
+/* ---- model parts (qrnn_load.c loads them, qrnn_lstm.c runs them) ---------------------------------- */
+#define QRNN_GATE_FRAC 12    /* Q3.12 gate pre-activations */
+#define QRNN_PWL_OUT_FRAC 15 /* Q0.15 sigmoid / tanh outputs */
+
+typedef struct {
+    int64_t *gamma, *beta; /* (n,) Q3.12 gamma, beta at out_frac */
+    int64_t in_frac, out_frac, eps_s;
+} qrnn_ln;
+
+typedef struct {
+    int16_t *table; /* y = table[x - min] for x in [min, min + size) */
+    int64_t min, size;
+} qrnn_lut;
+
+typedef struct {
+    qrnn_lut sig, tanh_gate, tanh_cell;
+} qrnn_acts;
+
+/* One direction of one LSTM layer. Gate rows are stored interleaved (unit u's i, f, g, o at rows 4u..4u+3),
+ * so whole tiles hold whole units; the per-row parameters keep the checkpoint's order g * H + u. */
+typedef struct {
+    int in_dim, hidden;
+    qrnn_weight w_ih, w_hh;
+    int64_t *ih_m0, *ih_shift, *hh_m0, *hh_shift; /* (4H,): shift = exp + in/h frac - QRNN_GATE_FRAC */
+    int64_t *bias_acc, *bias_q12;                 /* (4H,) or NULL */
+    qrnn_ln ln_ih, ln_hh, ln_cell;                /* gamma == NULL: absent */
+    int64_t in_frac, h_frac, h_bits, cell_frac;
+    const qrnn_acts *acts;
+} qrnn_lstm_dir;
+
+/* IntLinear: y = sat(round((W x + b) * m0 / 2^shift)) at 2^-out_frac, out_bits wide */
+typedef struct {
+    qrnn_weight w;
+    int64_t *m0, *shift, *bias;
+    int64_t lo, hi, in_frac, out_frac;
+} qrnn_linear;
+
+/* IntEmbedding: the requantized table, so that a lookup is a copy */
+typedef struct {
+    int8_t *table; /* (rows, ld) */
+    int rows, dim, ld;
+    int64_t out_frac;
+} qrnn_embedding;
+
+/* One LSTM step of B rows for units [u0, u1): its inputs, outputs and work buffers. */
+typedef struct {
+    int B;
+    const int8_t *x; /* (B, ldx) layer input, or NULL when acc_x holds W_x x already */
+    int64_t ldx;
+    const int8_t *h_in; /* (B, ldh) */
+    int8_t *h_out;      /* (B, ldh) */
+    int64_t ldh;
+    int64_t *c;              /* (B, H), updated in place */
+    int32_t *acc_x, *acc_h;  /* (B, gp) stored order */
+    int64_t gp;
+    int64_t *proj_x, *proj_h, *norm_x, *norm_h; /* (B, 4H) */
+    int64_t *o_gate, *c_norm;                   /* (B, H) */
+} qrnn_lstm_io;
+
+typedef struct {
+    qrnn_file *file;
+    const char *path;
+    int flags;
+} qrnn_loader;
+
+int qrnn_lfail(qrnn_loader *ld, const char *where, const char *what);
+int qrnn_get_int(qrnn_loader *ld, const qjson *node, const char *key, int64_t lo, int64_t hi, int64_t *out);
+const qjson *qrnn_get_node(const qjson *node, const char *key, const char *cls);
+int64_t *qrnn_get_tensor(qrnn_loader *ld, const qjson *node, const char *key, int64_t count);
+int qrnn_weight_shape(qrnn_loader *ld, const qjson *node, const char *key, int64_t *n, int64_t *k);
+int qrnn_load_acts(qrnn_loader *ld, const qjson *node, qrnn_acts *acts);
+int qrnn_load_lut(qrnn_loader *ld, const qjson *table, qrnn_lut *lut);
+int qrnn_load_dir(qrnn_loader *ld, const qjson *dir, const qjson *fmt, int64_t in_dim, const qrnn_acts *acts,
+                  qrnn_lstm_dir *L);
+int qrnn_load_linear(qrnn_loader *ld, const qjson *node, int64_t in_dim, qrnn_linear *lin);
+int qrnn_load_embedding(qrnn_loader *ld, const qjson *node, qrnn_embedding *emb);
+void qrnn_acts_free(qrnn_acts *acts);
+void qrnn_lstm_dir_free(qrnn_lstm_dir *L);
+void qrnn_linear_free(qrnn_linear *lin);
+int64_t qrnn_dir_bytes(const qrnn_lstm_dir *L);
+
+static inline int64_t qrnn_lut_get(const qrnn_lut *lut, int64_t x) { return lut->table[x - lut->min]; }
+int qrnn_lstm_io_alloc(qrnn_lstm_io *io, int B, int H);
+void qrnn_lstm_io_free(qrnn_lstm_io *io);
+/* the step; pool: barriers between the threads sharing it (layer norms need every unit), or NULL alone */
+void qrnn_lstm_step(const qrnn_lstm_dir *L, int isa, qrnn_lstm_io *io, int u0, int u1, qrnn_pool *pool);
+/* rows [r0, r1) of lin(x) for m rows of x into out (m, ldo) int32; acc: (m, lin->w.np) work buffer */
+void qrnn_linear_rows(const qrnn_linear *lin, int isa, const int8_t *x, int64_t ldx, int m, int r0, int r1,
+                      int32_t *acc, int32_t *out, int64_t ldo);
+static inline int64_t qrnn_pad64(int64_t n) { return (n + QRNN_KBLOCK - 1) / QRNN_KBLOCK * QRNN_KBLOCK; }
+
+/* ---- the model (qrnn_model.c: loading and the LM; qrnn_asr.c: the speech recognizer) ---------------- */
+struct qrnn_asr;
+struct qrnn_model {
+    char kind[8];
+    int isa, threads;
+    qrnn_pool *pool;
+    int64_t weight_bytes;
+    /* language model */
+    int vocab, hidden, layers;
+    qrnn_embedding emb;
+    qrnn_acts acts;
+    qrnn_lstm_dir *layer;
+    qrnn_linear dec;
+    char **tokens;
+    /* speech recognizer */
+    struct qrnn_asr *asr;
+};
+int qrnn_asr_load(qrnn_loader *ld, qrnn_model *m);
+void qrnn_asr_free(struct qrnn_asr *asr);
+
 #endif
