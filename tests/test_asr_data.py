@@ -4,6 +4,7 @@ The real sets are shared/data's FSDD, yesno and pocketsphinx-testdata (QRNN_DATA
 """
 
 import csv
+import importlib.util
 import json
 import logging
 import os
@@ -406,3 +407,15 @@ def test_lightning_trains_and_tests_every_named_set(asr_root):
     trainer.fit(model, datamodule=datamodule)
     trainer.test(model, datamodule=datamodule, verbose=False)
     assert model.seen == {name: len(datamodule.utterances["test"][name]) for name in datamodule.test_names}
+
+
+def test_asterisk_prompt_transcripts_keep_the_spoken_words_only():
+    spec = importlib.util.spec_from_file_location("prepare_asterisk", ROOT / "data_scripts" / "prepare_asterisk.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    lines = ["; Core Asterisk Sounds in English", "", "digits/7: seven", "beep: [this is a simple beep tone]",
+             "silence/1: (1 second of silence)", "letters/at: at [@]", 'spy-iax2: IAX (note: does not say "2")',
+             "dictate/forhelp: press * to toggle pause, press # to enter a new dictation filename"]  # fmt: skip
+    spoken = {name: script.spoken_text(text) for name, text in script.read_transcripts(lines).items()}
+    assert spoken == {"digits/7": "seven", "beep": "", "silence/1": "", "letters/at": "at", "spy-iax2": "iax",
+                      "dictate/forhelp": "press star to toggle pause press pound to enter a new dictation filename"}  # fmt: skip

@@ -1,0 +1,150 @@
+"""A real-speech dev set from Debian's Asterisk core sound prompts (one speaker, Allison Smith; CC-BY-SA-3.0).
+
+    python data_scripts/prepare_asterisk.py    # ~20 s; needs apt-get (Debian main) the first time
+
+Downloads with `apt-get download` into --cache-dir/asterisk/ (once) the two Debian bookworm packages below, checks
+each .deb against the SHA-256 recorded here every time it is used, unpacks the WAV prompts (8 kHz 16-bit mono)
+and writes under --out (paths.asr_root):
+
+    asterisk/dev.jsonl    one row per prompt with speech; text = the transcript in core-sounds-en.txt
+                          ("name: text"), annotations in [..] or (..) removed, "*" / "#" read as star / pound
+
+Prompts whose whole transcript is an annotation ("[ascending tones]", "(1 second of silence)") are left out.
+Licence and provenance: data_scripts/README_asterisk.md. Use it as an extra real-speech set:
+
+    python evaluate.py task=asr ckpt=... +data.test.asterisk=asterisk/dev.jsonl
+"""
+
+import argparse
+import gzip
+import hashlib
+import io
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.data.manifest import Utterance, probe_audio, write_manifest
+from app.data.text import normalize_text
+from app.errors import UserInputError
+
+# Debian bookworm main, version 1.6.1-1 (apt-cache show <package>: SHA256)
+PACKAGES = {
+    "asterisk-core-sounds-en-wav": ("1.6.1-1", "2be3ea287d83299d143815fa804f11179a75b7affd4a758b98b55f5afc18a35d"),
+    "asterisk-core-sounds-en": ("1.6.1-1", "973e797d28e37fa6ca3c0a9d6fa717e77cf1268ae916bf09fd3503113cdffa50"),
+}  # -en-wav: the recordings; -en: their transcripts (usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz)
+POOL_URL = "http://deb.debian.org/debian/pool/main/a/asterisk-core-sounds/"
+SOUNDS_DIR = "usr/share/asterisk/sounds/en_US_f_Allison"
+TRANSCRIPTS = "usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
+_ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)")
+_SPOKEN_SYMBOLS = {"*": " star ", "#": " pound "}
+
+
+def deb_path(cache: Path, package: str) -> Path:
+    version, _ = PACKAGES[package]
+    return cache / f"{package}_{version}_all.deb"
+
+
+def fetch_package(cache: Path, package: str) -> Path:
+    """The package's .deb in `cache`, downloaded by apt-get when missing; UserInputError unless its SHA-256 is
+    the recorded one."""
+    version, sha256 = PACKAGES[package]
+    path = deb_path(cache, package)
+    if not path.is_file():
+        if shutil.which("apt-get") is None:
+            raise UserInputError(f"apt-get not found: download {POOL_URL}{path.name} into {cache} and run this again")
+        cache.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["apt-get", "download", f"{package}={version}"], cwd=cache, capture_output=True, text=True)
+        if done.returncode != 0 or not path.is_file():
+            raise UserInputError(
+                f"apt-get download {package}={version} failed ({done.stderr.strip().splitlines()[-1:] or 'no output'}): "
+                f"download {POOL_URL}{path.name} into {cache} by hand"
+            )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise UserInputError(f"{path} has SHA-256 {digest}, not the recorded {sha256}: delete it and run this again")
+    return path
+
+
+def deb_data(deb: Path) -> tarfile.TarFile:
+    """The data.tar.* member of a .deb (an `ar` archive: 8-byte magic, then 60-byte headers, 2-byte aligned)."""
+    blob = deb.read_bytes()
+    if not blob.startswith(b"!<arch>\n"):
+        raise UserInputError(f"{deb} is not a Debian package (no ar header): delete it and run this again")
+    offset = 8
+    while offset + 60 <= len(blob):
+        name, size = blob[offset : offset + 16].decode().strip().rstrip("/"), int(blob[offset + 48 : offset + 58])
+        if name.startswith("data.tar"):
+            return tarfile.open(fileobj=io.BytesIO(blob[offset + 60 : offset + 60 + size]))
+        offset += 60 + size + size % 2
+    raise UserInputError(f"{deb} has no data.tar member: delete it and run this again")
+
+
+def spoken_text(transcript: str) -> str:
+    """What the prompt says: annotations in [..] / (..) removed, * and # as the words a caller hears."""
+    text = _ANNOTATION.sub(" ", transcript)
+    for symbol, word in _SPOKEN_SYMBOLS.items():
+        text = text.replace(symbol, word)
+    return normalize_text(text)
+
+
+def read_transcripts(lines: Sequence[str]) -> dict[str, str]:
+    """prompt name (path under the sounds folder, no suffix) -> transcript, from core-sounds-en.txt lines."""
+    transcripts = {}
+    for line in lines:
+        if line.strip() and not line.startswith(";"):
+            name, _, text = line.partition(":")
+            transcripts[name.strip()] = text.strip()
+    return transcripts
+
+
+def prepare(cache: Path, out: Path) -> tuple[list[Utterance], dict[str, int]]:
+    """Unpack the verified packages into cache/extracted and write out/asterisk/dev.jsonl; returns the rows and
+    counts of the prompts left out by reason."""
+    extracted = cache / "extracted"
+    for package in PACKAGES:
+        with deb_data(fetch_package(cache, package)) as data:
+            data.extractall(extracted, filter="data")
+    transcripts = read_transcripts(gzip.decompress((extracted / TRANSCRIPTS).read_bytes()).decode("utf-8").splitlines())
+    sounds = extracted / SOUNDS_DIR
+    rows, skipped = [], {"annotation only": 0, "no transcript": 0, "no recording": 0}
+    for wav in sorted(sounds.rglob("*.wav")):
+        name = wav.relative_to(sounds).with_suffix("").as_posix()
+        if name not in transcripts:
+            skipped["no transcript"] += 1
+            continue
+        text = spoken_text(transcripts[name])
+        if not text:
+            skipped["annotation only"] += 1
+            continue
+        duration, rate = probe_audio(wav)
+        rows.append(Utterance(str(wav.resolve()), duration, "allison", text, rate))
+    skipped["no recording"] = len(set(transcripts) - {w.relative_to(sounds).with_suffix("").as_posix()
+                                                      for w in sounds.rglob("*.wav")})  # fmt: skip
+    write_manifest(out / "asterisk" / "dev.jsonl", rows)
+    return rows, skipped
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("outputs/cache/asr"), help="paths.asr_root")
+    parser.add_argument("--cache-dir", type=Path, default=Path("outputs/cache"), help="paths.cache_dir")
+    args = parser.parse_args(argv)
+    try:
+        rows, skipped = prepare(args.cache_dir / "asterisk", args.out)
+    except UserInputError as err:
+        sys.exit(f"error: {err}")
+    durations = sorted(row.duration for row in rows)
+    words = sum(len(row.text.split()) for row in rows)
+    print(f"asterisk: {len(rows)} prompts, {words} words, {sum(durations) / 60:.1f} min "
+          f"({durations[0]:.2f}-{durations[-1]:.2f} s, {sum(d > 20 for d in durations)} over 20 s), "
+          f"{', '.join(sorted({f'{row.sample_rate} Hz' for row in rows}))}; left out: "
+          + ", ".join(f"{count} {reason}" for reason, count in skipped.items())
+          + f" -> {args.out / 'asterisk' / 'dev.jsonl'}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
