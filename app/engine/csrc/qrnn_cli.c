@@ -2,6 +2,12 @@
  *
  *   qrnn-run lm MODEL.int.safetensors [--threads N] [--isa auto|scalar|avx2|avx512vnni] [--shift packed|int8]
  *            [--ids] [--logits FILE] < tokens.txt
+ *   qrnn-run asr MODEL.int.safetensors [--threads N] [--isa ...] [--shift ...] [--bos 1] [--eos 2] [--max-len 200]
+ *            FEATURES.i8 ...
+ *
+ * asr: each FEATURES.i8 file holds one utterance's features as raw int8 (frames x feat_dim, row-major) on the
+ * model's input grid, as app.tasks.asr_integer.quantize_features returns them (the filterbank and its rounding
+ * are host float code). For each file it prints the file name and the greedy token ids.
  *
  * Reads whitespace-separated tokens (words of the checkpoint's vocabulary, or integer ids with --ids; a word
  * outside the vocabulary becomes <unk> when the vocabulary has it) and feeds them one at a time. For every
@@ -16,12 +22,53 @@
 #include <string.h>
 
 #include "qrnn.h"
+#include "qrnn_asr.h"
 
 static int usage(const char *msg) {
     if (msg) fprintf(stderr, "qrnn-run: %s\n", msg);
     fprintf(stderr, "usage: qrnn-run lm MODEL.int.safetensors [--threads N] [--isa auto|scalar|avx2|avx512vnni] "
-                    "[--shift packed|int8] [--ids] [--logits FILE] < tokens.txt\n");
+                    "[--shift packed|int8] [--ids] [--logits FILE] < tokens.txt\n"
+                    "       qrnn-run asr MODEL.int.safetensors [--threads N] [--isa ...] [--shift ...] [--bos ID] "
+                    "[--eos ID] [--max-len N] FEATURES.i8 ...\n");
     return 2;
+}
+
+/* greedy decoding of each raw int8 feature file */
+static int run_asr(qrnn_model *model, char **files, int count, long long bos, long long eos, long long max_len) {
+    int dim = qrnn_asr_feat_dim(model), status = 0;
+    int64_t *tokens = malloc((size_t)(max_len > 0 ? max_len : 1) * sizeof(int64_t));
+    for (int f = 0; f < count && status == 0 && tokens; ++f) {
+        FILE *fp = fopen(files[f], "rb");
+        if (!fp) {
+            fprintf(stderr, "qrnn-run: cannot read %s\n", files[f]);
+            status = 1;
+            break;
+        }
+        fseek(fp, 0, SEEK_END);
+        long size = ftell(fp);
+        rewind(fp);
+        int8_t *feats = size > 0 ? malloc((size_t)size) : NULL;
+        if (size <= 0 || size % dim || !feats || fread(feats, 1, (size_t)size, fp) != (size_t)size) {
+            fprintf(stderr, "qrnn-run: %s holds %ld bytes, not frames x %d int8 features\n", files[f], size, dim);
+            status = 1;
+        }
+        fclose(fp);
+        qrnn_utterance *u = status ? NULL : qrnn_asr_encode(model, feats, (int)(size / dim), dim);
+        int n = u ? qrnn_asr_greedy(model, u, bos, eos, (int)max_len, tokens) : -1;
+        if (status == 0 && n < 0) {
+            fprintf(stderr, "qrnn-run: %s: %s\n", files[f], qrnn_last_error());
+            status = 1;
+        }
+        if (status == 0) {
+            printf("%s", files[f]);
+            for (int i = 0; i < n; ++i) printf(" %lld", (long long)tokens[i]);
+            printf("\n");
+        }
+        qrnn_utterance_free(u);
+        free(feats);
+    }
+    free(tokens);
+    return status;
 }
 
 static int parse_int(const char *s, long long *out) {
@@ -72,13 +119,21 @@ static int64_t *read_tokens(const qrnn_model *model, int ids, int64_t *count) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 3 || strcmp(argv[1], "lm")) return usage(argc >= 2 && strcmp(argv[1], "lm") ? "the first argument is the model kind: lm" : NULL);
+    if (argc < 3 || (strcmp(argv[1], "lm") && strcmp(argv[1], "asr")))
+        return usage(argc >= 2 ? "the first argument is the model kind: lm or asr" : NULL);
+    const int asr = !strcmp(argv[1], "asr");
     const char *path = argv[2], *logits_path = NULL;
-    long long threads = 1;
-    int isa = QRNN_ISA_AUTO, flags = 0, ids = 0;
+    long long threads = 1, bos = 1, eos = 2, max_len = 200;
+    int isa = QRNN_ISA_AUTO, flags = 0, ids = 0, nfiles = 0;
+    char **files = calloc((size_t)argc, sizeof(char *));
     for (int a = 3; a < argc; ++a) {
         const char *arg = argv[a], *val = a + 1 < argc ? argv[a + 1] : NULL;
+        long long *number = !strcmp(arg, "--bos") ? &bos : !strcmp(arg, "--eos") ? &eos : !strcmp(arg, "--max-len") ? &max_len : NULL;
         if (!strcmp(arg, "--ids")) ids = 1;
+        else if (asr && number && val) {
+            if (parse_int(val, number) || *number < 0) return usage("--bos, --eos and --max-len need integers >= 0");
+            ++a;
+        } else if (asr && arg[0] != '-') files[nfiles++] = argv[a];
         else if (!strcmp(arg, "--threads") && val) {
             if (parse_int(val, &threads) || threads < 1 || threads > 256) return usage("--threads needs an integer between 1 and 256");
             ++a;
@@ -112,6 +167,18 @@ int main(int argc, char **argv) {
         qrnn_free(model);
         return 1;
     }
+    if (strcmp(qrnn_kind(model), argv[1])) {
+        fprintf(stderr, "qrnn-run: %s is a kind %s checkpoint: run it with qrnn-run %s\n", path, qrnn_kind(model), qrnn_kind(model));
+        qrnn_free(model);
+        return 1;
+    }
+    if (asr) {
+        int status = nfiles ? run_asr(model, files, nfiles, bos, eos, max_len) : usage("give one or more FEATURES.i8 files");
+        free(files);
+        qrnn_free(model);
+        return status;
+    }
+    free(files);
     int64_t count = 0;
     int64_t *tokens = read_tokens(model, ids, &count);
     int vocab = qrnn_lm_vocab_size(model);
