@@ -193,3 +193,12 @@ def test_bad_input_is_refused_with_one_line(checkpoints, tmp_path, qrnn_run):
         assert result.returncode == 2 and words in result.stderr.splitlines()[0]
     result = subprocess.run([str(qrnn_run), "lm", str(good), "--ids"], input="1 2 999999", capture_output=True, text=True)
     assert result.returncode == 1 and "outside the vocabulary" in result.stderr and result.stdout == ""
+
+
+def test_without_a_c_compiler_the_runtime_says_so_in_one_line(monkeypatch, tmp_path):
+    from app.engine import native
+
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    with pytest.raises(NativeRuntimeError, match="no C compiler found") as error:
+        native.build_library(tmp_path / "fresh")
+    assert "\n" not in str(error.value)
