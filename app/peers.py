@@ -156,8 +156,9 @@ def table(result: dict[str, Any]) -> str:
                      f"{row['utterances']:>5}  {row['speech']}")  # fmt: skip
     real = result["real_speech"]
     if real:
+        alone = sorted({row["set"] for row in result["rows"] if row["speech"] not in ("real", "synthetic")})
         lines.append(f"real speech ({' + '.join(real['sets'])}, {real['words']} words): {real['wer']:.2f}% WER"
-                     " (yesno, Hebrew 'ken'/'lo', in no aggregate)")  # fmt: skip
+                     + (f"; not in it: {', '.join(alone)} (not English: yesno is Hebrew 'ken'/'lo')" if alone else ""))
     return "\n".join(lines)
 
 
