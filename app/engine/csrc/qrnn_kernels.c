@@ -268,10 +268,56 @@ QRNN_VNNI static inline __m512i shift_tile_vnni(const uint8_t *tile) {
     return _mm512_mask_shuffle_epi8(_mm512_shuffle_epi8(pos, e), (__mmask64)bits, neg, e);
 }
 
+QRNN_VNNI static inline __m512i vnni_tile(const qrnn_weight *w, int64_t tile) {
+    return w->kind == QRNN_W_SHIFT ? shift_tile_vnni(w->planes + tile * QRNN_SHIFT_TILE_BYTES)
+                                   : _mm512_xor_si512(_mm512_load_si512(w->q + tile * 64), _mm512_set1_epi8((char)0x80));
+}
+
+/* one activation row (a decoding step): four row tiles at once, so that four independent accumulation chains
+ * hide vpdpbusd's latency and each broadcast of x serves four tiles */
+QRNN_VNNI static void vnni_row(const qrnn_weight *w, const int8_t *x, int r0, int r1, int32_t *acc, int32_t x_sum) {
+    const int64_t steps = w->kp / TILE_COLS;
+    const __m512i correction = _mm512_set1_epi32(x_sum);
+    int r = r0;
+    for (; r + 4 * TILE_ROWS <= r1 + TILE_ROWS - 1 && r + 4 * TILE_ROWS <= w->np; r += 4 * TILE_ROWS) {
+        const int64_t t0 = (int64_t)(r / TILE_ROWS) * steps;
+        __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+        for (int64_t kk = 0; kk < steps; ++kk) {
+            int32_t four;
+            memcpy(&four, x + TILE_COLS * kk, 4);
+            const __m512i xv = _mm512_set1_epi32(four);
+            s0 = _mm512_dpbusd_epi32(s0, vnni_tile(w, t0 + kk), xv);
+            s1 = _mm512_dpbusd_epi32(s1, vnni_tile(w, t0 + steps + kk), xv);
+            s2 = _mm512_dpbusd_epi32(s2, vnni_tile(w, t0 + 2 * steps + kk), xv);
+            s3 = _mm512_dpbusd_epi32(s3, vnni_tile(w, t0 + 3 * steps + kk), xv);
+        }
+        _mm512_storeu_si512(acc + r, _mm512_sub_epi32(s0, correction));
+        _mm512_storeu_si512(acc + r + TILE_ROWS, _mm512_sub_epi32(s1, correction));
+        _mm512_storeu_si512(acc + r + 2 * TILE_ROWS, _mm512_sub_epi32(s2, correction));
+        _mm512_storeu_si512(acc + r + 3 * TILE_ROWS, _mm512_sub_epi32(s3, correction));
+    }
+    for (; r < r1; r += TILE_ROWS) {
+        const int64_t t0 = (int64_t)(r / TILE_ROWS) * steps;
+        __m512i s0 = _mm512_setzero_si512(), s1 = s0; /* two chains over even and odd steps */
+        int64_t kk = 0;
+        for (; kk + 2 <= steps; kk += 2) {
+            int32_t four[2];
+            memcpy(four, x + TILE_COLS * kk, 8);
+            s0 = _mm512_dpbusd_epi32(s0, vnni_tile(w, t0 + kk), _mm512_set1_epi32(four[0]));
+            s1 = _mm512_dpbusd_epi32(s1, vnni_tile(w, t0 + kk + 1), _mm512_set1_epi32(four[1]));
+        }
+        if (kk < steps) {
+            int32_t four;
+            memcpy(&four, x + TILE_COLS * kk, 4);
+            s0 = _mm512_dpbusd_epi32(s0, vnni_tile(w, t0 + kk), _mm512_set1_epi32(four));
+        }
+        _mm512_storeu_si512(acc + r, _mm512_sub_epi32(_mm512_add_epi32(s0, s1), correction));
+    }
+}
+
 QRNN_VNNI static void vnni_rows(const qrnn_weight *w, const int8_t *x, int64_t ldx, int m, int r0, int r1,
                                 int32_t *acc, int64_t ldacc) {
     const int64_t steps = w->kp / TILE_COLS;
-    const __m512i flip = _mm512_set1_epi8((char)0x80); /* w ^ 0x80 = w + 128 as an unsigned byte */
     int32_t x_sum[MAX_ROWS_AT_ONCE];
     for (int i0 = 0; i0 < m; i0 += MAX_ROWS_AT_ONCE) {
         const int mi = m - i0 < MAX_ROWS_AT_ONCE ? m - i0 : MAX_ROWS_AT_ONCE;
@@ -280,14 +326,16 @@ QRNN_VNNI static void vnni_rows(const qrnn_weight *w, const int8_t *x, int64_t l
             for (int64_t c = 0; c < w->kp; ++c) s += x[(i0 + i) * ldx + c];
             x_sum[i] = 128 * s;
         }
+        if (mi == 1) {
+            vnni_row(w, x + i0 * ldx, r0, r1, acc + i0 * ldacc, x_sum[0]);
+            continue;
+        }
         for (int r = r0; r < r1; r += TILE_ROWS) {
             const int64_t tile0 = (int64_t)(r / TILE_ROWS) * steps;
             __m512i s[MAX_ROWS_AT_ONCE];
             for (int i = 0; i < mi; ++i) s[i] = _mm512_setzero_si512();
             for (int64_t kk = 0; kk < steps; ++kk) {
-                __m512i wu = w->kind == QRNN_W_SHIFT
-                                 ? shift_tile_vnni(w->planes + (tile0 + kk) * QRNN_SHIFT_TILE_BYTES)
-                                 : _mm512_xor_si512(_mm512_load_si512(w->q + (tile0 + kk) * 64), flip);
+                __m512i wu = vnni_tile(w, tile0 + kk);
                 for (int i = 0; i < mi; ++i) {
                     int32_t four;
                     memcpy(&four, x + (i0 + i) * ldx + TILE_COLS * kk, 4);
