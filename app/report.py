@@ -1,4 +1,4 @@
-"""Results tables and plots from what was run: ``python -m app.report [--readme README.md]``.
+"""Results tables and plots from what was run: ``python -m app.report [--results docs/results.md] [--readme README.md]``.
 
 Reads every run directory under ``outputs/`` (``runs/``, ``sweeps/``, ``evals/``; one whose metrics.json
 is missing or corrupt is skipped with a warning naming it) and the benchmarks' ``outputs/bench/*.json``,
@@ -8,17 +8,27 @@ and writes into ``outputs/reports/`` one markdown and one CSV table per claim of
     size.{md,csv}        float32 vs integer checkpoint bytes: int8, or packed low-bit DenseShift codes (claim 2)
     speed.{md,csv}       float vs integer engines, latency and throughput, and the machine (claim 3)
     ablations.{md,csv}   runs that differ in one quantization setting (PWL segments, layer norm, bits, init)
+    peers.{md,csv}       an off-the-shelf recognizer on our ASR test sets (outputs/bench/peers.json, app.peers)
     results.md           all of them, the papers' own numbers beside ours, and the plots (*.png, app/plots.py)
 
 Two runs share a *recipe* when their config.yaml files are equal outside `quant` (and outside what does
-not change a result: paths, run name, progress bar). With ``--readme``, the block between
-``<!-- results:start -->`` and ``<!-- results:end -->`` of that file is rewritten with the tables.
+not change a result: paths, run name, progress bar). Each distinct run is one row: of several runs of one
+command (and, for evaluations, one checkpoint and engine) only the latest is kept. Commands are shown with
+absolute paths made relative to the folder the output root is in, so no machine's paths reach the tables.
+
+``--results`` (default docs/results.md, when it exists) rewrites each ``<!-- results:<table>:start -->`` ...
+``<!-- results:<table>:end -->`` block of that file whose table has rows now; a block without rows (e.g. no
+run directories in this checkout) keeps the measured tables it holds. ``--readme`` rewrites the speed cells
+(``<!--speed:<key>-->...<!--/speed-->``) and the ``<!-- speed:start -->`` block of the README from
+outputs/bench/engine.json and asr.json.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import os
+import re
 import statistics
 import sys
 import time
@@ -26,21 +36,23 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from app.sweeps import IGNORED_PREFIXES, METRICS_FILE, flatten
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+RESULTS_FILE = Path("docs/results.md")  # what `python -m app.report` regenerates (its marked blocks)
+SPEED_START, SPEED_END = "<!-- speed:start -->", "<!-- speed:end -->"  # the README's speed summary
+SPEED_CELL = re.compile(r"<!--speed:(?P<key>[\w-]+)-->.*?<!--/speed-->")  # one speed cell of the README's headline table
 SCANNED = ("runs", "sweeps", "evals")  # under --outputs: train.py runs, sweep points, evaluate.py results
 # quant.* keys that are not settings: the mode (the `quant` column) and the checkpoint a run started from
 NOT_SETTINGS = ("name", "mode", "init_from")
 # Config keys outside a recipe: what runs of one recipe differ in (quant), and what changes no result
 NOT_RECIPE = ("quant.", "run_name", *IGNORED_PREFIXES)
 
-# The papers' own claims, as confirmed in shared/research (tag [C] or primary sources there); nothing else.
+# The papers' own claims, as confirmed by the sources docs/methods.md lists ("What the papers claim"); nothing else.
 PAPER = {
     "irnn": "iRNN (Sari et al., ICPRAM 2022 / SN Computer Science 2023)",
     "denseshift": "DenseShift (Li et al., ICCV 2023)",
@@ -144,7 +156,10 @@ def load_runs(root: Path) -> list[Run]:
         if not isinstance(metrics, dict) or not str(metrics.get("command", "")).startswith("python "):
             warnings.warn(f"skipping {path}: not a {METRICS_FILE} written by train.py or evaluate.py")
             continue
-        runs.append(Run(directory, metrics, _read_config(directory)))
+        config = _read_config(directory)
+        metrics["command"] = relative_command(metrics["command"], _bases(root, config))
+        runs.append(Run(directory, metrics, config))
+    runs = latest_runs(runs)
     by_directory = {run.directory.resolve(): run for run in runs if not run.is_eval}
     for run in runs:
         if run.is_eval and run.metrics.get("checkpoint"):
@@ -152,6 +167,60 @@ def load_runs(root: Path) -> list[Run]:
             # <run>/checkpoints/best.ckpt or <run>/model.int.safetensors
             run.source = by_directory.get(checkpoint.parent.parent) or by_directory.get(checkpoint.parent)
     return runs
+
+
+def _bases(root: Path, config: dict[str, Any]) -> list[Path]:
+    """Folders a run's absolute paths are shown relative to: the one its own output root is in (config.yaml's
+    paths.output_root, e.g. paths.output_root=<repo>/gout), then the one the scanned outputs folder is in."""
+    bases = []
+    output_root = config.get("paths.output_root")
+    if isinstance(output_root, str) and os.path.isabs(output_root):
+        bases.append(Path(output_root).parent)
+    return [*bases, root.resolve().parent]
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/[\w.+@%,~-]+(?:/[\w.+@%,~-]+)*/?")  # /a/b not inside a relative path
+
+
+def relative_command(command: str, bases: list[Path]) -> str:
+    """`command` with each absolute path made relative to the first of `bases` that holds it; a path outside
+    them keeps its last two parts behind `.../`. So `quant.init_from=/home/me/repo/outputs/x.ckpt` run from
+    /home/me/repo reads `quant.init_from=outputs/x.ckpt`, on any machine."""
+
+    def shorten(match: re.Match) -> str:
+        path = PurePosixPath(match.group(0))
+        for base in bases:
+            try:
+                return str(path.relative_to(PurePosixPath(base))) or "."
+            except ValueError:
+                continue
+        return ".../" + "/".join(path.parts[-2:])
+
+    return ABSOLUTE_PATH.sub(shorten, command)
+
+
+def _identity(run: Run) -> tuple:
+    """Runs with equal identities are runs of the same thing: one command, and for an evaluation one
+    checkpoint and engine (`evaluate.py sweep_dir=` evaluates every point of a sweep with one command)."""
+    checkpoint = run.metrics.get("checkpoint") if run.is_eval else None
+    where = str(Path(checkpoint).resolve()) if checkpoint else None
+    return (run.command, run.engine, run.metrics.get("data"), where)
+
+
+def latest_runs(runs: list[Run]) -> list[Run]:
+    """One run per identity (`_identity`): the one whose metrics.json was written last, in the original order.
+    A training command run again in runs/ makes a new time-stamped directory; only the newest is reported."""
+    latest: dict[tuple, Run] = {}
+    for run in runs:
+        key = _identity(run)
+        if key not in latest or _written(run) >= _written(latest[key]):
+            latest[key] = run
+    kept = {id(run) for run in latest.values()}
+    return [run for run in runs if id(run) in kept]
+
+
+def _written(run: Run) -> float:
+    return (run.directory / METRICS_FILE).stat().st_mtime
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
@@ -322,10 +391,13 @@ def _quant_label(run: Run) -> str:
     return f"{run.quant} {bits}-bit" if "denseshift" in run.quant and bits else run.quant
 
 
-def _point_name(run: Run) -> str:
-    """A fixed point name as it is (lm_irnn); a long override-named directory shortened (its settings say the rest)."""
-    name = run.directory.name
-    return name if len(name) <= 32 else name[:29] + "..."
+def point_names(members: list[Run]) -> dict[Path, str]:
+    """Each sweep point's name: a fixed name as it is (lm_irnn); of a directory named by its overrides
+    (`+mode-denseshift_3bit__quant.init-float__task.max_epochs-2`) the overrides that tell it from the
+    sweep's other points (`quant.init-float`), never a truncated name."""
+    parts = {run.directory: run.directory.name.split("__") for run in members}
+    shared = set.intersection(*(set(p) for p in parts.values())) if len(parts) > 1 else set()
+    return {d: "__".join(p for p in split if p not in shared) or d.name for d, split in parts.items()}
 
 
 def _same_wer(a: dict[str, float], b: dict[str, float]) -> bool:
@@ -349,14 +421,15 @@ def sweep_table(runs: list[Run], outputs: Path) -> Table:
                          key=lambda r: (r.task, r.metrics.get("data") or "", r.quant != "float", r.directory.name))  # fmt: skip
         timed = [t for t in map(_train_loop_seconds, members) if t is not None]
         lines = [f"**`{sweep}`** ({len(members)} points" + (f"; training loops {_minutes(sum(timed))} in all" if timed else "") + "):"]
-        varying = varying_settings(members)
+        varying, names = varying_settings(members), point_names(members)
         for task in dict.fromkeys(run.task for run in members):
             group = [run for run in members if run.task == task]
             header, rows = [], []
             for run in group:
                 floats = [o for o in group if o.quant == "float" and o.metrics.get("data") == run.metrics.get("data")]
                 base = floats[0] if len(floats) == 1 and floats[0] is not run else None
-                header, row, numbers = (_sweep_asr_row if task == "asr" else _sweep_lm_row)(run, base, evals, varying)
+                row_of = _sweep_asr_row if task == "asr" else _sweep_lm_row
+                header, row, numbers = row_of(run, names[run.directory], base, evals, varying)
                 rows.append(row)
                 records.append({"sweep": sweep, "point": run.directory.name, "task": task, "data": run.metrics.get("data"),
                                 "quant": run.quant, "settings": settings_text(run, varying), **numbers,
@@ -387,7 +460,7 @@ def _size_text(run: Run) -> str:
     return f"{100 * integer['integer_param_bytes'] / integer['float_param_bytes']:.1f}%" if integer.get("float_param_bytes") else ""
 
 
-def _sweep_asr_row(run: Run, base: Run | None, evals, varying) -> tuple[list[str], list[str], dict[str, Any]]:
+def _sweep_asr_row(run: Run, name: str, base: Run | None, evals, varying) -> tuple[list[str], list[str], dict[str, Any]]:
     """ASR: WER per test set, change in points vs the float point, the integer engine's WERs ("identical")."""
     test = _tested(run, evals).metrics.get("test_wer") or {}
     base_test = (_tested(base, evals).metrics.get("test_wer") or {}) if base else {}
@@ -400,12 +473,12 @@ def _sweep_asr_row(run: Run, base: Run | None, evals, varying) -> tuple[list[str
         engine = "identical"
     header = ["point", "quant", f"test WER % ({' / '.join(names)})", "vs float point (points)", "integer engine",
               "integer size", "training loop", "command"]  # fmt: skip
-    row = [_point_name(run), _quant_label(run), " / ".join(_fmt(test.get(n)) for n in names), change, engine,
+    row = [name, _quant_label(run), " / ".join(_fmt(test.get(n)) for n in names), change, engine,
            _size_text(run), _minutes(_train_loop_seconds(run)), f"`{run.command}`"]  # fmt: skip
     return header, row, {"test_wer": test, "float_test_wer": base_test or None, "integer_test_wer": integer_test or None}
 
 
-def _sweep_lm_row(run: Run, base: Run | None, evals, varying) -> tuple[list[str], list[str], dict[str, Any]]:
+def _sweep_lm_row(run: Run, name: str, base: Run | None, evals, varying) -> tuple[list[str], list[str], dict[str, Any]]:
     """LM: test perplexity, relative change vs the float point, the integer engine's perplexity."""
     tested = _tested(run, evals)
     test, base_test = tested.metrics.get("test_ppl"), _tested(base, evals).metrics.get("test_ppl") if base else None
@@ -414,7 +487,7 @@ def _sweep_lm_row(run: Run, base: Run | None, evals, varying) -> tuple[list[str]
     change = "" if test is None or base_test is None else f"{100 * (test / base_test - 1):+.2f}%"
     header = ["point", "quant", "settings", "val ppl", "test ppl", "vs float point", "integer-engine test ppl",
               "integer size", "training loop", "command"]  # fmt: skip
-    row = [_point_name(run), _quant_label(run), settings_text(run, varying), _fmt(tested.metrics.get("val_ppl")), _fmt(test),
+    row = [name, _quant_label(run), settings_text(run, varying), _fmt(tested.metrics.get("val_ppl")), _fmt(test),
            change, _fmt(integer_test), _size_text(run), _minutes(_train_loop_seconds(run)), f"`{run.command}`"]  # fmt: skip
     return header, row, {"test_ppl": test, "float_test_ppl": base_test, "integer_test_ppl": integer_test}
 
@@ -427,8 +500,10 @@ def _weights_stored_as(run: Run) -> str:
 
 
 def size_table(runs: list[Run]) -> Table:
-    """Claim 2: bytes of the parameters as float32 and in the integer checkpoint (train.py's `integer` field)."""
-    varying, rows, records = varying_settings(runs), [], []
+    """Claim 2: bytes of the parameters as float32 and in the integer checkpoint (train.py's `integer` field).
+    Sizes depend on the architecture only, so runs with equal sizes share one markdown row (the latest
+    run's command, and how many runs it stands for); the CSV keeps every run."""
+    varying, rows, records = varying_settings(runs), {}, []
     for run in runs:
         integer = run.metrics.get("integer") or {}
         if run.is_eval or "float_param_bytes" not in integer or "integer_param_bytes" not in integer:
@@ -440,18 +515,28 @@ def size_table(runs: list[Run]) -> Table:
                         "quant": run.quant, "settings": settings_text(run, varying), "weights_stored_as": stored,
                         "float_bytes": float_bytes, "integer_bytes": integer_bytes, "ratio": ratio,
                         "command": run.command, "directory": str(run.directory)})  # fmt: skip
-        rows.append([
-            run.metrics.get("data") or "", run.metrics.get("model") or "", run.quant, settings_text(run, varying), stored,
-            f"{float_bytes:,}", f"{integer_bytes:,}", f"{100 * ratio:.1f}%", f"{1 / ratio:.1f}x", f"`{run.command}`",
-        ])  # fmt: skip
+        cells = (run.metrics.get("data") or "", run.metrics.get("model") or "", run.quant, settings_text(run, varying),
+                 stored, f"{float_bytes:,}", f"{integer_bytes:,}", f"{100 * ratio:.1f}%", f"{1 / ratio:.1f}x")  # fmt: skip
+        latest, count = rows.get(cells, (run, 0))
+        rows[cells] = (run if _written(run) >= _written(latest) else latest, count + 1)
     headers = ["data", "model", "quant", "settings", "weights stored as", "float32 bytes", "integer bytes",
-               "% of float", "times smaller", "command"]  # fmt: skip
-    body = _markdown(headers, rows) if rows else "No integer checkpoint yet (quant=irnn or irnn_denseshift runs write one)."
+               "% of float", "times smaller", "runs", "command (latest run)"]  # fmt: skip
+    table = [[*cells, str(count), f"`{run.command}`"] for cells, (run, count) in rows.items()]
+    body = _markdown(headers, table) if table else "No integer checkpoint yet (quant=irnn or irnn_denseshift runs write one)."
     return Table("size", body, records)
 
 
 # Benchmark JSON keys -> table headers (other keys are shown under their own name)
-BENCH_HEADERS = {"latency_ms_per_token": "ms / token", "tokens_per_s": "tokens/s", "speedup_vs_float": "speed-up vs float"}
+BENCH_HEADERS = {"latency_ms_per_token": "ms / token", "tokens_per_s": "tokens/s", "speedup_vs_float": "speed-up vs float",
+                 "speedup_vs_best_float": "speed-up vs best float", "speedup_vs_ort_int8": "speed-up vs ORT int8"}  # fmt: skip
+PEERS = "peers"  # outputs/bench/peers.json (python -m app.peers) holds WERs, not timings: its own table
+
+
+def speedup(row: dict[str, Any]) -> float | None:
+    """A benchmark row's speed-up against float: vs the best float row (app.bench today), or vs torch float
+    nn.LSTM (benchmark files written before the best-float comparison)."""
+    value = row.get("speedup_vs_best_float", row.get("speedup_vs_float"))
+    return value if isinstance(value, (int, float)) else None
 
 
 def _bench_header(key: str) -> str:
@@ -483,10 +568,14 @@ def speed_table(benchmarks: dict[str, dict]) -> Table:
     """Claim 3: each benchmark as measured, with the machine it ran on."""
     parts, records = [], []
     for name, data in benchmarks.items():
+        if name == PEERS:
+            continue
         rows = data.get("rows") if isinstance(data.get("rows"), list) else [
             {k: v for k, v in data.items() if k != "machine"}
         ]
         columns = list(dict.fromkeys(key for row in rows for key in row))
+        if "speedup_vs_best_float" in columns:  # app.bench writes speedup_vs_float as a copy of it: shown once
+            columns = [key for key in columns if key != "speedup_vs_float"]
         measured = {key for row in rows for key, value in row.items() if isinstance(value, float)}
         # what was measured, then how fast, speed-ups last
         columns = sorted(columns, key=lambda k: (k in measured, "speedup" in k or "slowdown" in k))
@@ -581,31 +670,31 @@ def ablation_table(series: list[Series]) -> Table:
 
 
 def claims_table(runs: list[Run], benchmarks: dict[str, dict], size: Table) -> str:
-    """The papers' headline claims (only what shared/research confirms) beside what we measured."""
+    """The papers' headline claims (only what docs/methods.md's sources confirm) beside what we measured."""
     floats, varying = float_baselines(runs), varying_settings(runs)
 
     def changes(quant: str) -> str:
         found = [f"{_describe(r, varying)}: {change_text(r, baseline(r, floats)).split(' (')[0]}"
                  for r in runs if r.quant == quant and not r.is_eval and baseline(r, floats) is not None]  # fmt: skip
-        return "; ".join(found) if found else "no run with a same-recipe float run yet"
+        return "; ".join(dict.fromkeys(found)) if found else "no run with a same-recipe float run yet"
 
     def sizes(quant: str) -> str:
         found = [f"{100 * r['ratio']:.1f}% ({1 / r['ratio']:.1f}x smaller; {r['data']} {r['model']} {r['settings']})".replace(" )", ")")
                  for r in size.records if r["quant"] == quant]  # fmt: skip
-        return "; ".join(found) if found else "no integer checkpoint yet"
+        return "; ".join(dict.fromkeys(found)) if found else "no integer checkpoint yet"
 
     rows_engine = (benchmarks.get("engine") or {}).get("rows") or []
     machine = (benchmarks.get("engine") or {}).get("machine", "")
+    fastest = _fastest_per_method(rows_engine)
 
     def speedups(method: str) -> str:
-        found = [f"{row['speedup_vs_float']:.2f}x ({row.get('size')}, batch {row.get('batch')})"
-                 for row in rows_engine if row.get("method") == method and row.get("speedup_vs_float") is not None]  # fmt: skip
-        return "; ".join(found) + f" vs float nn.LSTM, {machine}" if found else "not measured yet"
+        found = [f"{speedup(row):.2f}x ({size_name}, batch {batch}{_threads_text(row)})"
+                 for (size_name, batch, name), row in fastest.items() if name == method]  # fmt: skip
+        return "; ".join(found) + f" vs float, {machine}" if found else "not measured yet"
 
-    shift = {(r.get("size"), r.get("batch")): r for r in rows_engine if "shift-add" in str(r.get("method"))}
-    decode = {(r.get("size"), r.get("batch")): r for r in rows_engine if "int8 decode" in str(r.get("method"))}
-    shift_vs_int8 = [f"{shift[k]['speedup_vs_float'] / decode[k]['speedup_vs_float']:.2f}x ({k[0]}, batch {k[1]})"
-                     for k in shift if k in decode]  # fmt: skip
+    shift = {k[:2]: row for k, row in fastest.items() if "shift-add" in k[2] or "packed" in k[2]}
+    decode = {k[:2]: row for k, row in fastest.items() if "int8 decode" in k[2]}
+    shift_vs_int8 = [f"{speedup(shift[k]) / speedup(decode[k]):.2f}x ({k[0]}, batch {k[1]})" for k in shift if k in decode]
     shift_text = ("shift-add kernel vs the same codes decoded to int8: " + "; ".join(shift_vs_int8) + f", {machine}"
                   if shift_vs_int8 else "not measured yet")  # fmt: skip
     rows = [
@@ -623,9 +712,94 @@ def claims_table(runs: list[Run], benchmarks: dict[str, dict], size: Table) -> s
          "ARM Cortex-A57 (ARMv8)", shift_text],
     ]  # fmt: skip
     return _markdown(["paper", "claim", "paper's number", "paper's setting / hardware", "ours"], rows) + (
-        "\n\nPapers' numbers: shared/research/irnn.md (sections 0, 1, 3.5) and shared/research/denseshift.md "
-        "(sections 0, 1.4, 4); only claims confirmed there are listed."
+        "\n\nPapers' numbers: [docs/methods.md](methods.md#what-the-papers-claim); only claims its sources confirm are listed."
     )
+
+
+def _fastest_per_method(rows: list[dict[str, Any]]) -> dict[tuple[str, Any, str], dict[str, Any]]:
+    """{(size, batch, method): the row of that method with the highest speed-up over its thread counts}."""
+    fastest: dict[tuple[str, Any, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (str(row.get("size", "")), row.get("batch"), str(row.get("method")))
+        if speedup(row) is not None and (key not in fastest or speedup(row) > speedup(fastest[key])):
+            fastest[key] = row
+    return fastest
+
+
+def _threads_text(row: dict[str, Any]) -> str:
+    return f", {row['threads']} thread{'s' if row['threads'] != 1 else ''}" if row.get("threads") else ""
+
+
+def peers_table(benchmarks: dict[str, dict]) -> Table:
+    """An off-the-shelf recognizer's WER on our ASR test sets (outputs/bench/peers.json from python -m app.peers),
+    scored as our models are, to read beside the ASR rows of the accuracy table."""
+    data = benchmarks.get(PEERS) or {}
+    rows, records = [], []
+    for row in data.get("rows") or []:
+        records.append({"machine": data.get("machine"), **row})
+        speech = row.get("speech") or ("real" if row.get("real_speech") else "")
+        rows.append([str(row.get("system", "")), str(row.get("set", "")), speech, _fmt(row.get("words"), ","),
+                     _fmt(row.get("wer")), "`python -m app.peers`"])  # fmt: skip
+    if not rows:
+        return Table(PEERS, "No peer measured yet (`python -m app.peers` writes outputs/bench/peers.json).", records)
+    pooled = data.get("real_speech") or {}
+    note = (f"\n\nOn {data.get('machine', 'an unrecorded machine')}. WER is scored as ours (normalized text, corpus WER). "
+            + (f"Real English speech pooled ({', '.join(pooled.get('sets') or [])}): {pooled['wer']:.2f}% "
+               f"({pooled.get('errors')} errors / {pooled.get('words')} words)." if pooled.get("wer") is not None else ""))  # fmt: skip
+    headers = ["system", "set", "speech", "words", "test WER %", "command"]
+    return Table(PEERS, _markdown(headers, rows) + note, records)
+
+
+# The README headline table's speed cells (<!--speed:<key>-->...<!--/speed-->): the engine.json method each shows
+SPEED_CELLS = {"float": "float", "irnn": "integer engine", "irnn_denseshift": "DenseShift packed 3-bit"}
+FLOAT_PREFIXES = ("torch float", "float nn.LSTM", "ONNX Runtime float")  # float rows, today's and older files' names
+
+
+def speed_cells(benchmarks: dict[str, dict]) -> dict[str, str]:
+    """{cell key: text}: the small LM's batch-1 latency and speed-up vs the best float row, per headline row."""
+    fastest = _fastest_per_method((benchmarks.get("engine") or {}).get("rows") or [])
+    batch_one = {method: row for (size, batch, method), row in fastest.items() if size == "small" and batch == 1}
+    cells = {}
+    for key, method in SPEED_CELLS.items():
+        if method == "float":
+            floats = [row for name, row in batch_one.items() if name.startswith(FLOAT_PREFIXES)]
+            row = max(floats, key=speedup, default=None)
+        else:
+            row = batch_one.get(method) or next((r for name, r in batch_one.items() if name.startswith(method)), None)
+        latency = None if row is None else row.get("latency_ms_per_token")
+        cells[key] = "pending (`python -m app.bench engine`)" if row is None or latency is None else (
+            f"{latency:.2f} ms/token, {speedup(row):.2f}x")  # fmt: skip
+    return cells
+
+
+def speed_summary(benchmarks: dict[str, dict]) -> str:
+    """The README's speed block: per method the fastest thread count, small LM (batch 1 and 20) and ASR."""
+    parts = []
+    engine = benchmarks.get("engine") or {}
+    fastest = _fastest_per_method(engine.get("rows") or [])
+    methods = list(dict.fromkeys(method for (size, _, method) in fastest if size == "small"))
+    if methods:
+        rows = []
+        for method in methods:
+            one, twenty = fastest.get(("small", 1, method)), fastest.get(("small", 20, method))
+            rows.append([method,
+                         "" if one is None else f"{_fmt(one.get('latency_ms_per_token'), '.2f')} ({speedup(one):.2f}x{_threads_text(one)})",
+                         "" if twenty is None else f"{_fmt(twenty.get('tokens_per_s'), '.0f')} ({speedup(twenty):.2f}x{_threads_text(twenty)})"])  # fmt: skip
+        parts.append(f"LM `model=small` (`python -m app.bench engine`, {engine.get('machine', 'an unrecorded machine')}; "
+                     "speed-up vs the best float row):\n\n"
+                     + _markdown(["method", "batch 1: ms / token", "batch 20: tokens / s"], rows))  # fmt: skip
+    asr = benchmarks.get("asr") or {}
+    fastest_asr = {}
+    for row in asr.get("rows") or []:
+        method = str(row.get("method"))
+        if speedup(row) is not None and (method not in fastest_asr or speedup(row) > speedup(fastest_asr[method])):
+            fastest_asr[method] = row
+    if fastest_asr:
+        rows = [[method, f"{_fmt(row.get('latency_ms'), '.1f')} ({speedup(row):.2f}x{_threads_text(row)})"]
+                for method, row in fastest_asr.items()]  # fmt: skip
+        parts.append(f"ASR `model=small` (`python -m app.bench asr`, {asr.get('machine', 'an unrecorded machine')}):\n\n"
+                     + _markdown(["method", "ms per utterance"], rows))  # fmt: skip
+    return "\n\n".join(parts)
 
 
 # ---- plots ------------------------------------------------------------------------------------------
@@ -705,47 +879,86 @@ def _csv_value(value: Any) -> Any:
 
 
 TITLES = {
+    "claims": "The papers' claims and ours",
     "sweeps": "Sweeps: each point vs the float point of its sweep",
     "accuracy": "Accuracy: each run vs the float run of the same recipe",
+    PEERS: "ASR peers: an off-the-shelf recognizer on our test sets",
     "size": "Model size: float32 vs integer checkpoint",
     "speed": "Speed: float vs integer engines",
     "ablations": "Ablations: runs that differ in one quantization setting",
 }
 
 
+def block_markers(name: str) -> tuple[str, str]:
+    return f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
+
+
+def rewrite_blocks(text: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
+    """`text` with the body of each `<!-- results:<name>:start/end -->` block replaced by blocks[name];
+    and the names rewritten. A block missing from text is left out (and not named)."""
+    done = []
+    for name, body in blocks.items():
+        start, end = block_markers(name)
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            _, tail = rest.split(end, 1)
+            text, done = f"{head}{start}\n{body}\n{end}{tail}", [*done, name]
+    return text, done
+
+
+def rewrite_readme(text: str, benchmarks: dict[str, dict]) -> str:
+    """The README's speed cells and speed block from the benchmarks (left as they are without engine.json)."""
+    cells = speed_cells(benchmarks)
+    text = SPEED_CELL.sub(lambda m: f"<!--speed:{m['key']}-->{cells.get(m['key'], '')}<!--/speed-->"
+                          if m["key"] in cells else m.group(0), text)  # fmt: skip
+    summary = speed_summary(benchmarks)
+    if summary and SPEED_START in text and SPEED_END in text:
+        head, rest = text.split(SPEED_START, 1)
+        _, tail = rest.split(SPEED_END, 1)
+        text = f"{head}{SPEED_START}\n{summary}\n{SPEED_END}{tail}"
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="where train.py, evaluate.py and app.bench wrote")
-    parser.add_argument("--readme", type=Path, default=None, help="also rewrite this file's results block")
+    parser.add_argument("--results", type=Path, default=RESULTS_FILE,
+                        help="rewrite the marked blocks of this file that have rows now (default: docs/results.md)")  # fmt: skip
+    parser.add_argument("--readme", type=Path, default=None, help="also rewrite this README's speed cells and speed block")
     parser.add_argument("--no-plots", action="store_true", help="tables only (the plots take ~10 s, mostly PWL fits)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     runs, benchmarks = load_runs(args.outputs), load_benchmarks(args.outputs)
     series = ablation_series(runs)
     size = size_table(runs)
-    tables = [sweep_table(runs, args.outputs), accuracy_table(runs), size, speed_table(benchmarks), ablation_table(series)]
+    tables = [sweep_table(runs, args.outputs), accuracy_table(runs), peers_table(benchmarks), size,
+              speed_table(benchmarks), ablation_table(series)]  # fmt: skip
     out = args.outputs / "reports"
     out.mkdir(parents=True, exist_ok=True)
     for table in tables:
         write_table(table, out, TITLES[table.name])
     claims = claims_table(runs, benchmarks, size)
-    sections = [("The papers' claims and ours", claims)] + [(TITLES[t.name], t.markdown) for t in tables]
-    body = "\n\n".join(f"### {title}\n\n{text}" for title, text in sections)
+    sections = [("claims", claims)] + [(t.name, t.markdown) for t in tables]
+    body = "\n\n".join(f"### {TITLES[name]}\n\n{text}" for name, text in sections)
     figures = [] if args.no_plots else make_plots(runs, series, out)
     figure_text = "\n\n".join(f"{caption}:\n\n![{path.stem}]({path.name})" if path else f"{caption}: no runs to draw yet."
                               for caption, path in figures)  # fmt: skip
     (out / "results.md").write_text(f"# Results\n\n{body}\n" + (f"\n### Plots\n\n{figure_text}\n" if figures else ""))
-    print(f"wrote {out}/results.md, {{sweeps,accuracy,size,speed,ablations}}.{{md,csv}} and {sum(p is not None for _, p in figures)} "
-          f"plots from {len(runs)} runs in {time.perf_counter() - started:.1f} s")  # fmt: skip
+    print(f"wrote {out}/results.md, {{{','.join(t.name for t in tables)}}}.{{md,csv}} and "
+          f"{sum(p is not None for _, p in figures)} plots from {len(runs)} runs in {time.perf_counter() - started:.1f} s")  # fmt: skip
+    if args.results is not None and args.results.is_file():
+        # only tables with rows now: a checkout without run directories keeps the measured tables it has
+        blocks = {t.name: t.markdown for t in tables if t.records}
+        if runs:
+            blocks["claims"] = claims
+        text, done = rewrite_blocks(args.results.read_text(), blocks)
+        args.results.write_text(text)
+        print(f"rewrote {', '.join(done) or 'no'} blocks of {args.results}" + (
+            f" (kept as they were: {', '.join(n for n in TITLES if n not in done)})" if len(done) < len(TITLES) else ""))  # fmt: skip
     if args.readme is not None:
-        text = args.readme.read_text()
-        if START not in text or END not in text:
-            raise SystemExit(f"{args.readme} has no {START} ... {END} block to rewrite")
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        args.readme.write_text(f"{head}{START}\n{body}\n{END}{tail}")
-        print(f"rewrote the results block of {args.readme}")
+        args.readme.write_text(rewrite_readme(args.readme.read_text(), benchmarks))
+        print(f"rewrote the speed cells and block of {args.readme}")
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from app import plots
-from app.report import END, START, main
+from app.report import SPEED_END, SPEED_START, block_markers, main, relative_command
 from evaluate import evaluate
 from tests.conftest import compose_config, eval_overrides
 from train import train
@@ -52,9 +52,9 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 def test_report_compares_real_runs_with_their_float_control_and_draws_the_plots(outputs: Path, monkeypatch) -> None:
     monkeypatch.setattr(plots, "PWL_SEGMENTS", (4, 8, 16, 32))  # 64 pieces: a slow fit that adds nothing here
-    readme = outputs.parent / "README.md"
-    readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
-    main(["--outputs", str(outputs), "--readme", str(readme)])
+    results_md = outputs.parent / "results.md"
+    results_md.write_text("intro\n" + "".join(f"{start}\nold\n{end}\n" for start, end in map(block_markers, ("accuracy", "peers"))) + "outro\n")
+    main(["--outputs", str(outputs), "--results", str(results_md)])
     reports = outputs / "reports"
     metrics = {mode: json.loads((outputs / "sweeps" / "test" / f"+mode-{mode}" / "metrics.json").read_text())
                for mode in ("float_adam", "irnn_denseshift_3bit")}  # fmt: skip
@@ -80,7 +80,7 @@ def test_report_compares_real_runs_with_their_float_control_and_draws_the_plots(
     assert float(sweep["irnn_denseshift"]["integer_test_ppl"]) == pytest.approx(shift["integer"]["test_ppl"])
     epochs = [json.loads(line) for line in (outputs / "sweeps/test/+mode-irnn_denseshift_3bit/epochs.jsonl").read_text().splitlines()]
     assert float(sweep["irnn_denseshift"]["train_loop_s"]) == pytest.approx(sum(e["train_seconds"] for e in epochs))
-    assert "| +mode-irnn_denseshift_3bit | irnn_denseshift 3-bit |" in (reports / "sweeps.md").read_text()
+    assert "| +mode-irnn_denseshift_3bit | irnn_denseshift 3-bit |" in (reports / "sweeps.md").read_text()  # whole names
 
     speed = (reports / "speed.md").read_text()
     assert "`python -m app.bench engine` on Test CPU, torch x, 2 threads" in speed and "| DenseShift shift-add |" in speed
@@ -97,9 +97,9 @@ def test_report_compares_real_runs_with_their_float_control_and_draws_the_plots(
         assert (reports / f"{png}.png").read_bytes()[:4] == b"\x89PNG" and f"]({png}.png)" in results
     assert not (reports / "accuracy_vs_bits.png").exists()  # no runs that differ in bits
 
-    text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
-    assert "### Accuracy: each run vs the float run of the same recipe" in text and ".png" not in text
+    text = results_md.read_text()  # the accuracy block rewritten; the peers block (no peers.json here) kept
+    assert text.startswith("intro\n") and text.endswith("outro\n") and text.count("old") == 1
+    assert f"| {float_ppl:.2f} |" in text.split(block_markers("accuracy")[1])[0] and ".png" not in text
 
 
 def _fake_run(root: Path, where: str, config: dict | None, metrics: dict | str, epochs: list[dict] = ()) -> Path:
@@ -126,7 +126,8 @@ def test_asr_wer_is_compared_in_absolute_points_per_set_and_bits_are_plotted(tmp
               _asr_metrics("float", {"synth": 10.0, "fsdd": 20.0}), [{"epoch": 0, "val_wer": {"synth": 30.0}}])  # fmt: skip
     for bits, wer in ((4, 14.0), (8, 11.5)):
         _fake_run(tmp_path, f"sweeps/asr/quant.weight_bits={bits}", {**recipe, "quant": {"name": "irnn", "weight_bits": bits}},
-                  _asr_metrics("irnn", {"synth": wer, "fsdd": 21.0}, integer={"test_wer": {"synth": wer}}))  # fmt: skip
+                  _asr_metrics("irnn", {"synth": wer, "fsdd": 21.0}, integer={"test_wer": {"synth": wer}},
+                               command=f"python train.py task=asr quant=irnn quant.weight_bits={bits}"))  # fmt: skip
     # the float point re-decoded by `evaluate.py sweep_dir=` (e.g. another search): the sweeps table uses that
     float_ckpt = tmp_path / "sweeps/asr/quant=float/checkpoints/best.ckpt"
     _fake_run(tmp_path, "sweeps/asr/quant=float/evals/qat", None,
@@ -161,3 +162,111 @@ def test_a_missing_or_corrupt_metrics_json_is_skipped_with_a_warning_naming_it(t
     assert "runs/lm/torn/t0/metrics.json: unreadable metrics.json" in messages
     assert "evals/ptb/t1/metrics.json: not a metrics.json written by train.py or evaluate.py" in messages
     assert [r["command"] for r in _csv(tmp_path / "reports" / "accuracy.csv")] == [good["command"]]
+
+
+def _lm_metrics(command: str, test_ppl: float, **fields) -> dict:
+    return {"command": command, "task": "lm", "quant": "irnn", "model": "small", "data": "ptb", "engine": "qat",
+            "val_ppl": test_ppl + 2, "test_ppl": test_ppl,
+            "integer": {"float_param_bytes": 1000, "integer_param_bytes": 250, "integer_size_ratio": 0.25}, **fields}  # fmt: skip
+
+
+def _table_rows(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+
+
+def test_one_row_per_distinct_run_with_commands_free_of_machine_paths(tmp_path: Path) -> None:
+    """A command run twice is reported once (its latest run), sizes shared by several runs are one row, and the
+    absolute paths of the machine it ran on are shown relative to the folder the output root is in."""
+    import os
+
+    outputs = tmp_path / "outputs"
+    config = {"task": {"name": "lm"}, "quant": {"name": "irnn"}, "model": {"name": "small"}}
+    command = f"python train.py quant=irnn quant.init_from={outputs}/runs/lm/float/t0/checkpoints/best.ckpt"
+    older = _fake_run(outputs, "runs/lm/irnn/t1", config, _lm_metrics(command, 120.0))
+    newer = _fake_run(outputs, "runs/lm/irnn/t2", config, _lm_metrics(command, 110.0))
+    os.utime(older / "metrics.json", (1_000, 1_000))
+    os.utime(newer / "metrics.json", (2_000, 2_000))
+    elsewhere = {**config, "paths": {"output_root": str(tmp_path / "gout")}}  # paths.output_root=<repo>/gout
+    _fake_run(outputs, "runs/lm/irnn-gpu/t3", elsewhere,
+              _lm_metrics(f"python train.py quant=irnn paths.output_root={tmp_path}/gout quant.init_from=/opt/ckpts/x/best.ckpt", 105.0))  # fmt: skip
+    main(["--outputs", str(outputs), "--no-plots"])
+    reports = outputs / "reports"
+    accuracy = (reports / "accuracy.md").read_text()
+    assert "| 110.00 |" in accuracy and "| 120.00 |" not in accuracy  # the latest of the two runs of one command
+    assert "quant.init_from=outputs/runs/lm/float/t0/checkpoints/best.ckpt" in accuracy
+    assert "paths.output_root=gout quant.init_from=.../x/best.ckpt" in accuracy
+    assert str(tmp_path) not in accuracy and "/opt/" not in accuracy
+    size_rows = _table_rows((reports / "size.md").read_text())
+    assert len(size_rows) == 2 and "| 2 | `python train.py quant=irnn paths.output_root=gout" in size_rows[1]  # 2 runs, latest
+    results = (reports / "results.md").read_text()
+    rows = _table_rows(results)
+    assert len(rows) == len(set(rows)), "a row appears twice in results.md"
+    assert results.count("25.0% (4.0x smaller; ptb small)") == 1  # the claims cell names each size once
+
+
+def test_relative_command_keeps_relative_paths_and_shortens_paths_outside_the_repository() -> None:
+    bases = [Path("/srv/repo")]
+    assert relative_command("python evaluate.py sweep_dir=outputs/sweeps/cpu beam_size=10", bases) == (
+        "python evaluate.py sweep_dir=outputs/sweeps/cpu beam_size=10")
+    assert relative_command("python train.py a=/srv/repo/.devdata/f.ckpt b=/srv/repo", bases) == (
+        "python train.py a=.devdata/f.ckpt b=.")
+    assert relative_command("python evaluate.py '+data.test={synth: /data/c/synth/test.jsonl}'", bases) == (
+        "python evaluate.py '+data.test={synth: .../synth/test.jsonl}'")
+
+
+PEERS_BENCH = {
+    "machine": "Test CPU, 2 threads",
+    "rows": [{"system": "PocketSphinx 5.x (en-US default model)", "set": "pocketsphinx", "wer": 21.875, "words": 96,
+              "utterances": 11, "real_speech": True, "speech": "real"},
+             {"system": "PocketSphinx 5.x (en-US default model)", "set": "yesno", "wer": 89.5833, "words": 480,
+              "real_speech": False}],
+    "real_speech": {"system": "PocketSphinx 5.x (en-US default model)", "wer": 21.875, "errors": 21, "words": 96,
+                    "sets": ["pocketsphinx"]},
+}  # fmt: skip
+# app.bench engine|asr today: 1 and 2 threads per method, speed-ups against the best float row of any runtime
+ENGINE_BENCH_THREADS = {
+    "machine": "Test CPU",
+    "rows": [
+        {"size": "small", "hidden": 200, "batch": 1, "method": method, "threads": threads, "latency_ms_per_token": ms,
+         "speedup_vs_best_float": 2.0 / ms, "speedup_vs_float": 2.0 / ms, "speedup_vs_ort_int8": 1.0 / ms}
+        for method, threads, ms in (("torch float nn.LSTM", 1, 3.0), ("torch float nn.LSTM", 2, 2.0),
+                                    ("ONNX Runtime int8", 2, 1.0), ("integer engine", 1, 0.8),
+                                    ("integer engine", 2, 0.5), ("DenseShift packed 3-bit", 2, 0.4))
+    ],
+}  # fmt: skip
+ASR_BENCH = {"machine": "Test CPU", "rows": [
+    {"method": "torch float nn.LSTM (oneDNN on)", "threads": 2, "latency_ms": 40.0, "real_time_factor": 0.02,
+     "speedup_vs_best_float": 1.0, "speedup_vs_float": 1.0},
+    {"method": "integer engine", "threads": 2, "latency_ms": 10.0, "real_time_factor": 0.005,
+     "speedup_vs_best_float": 4.0, "speedup_vs_float": 4.0}]}  # fmt: skip
+
+
+def test_peer_rows_and_threaded_benchmarks_fill_their_blocks_and_measured_tables_without_rows_are_kept(tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    (outputs / "bench").mkdir(parents=True)
+    for name, content in (("peers", PEERS_BENCH), ("engine", ENGINE_BENCH_THREADS), ("asr", ASR_BENCH)):
+        (outputs / "bench" / f"{name}.json").write_text(json.dumps(content))
+    results_md, readme = tmp_path / "results.md", tmp_path / "README.md"
+    measured = "| measured earlier | 101.53 |"
+    results_md.write_text("".join(f"{s}\n{measured if n == 'accuracy' else 'old'}\n{e}\n"
+                                  for n, (s, e) in ((n, block_markers(n)) for n in ("accuracy", "peers", "speed"))))  # fmt: skip
+    readme.write_text(f"| irnn | <!--speed:irnn-->pending<!--/speed--> |\n| float | <!--speed:float-->pending<!--/speed--> |\n"
+                      f"{SPEED_START}\nold\n{SPEED_END}\n")  # fmt: skip
+    main(["--outputs", str(outputs), "--no-plots", "--results", str(results_md), "--readme", str(readme)])
+
+    text = results_md.read_text()
+    assert measured in text and "old" not in text  # no run directories: the accuracy block keeps its measured rows
+    peers = text.split(block_markers("peers")[0])[1].split(block_markers("peers")[1])[0]
+    assert "| PocketSphinx 5.x (en-US default model) | pocketsphinx | real | 96 | 21.88 |" in peers
+    assert "| yesno | real_non_english |" not in peers and "| yesno |  | 480 | 89.58 |" in peers  # no `speech` label
+    assert "Real English speech pooled (pocketsphinx): 21.88% (21 errors / 96 words)" in peers
+    speed = text.split(block_markers("speed")[0])[1]
+    assert "speed-up vs best float" in speed and "speed-up vs float" not in speed  # the copy of the key shown once
+    assert "| small | 200 | 1 | integer engine | 2 |" in speed and "python -m app.bench asr" in speed
+    assert "PocketSphinx" not in speed  # peers.json is no timing
+
+    readme_text = readme.read_text()
+    assert "<!--speed:irnn-->0.50 ms/token, 4.00x<!--/speed-->" in readme_text  # the faster thread count
+    assert "<!--speed:float-->2.00 ms/token, 1.00x<!--/speed-->" in readme_text
+    summary = readme_text.split(SPEED_START)[1]
+    assert "| integer engine | 0.50 (4.00x, 2 threads) |  |" in summary and "| integer engine | 10.0 (4.00x, 2 threads) |" in summary
