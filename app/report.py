@@ -184,8 +184,8 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/[\w.+@%,~-]+(?:/[\w.+@%,~-]+)*/?")  # 
 
 def relative_command(command: str, bases: list[Path]) -> str:
     """`command` with each absolute path made relative to the first of `bases` that holds it; a path outside
-    them keeps its last two parts behind `.../`. So `quant.init_from=/home/me/repo/outputs/x.ckpt` run from
-    /home/me/repo reads `quant.init_from=outputs/x.ckpt`, on any machine."""
+    them keeps its last two parts behind `.../`. So `quant.init_from=<repo>/outputs/x.ckpt`, run from the
+    repository, reads `quant.init_from=outputs/x.ckpt` on any machine."""
 
     def shorten(match: re.Match) -> str:
         path = PurePosixPath(match.group(0))

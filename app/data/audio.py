@@ -1,6 +1,6 @@
 """Waveforms to features: read (soundfile), resample, 80-dim fbank / log-mel (torchaudio), CMVN, VTLP, SpecAugment.
 
-Audio is read with soundfile, not `torchaudio.load` (that needs torchcodec and FFmpeg; research/env.md).
+Audio is read with soundfile, not `torchaudio.load` (that needs torchcodec and FFmpeg; docs/training.md, set-up notes).
 Waveforms are float32 in [-1, 1], shape (N,); features are (T, F) float32, one row per 10 ms frame.
 """
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 MODES = ("float", "irnn", "denseshift", "irnn_denseshift")
-DENSESHIFT_BITS = (2, 3, 4)  # zero-free codes +-2^p, p in 0 .. 2^(bits-1) - 1 (METHODS.md section 5)
+DENSESHIFT_BITS = (2, 3, 4)  # zero-free codes +-2^p, p in 0 .. 2^(bits-1) - 1 (docs/methods.md section 5)
 DENSESHIFT_INITS = ("low_variance", "float")
 
 

@@ -6,7 +6,7 @@ A weight of shape (C, ...) with N bits takes the values ``alpha[c] * s * 2^p`` w
 (``quant.decomposition``); both are a ``ShiftWeight``, with the same codes, alpha, packing, export and engine.
 
 ``DenseShiftWeight`` (``decomposition: true``, the paper): parametrization and backward follow the official
-3-bit code (research/denseshift.md sections 1.2 and 6; METHODS.md section 5):
+3-bit code (docs/methods.md section 5.2):
 
 - float latents ``sign`` (shape of the weight) and ``gates`` (L, *shape);
 - ``s = +1 if sign >= 0 else -1``, ``b_k = 1[gates[k-1] > 0]``, both with an identity straight-through gradient;
@@ -16,7 +16,7 @@ A weight of shape (C, ...) with N bits takes the values ``alpha[c] * s * 2^p`` w
 
 ``DirectShiftWeight`` (``decomposition: false``, ours: the baseline the freezing metric is compared
 against): one float latent ``w`` per weight, in weight units, quantized directly as DeepShift-Q does
-(research/denseshift.md 3.2) but onto the zero-free set: ``s = sign(w)`` (0 -> +1),
+(docs/methods.md section 5.4) but onto the zero-free set: ``s = sign(w)`` (0 -> +1),
 ``p = clamp(round(log2(|w| / alpha)), 0, L)``; the gradient goes straight through to ``w``.
 
 ``alpha`` (C,) is ours: the LSTMs have no BatchNorm to absorb the scale. The forward uses alpha rounded to
@@ -170,7 +170,7 @@ class DenseShiftWeight(ShiftWeight):
     def forward(self) -> Tensor:
         """The effective (C, ...) float weight ``alpha_q[c] * s * 2^p``, exact.
 
-        Gradients (research/denseshift.md 1.2, from the official dsconv2d.py): identity STE through the
+        Gradients (docs/methods.md section 5.2, from the official dsconv2d.py): identity STE through the
         binarizers, then as if the weight were ``s * sqrt(S_L + 1)``. With g = alpha_q[c] * dL/d(output):
         dL/dsign = g * sqrt(S_L + 1), dL/dS_L = g * s / (2 sqrt(S_L + 1)), and each gate gets dL/dS_L times
         dS_L/db_k from the recursion, which is zero unless every gate above it is on. alpha gets
@@ -223,7 +223,7 @@ class DirectShiftWeight(ShiftWeight):
 
     Parameters: ``latent`` (C, ...) float, in weight units, and ``alpha`` (C,). Codes: ``s = -1`` where
     ``latent < 0`` (0 -> +1, never zero), ``p = clamp(round(log2(|latent| / alpha_q)), 0, L)`` (DeepShift-Q's
-    rounding in the log domain, research/denseshift.md 3.2, clamped to the N-bit range: 1 sign bit and
+    rounding in the log domain, docs/methods.md section 5.4, clamped to the N-bit range: 1 sign bit and
     N - 1 exponent bits). Same codes, alpha, packing, export and engine as ``DenseShiftWeight``.
     """
 
@@ -412,7 +412,7 @@ def _best_alpha(
 
 
 class FreezingTracker:
-    """The weight-freezing metric (METHODS.md section 5, ours: the paper's definition is unavailable).
+    """The weight-freezing metric (docs/methods.md section 5.6, ours: the paper's definition is unavailable).
 
     Per named layer, remembers the discrete code at the last call; ``update`` at each epoch end returns the
     fraction of weights whose code did not change since the previous call ("freeze", 1.0 = fully frozen)

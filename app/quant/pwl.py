@@ -1,4 +1,4 @@
-"""Quantization-aware fitting of adaptive piecewise-linear activations (METHODS.md section 3).
+"""Quantization-aware fitting of adaptive piecewise-linear activations (docs/methods.md section 3).
 
 The domain is the integer input grid of the activation. Knots are placed by greedy recursive
 splitting: start from one segment per half-domain and repeatedly split the segment with the
