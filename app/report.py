@@ -16,7 +16,7 @@ not change a result: paths, run name, progress bar). Each distinct run is one ro
 command (and, for evaluations, one checkpoint and engine) only the latest is kept. Commands are shown with
 absolute paths made relative to the folder the output root is in, so no machine's paths reach the tables.
 
-``--results`` (default docs/results.md, when it exists) rewrites each ``<!-- results:<table>:start -->`` ...
+``--results`` (default docs/results.md, when ``--outputs`` is the default outputs/) rewrites each ``<!-- results:<table>:start -->`` ...
 ``<!-- results:<table>:end -->`` block of that file whose table has rows now; a block without rows (e.g. no
 run directories in this checkout) keeps the measured tables it holds. ``--readme`` rewrites the speed cells
 (``<!--speed:<key>-->...<!--/speed-->``) and the ``<!-- speed:start -->`` block of the README from
@@ -923,8 +923,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="where train.py, evaluate.py and app.bench wrote")
-    parser.add_argument("--results", type=Path, default=RESULTS_FILE,
-                        help="rewrite the marked blocks of this file that have rows now (default: docs/results.md)")  # fmt: skip
+    parser.add_argument("--results", type=Path, default=None,
+                        help="rewrite the marked blocks of this file that have rows now (default: docs/results.md, "
+                             "when --outputs is this folder's outputs/)")  # fmt: skip
     parser.add_argument("--readme", type=Path, default=None, help="also rewrite this README's speed cells and speed block")
     parser.add_argument("--no-plots", action="store_true", help="tables only (the plots take ~10 s, mostly PWL fits)")
     args = parser.parse_args(argv)
@@ -947,14 +948,17 @@ def main(argv: list[str] | None = None) -> None:
     (out / "results.md").write_text(f"# Results\n\n{body}\n" + (f"\n### Plots\n\n{figure_text}\n" if figures else ""))
     print(f"wrote {out}/results.md, {{{','.join(t.name for t in tables)}}}.{{md,csv}} and "
           f"{sum(p is not None for _, p in figures)} plots from {len(runs)} runs in {time.perf_counter() - started:.1f} s")  # fmt: skip
-    if args.results is not None and args.results.is_file():
+    results = args.results
+    if results is None and args.outputs.resolve() == Path("outputs").resolve() and RESULTS_FILE.is_file():
+        results = RESULTS_FILE  # the repository's own outputs: its docs/results.md (never from another outputs folder)
+    if results is not None and results.is_file():
         # only tables with rows now: a checkout without run directories keeps the measured tables it has
         blocks = {t.name: t.markdown for t in tables if t.records}
         if runs:
             blocks["claims"] = claims
-        text, done = rewrite_blocks(args.results.read_text(), blocks)
-        args.results.write_text(text)
-        print(f"rewrote {', '.join(done) or 'no'} blocks of {args.results}" + (
+        text, done = rewrite_blocks(results.read_text(), blocks)
+        results.write_text(text)
+        print(f"rewrote {', '.join(done) or 'no'} blocks of {results}" + (
             f" (kept as they were: {', '.join(n for n in TITLES if n not in done)})" if len(done) < len(TITLES) else ""))  # fmt: skip
     if args.readme is not None:
         args.readme.write_text(rewrite_readme(args.readme.read_text(), benchmarks))

@@ -189,7 +189,10 @@ def test_one_row_per_distinct_run_with_commands_free_of_machine_paths(tmp_path: 
     elsewhere = {**config, "paths": {"output_root": str(tmp_path / "gout")}}  # paths.output_root=<repo>/gout
     _fake_run(outputs, "runs/lm/irnn-gpu/t3", elsewhere,
               _lm_metrics(f"python train.py quant=irnn paths.output_root={tmp_path}/gout quant.init_from=/opt/ckpts/x/best.ckpt", 105.0))  # fmt: skip
+    repository_results = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+    before = repository_results.read_text()
     main(["--outputs", str(outputs), "--no-plots"])
+    assert repository_results.read_text() == before  # another outputs folder never rewrites the repository's results
     reports = outputs / "reports"
     accuracy = (reports / "accuracy.md").read_text()
     assert "| 110.00 |" in accuracy and "| 120.00 |" not in accuracy  # the latest of the two runs of one command
