@@ -1,5 +1,5 @@
 """DenseShift weights: zero-free power-of-two codes, the official surrogate gradient, exact forward values,
-initialisation and the weight-freezing metric (METHODS.md section 5, research/denseshift.md 1.2 and 6)."""
+initialisation and the weight-freezing metric (docs/methods.md sections 5.2 and 5.6)."""
 import itertools
 import math
 
@@ -38,7 +38,7 @@ def test_three_bit_values_are_plus_minus_one_two_four_eight():
 
 
 def test_exponent_is_the_thermometer_of_the_gates_from_the_top():
-    # 3-bit, gates (b1, b2, b3): b3 gates |w| >= 2, b2 gates >= 4, b1 gates 8 (research/denseshift.md 1.2)
+    # 3-bit, gates (b1, b2, b3): b3 gates |w| >= 2, b2 gates >= 4, b1 gates 8 (docs/methods.md section 5.2)
     module = DenseShiftWeight((1, 5), 3)
     patterns = [(1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1), (0, 0, 0)]
     with torch.no_grad():

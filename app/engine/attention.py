@@ -1,4 +1,4 @@
-"""Integer additive (Bahdanau) attention with a PWL-exp softmax (METHODS.md section 4).
+"""Integer additive (Bahdanau) attention with a PWL-exp softmax (docs/methods.md section 4).
 
     k_proj   = requant(W_k keys + b_k)                       Q3.12, once per utterance
     q_proj   = requant(W_q query)                            Q3.12, once per decoder step

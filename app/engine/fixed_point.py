@@ -1,6 +1,6 @@
 """Fixed-point primitives shared bit-for-bit by the integer engine and the QAT simulation.
 
-Conventions (METHODS.md section 1):
+Conventions (docs/methods.md section 1):
 - every integer tensor is int64 inside these helpers (int8/int16/int32 are storage formats);
 - a real scale is either a power of two ``2^-frac_bits`` (activations) or a 16-bit fixed-point
   number ``m0 * 2^-exp`` with ``m0`` in [2^14, 2^15) (per-channel weight scales);

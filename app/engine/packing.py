@@ -1,6 +1,6 @@
 """Dense storage of DenseShift weight codes: N-bit codes packed into bytes (integer ops only).
 
-Code layout (METHODS.md section 5): one N-bit code per weight ``w = s * 2^p``,
+Code layout (docs/methods.md section 5.7): one N-bit code per weight ``w = s * 2^p``,
 
     code = sign_bit << (N - 1) | exponent        sign_bit = 1 for s = -1, exponent p in [0, 2^(N-1) - 1]
 

@@ -3,7 +3,7 @@
 A DenseShift weight is ``w = s * 2^p`` (s = -1 where ``sign_bit`` is 1, p = ``exponent``), so
 
     y[m, n] = sum_k s[n, k] * (x[m, k] << p[n, k])
-            = sum_p ( sum_{k: p[n,k] = p} s[n, k] * x[m, k] ) << p        (METHODS.md section 5)
+            = sum_p ( sum_{k: p[n,k] = p} s[n, k] * x[m, k] ) << p        (docs/methods.md section 5.7)
 
 ``shift_matmul`` computes the second line literally: per exponent value a +-1 sum (selected
 additions and subtractions), then one left shift. ``decoded_matmul`` decodes the codes to int8 and
