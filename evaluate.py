@@ -1,4 +1,4 @@
-"""Re-evaluate a checkpoint: `python evaluate.py ckpt=<run>/checkpoints/best.ckpt data=ptb` (README "Evaluating").
+"""Re-evaluate a checkpoint: `python evaluate.py ckpt=<run>/checkpoints/best.ckpt data=ptb` (docs/training.md).
 
 Writes metrics.json (the same fields as train.py's) into outputs/evals/<data>/<time>/.
 """

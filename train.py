@@ -1,4 +1,4 @@
-"""Train a model: `python train.py task=lm quant=float model=small data=ptb` (README "Training").
+"""Train a model: `python train.py task=lm quant=float model=small data=ptb` (docs/training.md).
 
 Writes a run directory (app/runs.py): config.yaml, checkpoints/{best,last}.ckpt, epochs.jsonl,
 tensorboard/, metrics.json. `ckpt_path=<run>/checkpoints/last.ckpt` resumes that run in place.

@@ -1,4 +1,4 @@
-"""Text for a token-level language model that the ASR beam search can fuse (README "Speech recognition").
+"""Text for a token-level language model that the ASR beam search can fuse (docs/asr.md).
 
     python data_scripts/prepare_asr_lm.py        # after synthesize_corpus.py and prepare_asr.py, ~5 s
 

@@ -17,7 +17,7 @@ named variants), each speaker with its own base pitch and speed, jittered per ut
 (kal16, slt, awb, each also at a second target pitch, and rms); festival's kal and ked diphone voices at
 several target pitches and its HTS slt voice; train shares espeak 0.7 / flite 0.18 / festival 0.12 (the
 default 11,400 keeps the 8,000-odd espeak utterances of the earlier 10,000-utterance default and adds the
-other voices on top: README "Speech recognition"). Whole espeak variants and the flite voice rms are held out:
+other voices on top: docs/asr.md). Whole espeak variants and the flite voice rms are held out:
 valid and test speakers never occur in train. Each split draws from its own seeded generator, so changing
 the train voices or shares leaves the valid and test utterances as they were (bar digit / yes-no strings,
 which avoid the train ones).
