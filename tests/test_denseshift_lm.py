@@ -184,6 +184,12 @@ def test_a_packed_checkpoint_whose_stored_bit_width_does_not_match_its_codes_is_
         meta = json.loads(f.metadata()[METADATA_KEY])
     meta["model"]["lstm"]["layers"][0][0]["w_hh"]["bits"] = stored_bits  # 3-bit codes, metadata says otherwise
     save_file(load_file(str(path)), str(path), metadata={METADATA_KEY: json.dumps(meta)})
+    with pytest.raises(IntegerCheckpointError, match="does not match its sha256 digest") as error:
+        load_integer_checkpoint(path)  # version 2: the edit is found by the metadata digest
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+    meta["version"] = 1  # a version 1 file (no digests) with the same edit: the codes themselves refuse it
+    del meta["sha256"]
+    save_file(load_file(str(path)), str(path), metadata={METADATA_KEY: json.dumps(meta)})
     with pytest.raises(IntegerCheckpointError, match=rf"model.lstm.layers.0.0.w_hh \(ShiftCodes\): .*{stored_bits} bits") as error:
         load_integer_checkpoint(path)
     assert str(path) in str(error.value) and "\n" not in str(error.value)

@@ -45,7 +45,7 @@ def test_integer_checkpoint_describes_every_tensor(qat_model, tmp_path):
         meta = json.loads(f.metadata()["qrnn_speech"])
         keys = set(f.keys())
         dtypes = {k: f.get_tensor(k).dtype for k in keys}
-    assert meta["format"] == "qrnn-speech-integer" and meta["version"] == 1
+    assert meta["format"] == "qrnn-speech-integer" and meta["version"] == 2 and set(meta["sha256"]) == keys | {"__metadata__"}
     assert all(not d.is_floating_point for d in dtypes.values())
     assert dtypes["model.embedding.w_q"] == torch.int8
     decoder = meta["model"]["decoder"]

@@ -1,18 +1,23 @@
 """The integer checkpoint: safetensors tensors + a JSON tree describing every engine object.
 
-File layout (format ``qrnn-speech-integer``, version 1):
+File layout (format ``qrnn-speech-integer``, version 2; version 1 is the same without the digests):
 - tensors: every integer tensor of the engine objects, stored in the narrowest integer dtype that
   holds its values (weights int8, multipliers int16, exponents int8, biases int32, ...); DenseShift
   weights as packed N-bit codes (``ShiftCodes``: uint8, 3-bit: 8 weights in 3 bytes);
 - metadata ``qrnn_speech``: JSON with ``format``, ``version``, ``kind`` (e.g. ``lm``), ``model``
   (a tree: each node names its engine class and holds its integer fields, fixed-point formats
   ``*_frac`` and references ``{"tensor": name, "dtype": original dtype}``), ``vocab`` and ``info``
-  (free-form provenance: quant config, source checkpoint, bit widths).
-Loading needs only torch and safetensors. Writes are atomic (temporary file, then rename).
+  (free-form provenance: quant config, source checkpoint, bit widths), and ``sha256``: the SHA-256 of every
+  tensor's stored bytes by tensor name, and under ``__metadata__`` the SHA-256 of the canonical JSON
+  (sorted keys, no spaces, ASCII) of the rest of the metadata, so that any byte changed in place is found.
+Loading needs only torch and safetensors; every malformed file is refused with one IntegerCheckpointError line
+that names the file and the fix, never another exception or a silent load (tests/test_integer_checkpoint.py
+fuzzes it). Writes are atomic (temporary file, then rename).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -32,8 +37,13 @@ from app.engine.packing import ShiftCodes
 from app.engine.pwl import PWLTable
 
 FORMAT = "qrnn-speech-integer"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 files carry no digests: they load unverified
 METADATA_KEY = "qrnn_speech"
+DIGESTS_KEY = "sha256"
+METADATA_DIGEST = "__metadata__"
+INTEGER_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "bool"}
+EXPORT_HINT = "export it again from its QAT run (train.py quant=irnn or quant=irnn_denseshift writes <run>/model.int.safetensors)"
 _CLASSES = {
     cls.__name__: cls
     for cls in (
@@ -56,6 +66,19 @@ _NARROW = (torch.int8, torch.int16, torch.int32, torch.int64)
 
 class IntegerCheckpointError(ValueError):
     pass
+
+
+def canonical_json(value: Any) -> bytes:
+    """The bytes the metadata digest covers (the C runtime serializes its parsed copy the same way)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _metadata_digest(meta: dict) -> str:
+    return hashlib.sha256(canonical_json({k: v for k, v in meta.items() if k != DIGESTS_KEY})).hexdigest()
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()  # the bytes safetensors stores
 
 
 def _narrowest(t: torch.Tensor) -> torch.Tensor:
@@ -101,9 +124,16 @@ def _unpack(node: Any, tensors: dict[str, torch.Tensor], prefix: str = "model") 
     if isinstance(node, list):
         return [_unpack(v, tensors, f"{prefix}.{i}") for i, v in enumerate(node)]
     if isinstance(node, dict) and "tensor" in node:
-        if node["tensor"] not in tensors:
-            raise IntegerCheckpointError(f"tensor {node['tensor']} is missing from the file")
-        return tensors[node["tensor"]].to(getattr(torch, node["dtype"]))
+        if node.get("tensor") not in tensors:
+            raise IntegerCheckpointError(f"tensor {node.get('tensor')} of {prefix} is missing from the file")
+        if node.get("dtype") not in INTEGER_DTYPES:
+            raise IntegerCheckpointError(f"{prefix} declares dtype {node.get('dtype')!r}, not an integer dtype")
+        stored, dtype = tensors[node["tensor"]], getattr(torch, node["dtype"])
+        if stored.numel() and dtype != torch.bool:
+            info = torch.iinfo(dtype)
+            if int(stored.min()) < info.min or int(stored.max()) > info.max:
+                raise IntegerCheckpointError(f"{prefix} holds values outside its declared dtype {node['dtype']}")
+        return stored.to(dtype)
     if isinstance(node, dict) and "class" in node:
         cls = _CLASSES.get(node["class"])
         if cls is None:
@@ -111,8 +141,8 @@ def _unpack(node: Any, tensors: dict[str, torch.Tensor], prefix: str = "model") 
         fields = {k: _unpack(v, tensors, f"{prefix}.{k}") for k, v in node.items() if k != "class"}
         try:
             return cls(**fields)
-        except (TypeError, ValueError) as exc:  # inconsistent fields, e.g. packed codes of another bit width
-            raise IntegerCheckpointError(f"{prefix} ({node['class']}): {exc}") from None
+        except Exception as exc:  # missing or inconsistent fields, e.g. packed codes of another bit width
+            raise IntegerCheckpointError(f"{prefix} ({node['class']}): {type(exc).__name__}: {exc}") from None
     return node
 
 
@@ -123,6 +153,7 @@ def save_integer_checkpoint(path: str | Path, model: Any, kind: str, vocab: list
         model = dataclasses.replace(model, vocab=[])  # the vocabulary is stored once, under "vocab"
     tree = _pack(model, "model", tensors)
     meta = {"format": FORMAT, "version": VERSION, "kind": kind, "model": tree, "vocab": vocab, "info": info}
+    meta[DIGESTS_KEY] = {name: _tensor_digest(t) for name, t in tensors.items()} | {METADATA_DIGEST: _metadata_digest(meta)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -136,43 +167,98 @@ def save_integer_checkpoint(path: str | Path, model: Any, kind: str, vocab: list
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+def _fail(path: Path, problem: str, fix: str = EXPORT_HINT) -> IntegerCheckpointError:
+    return IntegerCheckpointError(f"{path}: {problem}; {fix}".replace("\n", " "))
+
+
 def read_metadata(path: str | Path) -> dict:
+    """The checked ``qrnn_speech`` metadata of an integer checkpoint (format, version, keys, metadata digest)."""
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise _fail(path, "is a directory, not an integer checkpoint file", "pass <run>/model.int.safetensors")
     if not path.is_file():
-        raise IntegerCheckpointError(f"integer checkpoint {path} does not exist")
+        raise _fail(path, "integer checkpoint does not exist", "pass <run>/model.int.safetensors of a quant=irnn run")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(METADATA_KEY)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise IntegerCheckpointError(
-            f"{path} is not an integer checkpoint (not a readable safetensors file: {exc}); "
-            "export one with train.py quant=irnn or python -m app.export"
-        ) from None
+    except Exception as exc:  # safetensors raises several types on damaged headers; the file is refused either way
+        raise _fail(path, f"not an integer checkpoint: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
     if raw is None:
-        raise IntegerCheckpointError(f"{path} is a safetensors file without {FORMAT} metadata: not an integer checkpoint")
-    meta = json.loads(raw)
+        raise _fail(path, f"a safetensors file without {FORMAT} metadata: not an integer checkpoint")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise _fail(path, f"its {METADATA_KEY} metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise _fail(path, f"its {METADATA_KEY} metadata is not a JSON object")
     if meta.get("format") != FORMAT:
-        raise IntegerCheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    if meta.get("version") != VERSION:
-        raise IntegerCheckpointError(f"{path} is {FORMAT} version {meta.get('version')}; this engine reads version {VERSION}")
+        raise _fail(path, f"has format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("version") not in READABLE_VERSIONS:
+        raise _fail(path, f"is {FORMAT} version {meta.get('version')!r}; this engine reads versions {READABLE_VERSIONS}")
+    for key, kind in (("kind", str), ("model", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise _fail(path, f"its metadata has no {key} {kind.__name__}")
+    if meta["version"] >= 2:
+        digests = meta.get(DIGESTS_KEY)
+        if not isinstance(digests, dict) or not isinstance(digests.get(METADATA_DIGEST), str):
+            raise _fail(path, "its metadata has no sha256 digests")
+        if digests[METADATA_DIGEST] != _metadata_digest(meta):
+            raise _fail(path, "its metadata does not match its sha256 digest (the file was changed after export)")
     return meta
+
+
+def _check_tensors(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Integer dtypes only, and (version 2) every tensor's bytes equal to its digest."""
+    for name, t in tensors.items():
+        if t.is_floating_point() or t.is_complex():
+            raise _fail(path, f"tensor {name} is {t.dtype}: integer checkpoints hold integers only")
+    if meta["version"] < 2:
+        return
+    digests = meta[DIGESTS_KEY]
+    for name in sorted(set(digests) - {METADATA_DIGEST} - set(tensors)):
+        raise _fail(path, f"tensor {name} is missing from the file")
+    for name, t in tensors.items():
+        if digests.get(name) != _tensor_digest(t):
+            raise _fail(path, f"tensor {name} does not match its sha256 digest (the file was changed or damaged)")
+
+
+def _smoke_run(model: Any) -> None:
+    """One tiny step, so that shapes or formats that do not fit together are found at load, not later."""
+    with torch.inference_mode():
+        if isinstance(model, IntegerLanguageModel):
+            model(torch.zeros(1, 1, dtype=torch.int64))
+        elif isinstance(model, IntegerASRModel):
+            feats = torch.zeros(1, 3, model.conv[0].w_q.shape[1] // 3, dtype=torch.int8)
+            memory = model.encode(feats, torch.tensor([3]))
+            model.decode_step(torch.zeros(1, dtype=torch.int64), model.init_state(1), memory)
+            if model.ctc is not None:
+                model.ctc_logits(memory)
+        else:
+            raise IntegerCheckpointError(f"the model is a {type(model).__name__}, not an integer LM or ASR model")
 
 
 def load_integer_checkpoint(path: str | Path) -> tuple[Any, dict]:
     """Return (engine object, metadata). Raises IntegerCheckpointError with one clear line on bad files."""
+    path = Path(path)
     meta = read_metadata(path)
     try:
         tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise IntegerCheckpointError(f"{path} is damaged (tensors unreadable: {exc}); export it again") from None
+    except Exception as exc:  # as in read_metadata
+        raise _fail(path, f"its tensors are unreadable ({type(exc).__name__}: {exc})") from None
+    _check_tensors(path, meta, tensors)
     try:
         model = _unpack(meta["model"], tensors)
+        if isinstance(model, IntegerLanguageModel) and meta.get("vocab") is not None:
+            if not isinstance(meta["vocab"], list) or len(meta["vocab"]) != model.embedding.table.shape[0]:
+                raise IntegerCheckpointError("its vocabulary does not match the embedding's rows")
+            model.vocab = meta["vocab"]
+        _smoke_run(model)
     except IntegerCheckpointError as exc:
-        raise IntegerCheckpointError(f"{path} is inconsistent: {exc}") from None
-    if isinstance(model, IntegerLanguageModel) and meta.get("vocab") is not None:
-        model.vocab = meta["vocab"]
+        raise _fail(path, f"inconsistent: {exc}") from None
+    except Exception as exc:  # wrong shapes, missing fields, values out of range: one line, never a traceback
+        raise _fail(path, f"inconsistent: its model does not run ({type(exc).__name__}: {exc})") from None
     return model, meta
 
 

@@ -11,12 +11,21 @@ class FloatOperationError(RuntimeError):
 
 
 class IntegerOnlyGuard(TorchDispatchMode):
-    """Raise on every aten op that takes or produces a floating-point (or complex) tensor.
+    """Raise on every op that takes or produces a floating-point (or complex) tensor.
 
     Tensor creation counts (``torch.tensor(1.0)`` dispatches an op whose output is float), and so
     does a Python float mixed into an integer op (its result is a float tensor). ``ops`` counts the
     integer ops seen, so a test can also check that the guarded code ran at all.
+
+    A registered op outside aten is a black box to a dispatch mode: its inside could compute in float with
+    integer inputs and outputs. So only the vetted ones pass (``INTEGER_KERNELS``: the C kernels on the CPU,
+    whose sources and compiled code tests/test_native.py checks for floating point); any other, and a vetted
+    op on a GPU (its CUDA form is a float64 GEMM), is refused. What the guard cannot see is Python float
+    arithmetic on numbers taken out of tensors (``.item()``): no engine code does that (review), and the
+    same integers from the C runtime (tests/test_native.py) cross-check the torch-op path.
     """
+
+    INTEGER_KERNELS = frozenset({"qrnn::int8_gemm_nt", "qrnn::tiled_matmul"})
 
     def __init__(self):
         super().__init__()
@@ -26,6 +35,12 @@ class IntegerOnlyGuard(TorchDispatchMode):
         kwargs = kwargs or {}
         for leaf in tree_leaves((args, kwargs)):
             self._check(func, leaf, "input")
+        if func.namespace not in ("aten", "prim", "prims"):
+            name = func._schema.name
+            if name not in self.INTEGER_KERNELS:
+                raise FloatOperationError(f"{name} is not a vetted integer kernel: the guard cannot see inside it")
+            if any(isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in tree_leaves((args, kwargs))):
+                raise FloatOperationError(f"{name} off the CPU computes through a float64 GEMM")
         out = func(*args, **kwargs)
         for leaf in tree_leaves(out):
             self._check(func, leaf, "output")

@@ -355,6 +355,111 @@ static int fail_file(qrnn_file *f, const char *path, const char *what) {
     return -1;
 }
 
+/* ---- canonical JSON: json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True) ------- */
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+    int failed;
+} strbuf;
+
+static void put(strbuf *b, const char *s, size_t n) {
+    if (b->failed) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *grown = realloc(b->data, cap);
+        if (!grown) {
+            b->failed = 1;
+            return;
+        }
+        b->data = grown, b->cap = cap;
+    }
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+}
+
+static void put_escape(strbuf *b, unsigned cp) {
+    char tmp[16];
+    snprintf(tmp, sizeof tmp, "\\u%04x", cp);
+    put(b, tmp, 6);
+}
+
+static void put_string(strbuf *b, const char *s) {
+    put(b, "\"", 1);
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        unsigned cp = *p, extra = 0;
+        if (cp >= 0xF0) cp &= 0x07, extra = 3;
+        else if (cp >= 0xE0) cp &= 0x0F, extra = 2;
+        else if (cp >= 0xC0) cp &= 0x1F, extra = 1;
+        ++p;
+        for (unsigned i = 0; i < extra && *p; ++i, ++p) cp = (cp << 6) | (*p & 0x3F);
+        const char *short_escape = cp == '"' ? "\\\"" : cp == '\\' ? "\\\\" : cp == '\n' ? "\\n" : cp == '\r' ? "\\r"
+                                 : cp == '\t' ? "\\t" : cp == '\b' ? "\\b" : cp == '\f' ? "\\f" : NULL;
+        if (short_escape) put(b, short_escape, 2);
+        else if (cp >= 0x20 && cp < 0x7F) {
+            char c = (char)cp;
+            put(b, &c, 1);
+        } else if (cp >= 0x10000) { /* a surrogate pair, as Python writes it */
+            cp -= 0x10000;
+            put_escape(b, 0xD800 + (cp >> 10));
+            put_escape(b, 0xDC00 + (cp & 0x3FF));
+        } else {
+            put_escape(b, cp);
+        }
+    }
+    put(b, "\"", 1);
+}
+
+static void put_canonical(strbuf *b, const qjson *v) {
+    switch (v->type) {
+    case QJ_NULL: put(b, "null", 4); break;
+    case QJ_BOOL: v->boolean ? put(b, "true", 4) : put(b, "false", 5); break;
+    case QJ_NUMBER: put(b, v->str, strlen(v->str)); break; /* integers: as written; the tree holds no floats */
+    case QJ_STRING: put_string(b, v->str); break;
+    case QJ_ARRAY:
+        put(b, "[", 1);
+        for (int i = 0; i < v->count; ++i) {
+            if (i) put(b, ",", 1);
+            put_canonical(b, &v->items[i]);
+        }
+        put(b, "]", 1);
+        break;
+    default: { /* objects: keys in code point order, which is UTF-8 byte order */
+        int *order = malloc((size_t)(v->count ? v->count : 1) * sizeof(int));
+        if (!order) {
+            b->failed = 1;
+            return;
+        }
+        for (int i = 0; i < v->count; ++i) order[i] = i;
+        for (int i = 1; i < v->count; ++i)
+            for (int j = i; j > 0 && strcmp(v->keys[order[j - 1]], v->keys[order[j]]) > 0; --j) {
+                int t = order[j];
+                order[j] = order[j - 1], order[j - 1] = t;
+            }
+        put(b, "{", 1);
+        for (int i = 0; i < v->count; ++i) {
+            if (i) put(b, ",", 1);
+            put_string(b, v->keys[order[i]]);
+            put(b, ":", 1);
+            put_canonical(b, &v->items[order[i]]);
+        }
+        put(b, "}", 1);
+        free(order);
+    }
+    }
+}
+
+static int hex_equal(const char *hex, const uint8_t digest[32]) {
+    if (strlen(hex) != 64) return 0;
+    for (int b = 0; b < 32; ++b) {
+        int hi = hexval(hex[2 * b]), lo = hexval(hex[2 * b + 1]);
+        if (hi < 0 || lo < 0 || (hi << 4 | lo) != digest[b]) return 0;
+    }
+    return 1;
+}
+
 static int check_digests(qrnn_file *f, const char *path) {
     const qjson *digests = qjson_get(f->meta, "sha256");
     const qjson *version = qjson_get(f->meta, "version");
@@ -363,6 +468,30 @@ static int check_digests(qrnn_file *f, const char *path) {
         return 0; /* version 1 files carry none */
     }
     if (digests->type != QJ_OBJECT) return fail_file(f, path, "metadata sha256 is not an object");
+    const qjson *meta_digest = qjson_get(digests, "__metadata__");
+    if (!meta_digest || meta_digest->type != QJ_STRING) return fail_file(f, path, "metadata has no __metadata__ digest");
+    qjson covered = *f->meta; /* every metadata key but the digests themselves */
+    covered.items = malloc((size_t)f->meta->count * sizeof(qjson));
+    covered.keys = malloc((size_t)f->meta->count * sizeof(char *));
+    covered.count = 0;
+    if (!covered.items || !covered.keys) {
+        free(covered.items), free(covered.keys);
+        return fail_file(f, path, "out of memory checking the metadata digest");
+    }
+    for (int i = 0; i < f->meta->count; ++i)
+        if (strcmp(f->meta->keys[i], "sha256")) {
+            covered.items[covered.count] = f->meta->items[i];
+            covered.keys[covered.count++] = f->meta->keys[i];
+        }
+    strbuf text = {0};
+    put_canonical(&text, &covered);
+    free(covered.items), free(covered.keys);
+    uint8_t got[32];
+    if (!text.failed) qrnn_sha256((const uint8_t *)text.data, text.len, got);
+    free(text.data);
+    if (text.failed) return fail_file(f, path, "out of memory checking the metadata digest");
+    if (!hex_equal(meta_digest->str, got))
+        return fail_file(f, path, "metadata does not match its sha256 digest (the file was changed after export)");
     for (int i = 0; i < f->count; ++i) {
         const qjson *want = qjson_get(digests, f->tensors[i].name);
         if (!want || want->type != QJ_STRING || strlen(want->str) != 64) {
@@ -372,14 +501,11 @@ static int check_digests(qrnn_file *f, const char *path) {
         }
         uint8_t got[32];
         qrnn_sha256(f->tensors[i].data, f->tensors[i].nbytes, got);
-        for (int b = 0; b < 32; ++b) {
-            int hi = hexval(want->str[2 * b]), lo = hexval(want->str[2 * b + 1]);
-            if (hi < 0 || lo < 0 || (hi << 4 | lo) != got[b]) {
-                char msg[300];
-                snprintf(msg, sizeof msg, "tensor %.200s does not match its sha256 digest (the file was changed or damaged)",
-                         f->tensors[i].name);
-                return fail_file(f, path, msg);
-            }
+        if (!hex_equal(want->str, got)) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "tensor %.200s does not match its sha256 digest (the file was changed or damaged)",
+                     f->tensors[i].name);
+            return fail_file(f, path, msg);
         }
     }
     return 0;

@@ -227,7 +227,7 @@ QRNN_AVX2 static void avx2_rows(const qrnn_weight *w, const int8_t *x, int64_t l
                                 int32_t *acc, int64_t ldacc) {
     const int64_t steps = w->kp / TILE_COLS;
     const __m256i ones = _mm256_set1_epi16(1);
-    for (int r = r0; r < r1; r += 8) { /* half tiles: 8 rows */
+    for (int r = r0; r < r1; r += 8) { /* half tiles: 8 rows, every activation row against each while in L1 */
         const int64_t tile0 = (int64_t)(r / TILE_ROWS) * steps;
         const int half = (r % TILE_ROWS) / 8;
         for (int i0 = 0; i0 < m; i0 += MAX_ROWS_AT_ONCE) {
@@ -318,20 +318,25 @@ QRNN_VNNI static void vnni_row(const qrnn_weight *w, const int8_t *x, int r0, in
 QRNN_VNNI static void vnni_rows(const qrnn_weight *w, const int8_t *x, int64_t ldx, int m, int r0, int r1,
                                 int32_t *acc, int64_t ldacc) {
     const int64_t steps = w->kp / TILE_COLS;
-    int32_t x_sum[MAX_ROWS_AT_ONCE];
-    for (int i0 = 0; i0 < m; i0 += MAX_ROWS_AT_ONCE) {
-        const int mi = m - i0 < MAX_ROWS_AT_ONCE ? m - i0 : MAX_ROWS_AT_ONCE;
-        for (int i = 0; i < mi; ++i) { /* padding columns of x are zero, so sum over kp */
-            int32_t s = 0;
-            for (int64_t c = 0; c < w->kp; ++c) s += x[(i0 + i) * ldx + c];
-            x_sum[i] = 128 * s;
-        }
-        if (mi == 1) {
-            vnni_row(w, x + i0 * ldx, r0, r1, acc + i0 * ldacc, x_sum[0]);
-            continue;
-        }
-        for (int r = r0; r < r1; r += TILE_ROWS) {
-            const int64_t tile0 = (int64_t)(r / TILE_ROWS) * steps;
+    int32_t stack_sums[64], *x_sum = m <= 64 ? stack_sums : malloc((size_t)m * sizeof(int32_t));
+    if (!x_sum) { /* no memory for the row sums: the scalar loop needs none */
+        scalar_rows(w, x, ldx, m, r0, r1, acc, ldacc);
+        return;
+    }
+    for (int i = 0; i < m; ++i) { /* padding columns of x are zero, so sum over kp */
+        int32_t s = 0;
+        for (int64_t c = 0; c < w->kp; ++c) s += x[i * ldx + c];
+        x_sum[i] = 128 * s;
+    }
+    if (m == 1) {
+        vnni_row(w, x, r0, r1, acc, x_sum[0]);
+        return;
+    }
+    /* a row tile at a time, every activation row against it while it sits in L1: weights are read once */
+    for (int r = r0; r < r1; r += TILE_ROWS) {
+        const int64_t tile0 = (int64_t)(r / TILE_ROWS) * steps;
+        for (int i0 = 0; i0 < m; i0 += MAX_ROWS_AT_ONCE) {
+            const int mi = m - i0 < MAX_ROWS_AT_ONCE ? m - i0 : MAX_ROWS_AT_ONCE;
             __m512i s[MAX_ROWS_AT_ONCE];
             for (int i = 0; i < mi; ++i) s[i] = _mm512_setzero_si512();
             for (int64_t kk = 0; kk < steps; ++kk) {
@@ -343,9 +348,10 @@ QRNN_VNNI static void vnni_rows(const qrnn_weight *w, const int8_t *x, int64_t l
                 }
             }
             for (int i = 0; i < mi; ++i)
-                _mm512_storeu_si512(acc + (i0 + i) * ldacc + r, _mm512_sub_epi32(s[i], _mm512_set1_epi32(x_sum[i])));
+                _mm512_storeu_si512(acc + (i0 + i) * ldacc + r, _mm512_sub_epi32(s[i], _mm512_set1_epi32(x_sum[i0 + i])));
         }
     }
+    if (x_sum != stack_sums) free(x_sum);
 }
 #endif /* QRNN_X86 */
 
