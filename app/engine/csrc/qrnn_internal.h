@@ -145,6 +145,8 @@ typedef struct {
     qrnn_ln ln_ih, ln_hh, ln_cell;                /* gamma == NULL: absent */
     int64_t in_frac, h_frac, h_bits, cell_frac;
     const qrnn_acts *acts;
+    /* the requantization parameters in stored row order (no gate layer norm: vectorized requantization) */
+    int64_t *ih_m0_s, *ih_shift_s, *hh_m0_s, *hh_shift_s, *bias_acc_s;
 } qrnn_lstm_dir;
 
 /* IntLinear: y = sat(round((W x + b) * m0 / 2^shift)) at 2^-out_frac, out_bits wide */

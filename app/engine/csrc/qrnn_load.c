@@ -294,6 +294,14 @@ int qrnn_load_dir(qrnn_loader *ld, const qjson *d, const qjson *fmt, int64_t in_
     if (L->ln_hh.gamma && !L->bias_q12) return qrnn_lfail(ld, "lstm", "bias_q12 missing (recurrent layer norm)");
     if (2 * QRNN_PWL_OUT_FRAC - L->cell_frac < 1 || 2 * QRNN_PWL_OUT_FRAC - L->h_frac < 1)
         return qrnn_lfail(ld, "lstm", "cell or hidden grid too fine");
+    int64_t **stored[5] = {&L->ih_m0_s, &L->ih_shift_s, &L->hh_m0_s, &L->hh_shift_s, &L->bias_acc_s};
+    const int64_t *source[5] = {L->ih_m0, L->ih_shift, L->hh_m0, L->hh_shift, L->bias_acc};
+    for (int a = 0; a < 5; ++a) { /* row g * H + u is stored as row 4u + g */
+        if (!source[a]) continue;
+        *stored[a] = malloc((size_t)G * sizeof(int64_t));
+        if (!*stored[a]) return qrnn_lfail(ld, "lstm", "out of memory");
+        for (int64_t j = 0; j < G; ++j) (*stored[a])[4 * (j % H) + j / H] = source[a][j];
+    }
     return 0;
 }
 
@@ -301,6 +309,7 @@ void qrnn_lstm_dir_free(qrnn_lstm_dir *L) {
     qrnn_weight_free(&L->w_ih);
     qrnn_weight_free(&L->w_hh);
     free(L->ih_m0), free(L->ih_shift), free(L->hh_m0), free(L->hh_shift), free(L->bias_acc), free(L->bias_q12);
+    free(L->ih_m0_s), free(L->ih_shift_s), free(L->hh_m0_s), free(L->hh_shift_s), free(L->bias_acc_s);
     qrnn_ln *lns[3] = {&L->ln_ih, &L->ln_hh, &L->ln_cell};
     for (int i = 0; i < 3; ++i) free(lns[i]->gamma), free(lns[i]->beta);
     memset(L, 0, sizeof *L);

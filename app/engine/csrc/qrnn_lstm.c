@@ -83,6 +83,34 @@ void qrnn_lstm_step(const qrnn_lstm_dir *L, int isa, qrnn_lstm_io *io, int u0, i
     if (u0 < u1) {
         if (io->x) qrnn_matmul_rows(&L->w_ih, isa, io->x, io->ldx, B, 4 * u0, 4 * u1, io->acc_x, GP);
         qrnn_matmul_rows(&L->w_hh, isa, io->h_in, io->ldh, B, 4 * u0, 4 * u1, io->acc_h, GP);
+    }
+    if (!ln_x && !ln_h) { /* requantize in place, in stored order (vector code), then gates and cells per unit */
+        for (int b = 0; b < B && u0 < u1; ++b) {
+            int32_t *ax = io->acc_x + (int64_t)b * GP, *ah = io->acc_h + (int64_t)b * GP;
+            qrnn_requantize_rows(isa, ax, L->bias_acc_s, L->ih_m0_s, L->ih_shift_s, INT32_MIN, INT32_MAX, 4 * u0, 4 * u1, ax);
+            qrnn_requantize_rows(isa, ah, NULL, L->hh_m0_s, L->hh_shift_s, INT32_MIN, INT32_MAX, 4 * u0, 4 * u1, ah);
+            int64_t *cb = io->c + (int64_t)b * H;
+            int8_t *hb = io->h_out + (int64_t)b * io->ldh;
+            for (int k = u0; k < u1; ++k) {
+                int64_t gate[4];
+                for (int g = 0; g < 4; ++g) gate[g] = qrnn_clamp((int64_t)ax[4 * k + g] + ah[4 * k + g], -32768, 32767);
+                int64_t ig = qrnn_lut_get(&a->sig, gate[0]), fg = qrnn_lut_get(&a->sig, gate[1]);
+                int64_t gg = qrnn_lut_get(&a->tanh_gate, gate[2]), og = qrnn_lut_get(&a->sig, gate[3]);
+                int64_t cn = qrnn_clamp(qrnn_round_shift(fg * cb[k], QRNN_PWL_OUT_FRAC) +
+                                            qrnn_round_shift(ig * gg, 2 * QRNN_PWL_OUT_FRAC - L->cell_frac),
+                                        -32768, 32767);
+                cb[k] = cn;
+                if (ln_c) {
+                    io->o_gate[(int64_t)b * H + k] = og;
+                    continue;
+                }
+                hb[k] = (int8_t)qrnn_clamp(qrnn_round_shift(og * qrnn_lut_get(&a->tanh_cell, cn), 2 * QRNN_PWL_OUT_FRAC - L->h_frac),
+                                           h_lo, h_hi);
+            }
+        }
+        goto cell_norm;
+    }
+    if (u0 < u1) {
         /* requantized projections: Q3.12, saturated to int16 before a layer norm, to int32 otherwise */
         for (int b = 0; b < B; ++b)
             for (int k = u0; k < u1; ++k)
@@ -129,6 +157,7 @@ void qrnn_lstm_step(const qrnn_lstm_dir *L, int isa, qrnn_lstm_io *io, int u0, i
             hb[k] = (int8_t)qrnn_clamp(qrnn_round_shift(og * t, 2 * QRNN_PWL_OUT_FRAC - L->h_frac), h_lo, h_hi);
         }
     }
+cell_norm:
     if (ln_c) { /* tanh of the layer-normed cell (over all H units): wait for every thread's cells */
         barrier(pool);
         for (int b = 0; b < B && u0 < u1; ++b) {
