@@ -47,6 +47,7 @@ DENSESHIFT_BITS = 3  # the 3-bit codes {+-1, +-2, +-4, +-8} of quant=irnn_denses
 FLOAT, DYNAMIC = "torch float nn.LSTM", "torch quantize_dynamic int8"
 ORT_FLOAT, ORT_INT8 = "ONNX Runtime float", "ONNX Runtime int8"
 IRNN, IRNN_TORCH = "integer engine", "integer engine (torch ops)"
+IRNN_AVX2 = "integer engine (AVX2 kernels)"  # what a CPU without AVX-512 VNNI runs (this one picks VNNI)
 PACKED, INT8_DECODE = "DenseShift packed 3-bit", "DenseShift int8 decode"
 FLOAT_METHODS = (FLOAT, ORT_FLOAT)
 # DenseShift rows also carry {"weight_bits": 3, "weight_path": ...}: how the runtime reads the codes
@@ -126,7 +127,9 @@ def _models(size: str, hidden: int, threads: list[int], calibration: torch.Tenso
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dynamic = torch.ao.quantization.quantize_dynamic(PlainLM(qat), {nn.LSTM, nn.Linear}, dtype=torch.qint8).eval()
-    onednn = _faster_onednn(plain, calibration[:1, :8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onednn = _faster_onednn(plain, calibration[:1, :8])
     notes = {"torch_onednn": "on" if onednn else "off"}
     models = {}
     for n in threads:
@@ -136,6 +139,8 @@ def _models(size: str, hidden: int, threads: list[int], calibration: torch.Tenso
         models[ORT_FLOAT, n], models[ORT_INT8, n] = ort[ORT_FLOAT], ort[ORT_INT8]
         notes["ort_int8_op_types"] = onnx_peers.op_types(ort[ORT_INT8])
         models[IRNN, n] = NativeLanguageModel(paths["irnn"], threads=n)
+        if models[IRNN, n].isa == "avx512vnni":
+            models[IRNN_AVX2, n] = NativeLanguageModel(paths["irnn"], threads=n, isa="avx2")
         models[PACKED, n] = NativeLanguageModel(paths["denseshift"], threads=n, shift="packed")
         models[INT8_DECODE, n] = NativeLanguageModel(paths["denseshift"], threads=n, shift="int8")
         if size in SLOW_METHODS[IRNN_TORCH]:
@@ -179,7 +184,8 @@ def bench_engine(sizes: list[str], threads: list[int], rounds: int, out: Path) -
                 tokens = torch.randint(0, VOCAB, (batch, steps))
                 fns = {key: _run_steps(model, tokens) for key, model in models.items()}
                 per_round = {key: [] for key in fns}
-                with torch.inference_mode():
+                with torch.inference_mode(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # torch's note on TF32 with oneDNN, which does not apply to a CPU
                     for _ in range(rounds):
                         for key, fn in fns.items():
                             time.sleep(0.02)
