@@ -11,7 +11,8 @@
         Needs the bench extra: pip install -e '.[bench]'.
     python -m app.bench asr [--seconds 2.0] [--threads 1 2]
         speech recognition latency of one utterance (encoder + a fixed number of greedy decoder steps) for the
-        float model=small recognizer (oneDNN on and off) and its integer engine (iRNN) in C and with torch ops.
+        float model=small recognizer (torch with oneDNN on and off, ONNX Runtime) and its integer engine (iRNN)
+        in C and with torch ops.
     python -m app.bench train [--size small]
         training tokens/s of the float model and the irnn QAT model of the same configuration.
 
@@ -29,6 +30,7 @@ import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -273,8 +275,9 @@ ASR_TOKENS = 15  # decoder steps per utterance (about a 6-word synthetic sentenc
 
 def bench_asr(seconds: float, threads: list[int], rounds: int, out: Path) -> dict:
     """One utterance of ``seconds`` (random unit-variance fbank-like features: the cost does not depend on
-    the values): encode it, then ASR_TOKENS greedy steps; float model=small (oneDNN on and off) vs its integer
-    engine in C (app.engine.native: encoder and greedy search) and with torch ops, 1 and 2 threads."""
+    the values): encode it, then ASR_TOKENS greedy steps; float model=small (torch with oneDNN on and off, and
+    ONNX Runtime) vs its integer engine in C (app.engine.native: encoder and greedy search) and with torch ops,
+    1 and 2 threads."""
     from omegaconf import OmegaConf
 
     from app.engine.native import NativeASRModel
@@ -316,6 +319,15 @@ def bench_asr(seconds: float, threads: list[int], rounds: int, out: Path) -> dic
                 tokens = logits.argmax(-1)
         return fn
 
+    def ort_fn(asr):
+        def fn():
+            encoded = asr.encode(feats, lengths)
+            tokens, state = np.array([2]), None
+            for _ in range(ASR_TOKENS):
+                logits, state = asr.decode_step(tokens, state, encoded.memory)
+                tokens = logits.argmax(-1)
+        return fn
+
     def native_fn(native):
         def fn():
             native.greedy(native.encode(feats_q), 2, -1, ASR_TOKENS)  # eos -1: always ASR_TOKENS steps
@@ -323,11 +335,17 @@ def bench_asr(seconds: float, threads: list[int], rounds: int, out: Path) -> dic
 
     fns = {}
     with tempfile.TemporaryDirectory() as tmp:
+        from app import onnx_peers
+
         path = Path(tmp) / "asr.int.safetensors"
         save_integer_checkpoint(path, engine, "asr", None, {})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation note
+            onnx_files = onnx_peers.asr_onnx_files(models["float"], Path(tmp) / "onnx")
         for n in threads:
             for onednn in (True, False):
                 fns[f"{FLOAT} (oneDNN {'on' if onednn else 'off'})", n] = float_fn(n, onednn)
+            fns[ORT_FLOAT, n] = ort_fn(onnx_peers.OrtASR(*onnx_files, threads=n))
             fns[IRNN, n] = native_fn(NativeASRModel(path, threads=n))
             fns[IRNN_TORCH, n] = torch_ops_fn(n)
     per_round = {key: [] for key in fns}
@@ -340,7 +358,7 @@ def bench_asr(seconds: float, threads: list[int], rounds: int, out: Path) -> dic
                 time.sleep(0.02)
                 per_round[key].append(_time(fn, 0.5))
     seconds_of = {key: statistics.median(times) for key, times in per_round.items()}
-    best_float = min(sec for (method, _), sec in seconds_of.items() if method.startswith(FLOAT))
+    best_float = min(sec for (method, _), sec in seconds_of.items() if method.startswith(FLOAT) or method == ORT_FLOAT)
     result = {"machine": machine_text("cpu"), "model": "small", "audio_seconds": seconds, "decoder_steps": ASR_TOKENS, "rows": []}
     for (method, n), sec in seconds_of.items():
         result["rows"].append({"method": method, "threads": n, "latency_ms": 1e3 * sec, "real_time_factor": sec / seconds,
