@@ -104,8 +104,10 @@ def test_the_good_file_loads_in_both_runtimes(good):
     NativeLanguageModel(good)
     version_1 = good.with_name("v1.int.safetensors")
     version_1.write_bytes(edited(good.read_bytes(), lambda m: None, version_1=True))
-    load_integer_checkpoint(version_1)  # version 1 (no digests) still loads, unverified
-    NativeLanguageModel(version_1)
+    with pytest.raises(IntegerCheckpointError, match="version 1, .*export it again") as error:
+        load_integer_checkpoint(version_1)  # the Python loader loads nothing unverified
+    assert "\n" not in str(error.value)
+    NativeLanguageModel(version_1)  # the C runtime still reads version 1 (no digests), unverified
 
 
 def test_every_mutation_is_refused_with_one_line_by_both_loaders(good, tmp_path):

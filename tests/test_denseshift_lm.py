@@ -176,7 +176,7 @@ def test_a_packed_checkpoint_whose_stored_bit_width_does_not_match_its_codes_is_
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from app.engine.checkpoint import METADATA_KEY, IntegerCheckpointError
+    from app.engine.checkpoint import METADATA_DIGEST, METADATA_KEY, IntegerCheckpointError, metadata_digest
 
     path = tmp_path / "model.int.safetensors"
     save_integer_checkpoint(path, irnn_denseshift_lm.export_integer(VOCAB), kind="lm", vocab=VOCAB, info={})
@@ -187,8 +187,7 @@ def test_a_packed_checkpoint_whose_stored_bit_width_does_not_match_its_codes_is_
     with pytest.raises(IntegerCheckpointError, match="does not match its sha256 digest") as error:
         load_integer_checkpoint(path)  # version 2: the edit is found by the metadata digest
     assert str(path) in str(error.value) and "\n" not in str(error.value)
-    meta["version"] = 1  # a version 1 file (no digests) with the same edit: the codes themselves refuse it
-    del meta["sha256"]
+    meta["sha256"][METADATA_DIGEST] = metadata_digest(meta)  # the same edit signed anew: the codes themselves refuse it
     save_file(load_file(str(path)), str(path), metadata={METADATA_KEY: json.dumps(meta)})
     with pytest.raises(IntegerCheckpointError, match=rf"model.lstm.layers.0.0.w_hh \(ShiftCodes\): .*{stored_bits} bits") as error:
         load_integer_checkpoint(path)

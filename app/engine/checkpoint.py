@@ -11,8 +11,9 @@ File layout (format ``qrnn-speech-integer``, version 2; version 1 is the same wi
   tensor's stored bytes by tensor name, and under ``__metadata__`` the SHA-256 of the canonical JSON
   (sorted keys, no spaces, ASCII) of the rest of the metadata, so that any byte changed in place is found.
 Loading needs only torch and safetensors; every malformed file is refused with one IntegerCheckpointError line
-that names the file and the fix, never another exception or a silent load (tests/test_integer_checkpoint.py
-fuzzes it). Writes are atomic (temporary file, then rename).
+that names the file and the fix, never another exception or a silent load (tests/test_checkpoint_fuzz.py and
+tests/test_integer_checkpoint.py fuzz it). Version 1 files (no digests) are refused too: unverified, a flipped
+version digit would switch every check off. Writes are atomic (temporary file, then rename).
 """
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from app.engine.asr import IntegerASRModel
 from app.engine.attention import IntAdditiveAttention
+from app.engine.fixed_point import INT16_MAX, INT16_MIN
 from app.engine.layers import IntEmbedding, IntLinear
 from app.engine.lm import IntegerLanguageModel
 from app.engine.lstm import CellActivations, IntLayerNormParams, IntLSTM, IntLSTMDirection, LSTMFormat
@@ -38,12 +39,13 @@ from app.engine.pwl import PWLTable
 
 FORMAT = "qrnn-speech-integer"
 VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1 files carry no digests: they load unverified
 METADATA_KEY = "qrnn_speech"
 DIGESTS_KEY = "sha256"
 METADATA_DIGEST = "__metadata__"
 INTEGER_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "bool"}
 EXPORT_HINT = "export it again from its QAT run (train.py quant=irnn or quant=irnn_denseshift writes <run>/model.int.safetensors)"
+# there is no standalone export command: train.py exports at the end of a run, through these functions
+REEXPORT_FUNCTIONS = "app.tasks.lm_integer.export_integer_lm / app.tasks.asr_integer.export_integer_asr"
 _CLASSES = {
     cls.__name__: cls
     for cls in (
@@ -73,7 +75,8 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _metadata_digest(meta: dict) -> str:
+def metadata_digest(meta: dict) -> str:
+    """The ``sha256["__metadata__"]`` entry of ``meta``: SHA-256 of the canonical JSON of everything but ``sha256``."""
     return hashlib.sha256(canonical_json({k: v for k, v in meta.items() if k != DIGESTS_KEY})).hexdigest()
 
 
@@ -140,10 +143,58 @@ def _unpack(node: Any, tensors: dict[str, torch.Tensor], prefix: str = "model") 
             raise IntegerCheckpointError(f"unknown engine class {node['class']!r} (written by a newer version?)")
         fields = {k: _unpack(v, tensors, f"{prefix}.{k}") for k, v in node.items() if k != "class"}
         try:
-            return cls(**fields)
+            obj = cls(**fields)
+            _check_layout(obj)
+            return obj
         except Exception as exc:  # missing or inconsistent fields, e.g. packed codes of another bit width
             raise IntegerCheckpointError(f"{prefix} ({node['class']}): {type(exc).__name__}: {exc}") from None
     return node
+
+
+def _expect_shape(name: str, t: Any, shape: tuple[int, ...]) -> None:
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+        found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name} has shape {found}, expected {shape}")
+
+
+def _check_layout(obj: Any) -> None:
+    """The shapes one engine object needs that a smoke run cannot see: a per-channel vector of one entry
+    broadcasts over every channel silently, and a PWL domain beyond int16 would build a huge lookup table."""
+    if isinstance(obj, (IntLinear, IntEmbedding)):
+        if obj.w_q.dim() != 2:
+            raise ValueError(f"w_q has shape {tuple(obj.w_q.shape)}, expected (rows, columns)")
+        for name in ("m0", "exp", "bias_acc"):
+            if getattr(obj, name, None) is not None:
+                _expect_shape(name, getattr(obj, name), (obj.w_q.shape[0],))
+    elif isinstance(obj, IntLSTMDirection):
+        gates, hidden = obj.w_hh.shape[0], obj.w_hh.shape[1] if obj.w_hh.dim() == 2 else -1
+        _expect_shape("w_hh", obj.w_hh, (4 * hidden, hidden))
+        if obj.w_ih.dim() != 2 or obj.w_ih.shape[0] != gates:
+            raise ValueError(f"w_ih has shape {tuple(obj.w_ih.shape)}, expected ({gates}, inputs)")
+        for name in ("w_ih_m0", "w_ih_exp", "w_hh_m0", "w_hh_exp", "bias_acc", "bias_q12"):
+            if getattr(obj, name) is not None:
+                _expect_shape(name, getattr(obj, name), (gates,))
+        if (obj.bias_acc is None) == (obj.ln_ih is None) or (obj.bias_q12 is None) != (obj.ln_ih is None):
+            raise ValueError("needs bias_acc without layer norm, bias_q12 with it")
+        for name, size in (("ln_ih", gates), ("ln_hh", gates), ("ln_cell", hidden)):
+            ln = getattr(obj, name)
+            if (ln is None) != (obj.ln_ih is None):
+                raise ValueError(f"{name} is {'missing' if ln is None else 'present'} while ln_ih is not")
+            if ln is not None:
+                _expect_shape(f"{name}.gamma_q", ln.gamma_q, (size,))
+                _expect_shape(f"{name}.beta_q", ln.beta_q, (size,))
+    elif isinstance(obj, PWLTable):
+        segments = obj.slopes.numel()
+        _expect_shape("slopes", obj.slopes, (segments,))
+        _expect_shape("intercepts", obj.intercepts, (segments,))
+        _expect_shape("boundaries", obj.boundaries, (segments - 1,))
+        if segments < 1 or bool((obj.boundaries[1:] <= obj.boundaries[:-1]).any()):
+            raise ValueError("boundaries must increase strictly, one fewer than the segments")
+        if not INT16_MIN <= obj.in_min <= obj.in_max <= INT16_MAX:
+            raise ValueError(f"domain [{obj.in_min}, {obj.in_max}] is not inside the int16 inputs the engine looks up")
+    elif isinstance(obj, IntLSTM):
+        if not obj.layers or len(obj.formats) != len(obj.layers) or len({len(d) for d in obj.layers}) != 1:
+            raise ValueError(f"{len(obj.layers)} layers need as many formats ({len(obj.formats)}) and equal directions")
 
 
 def save_integer_checkpoint(path: str | Path, model: Any, kind: str, vocab: list[str] | None, info: dict) -> int:
@@ -153,7 +204,7 @@ def save_integer_checkpoint(path: str | Path, model: Any, kind: str, vocab: list
         model = dataclasses.replace(model, vocab=[])  # the vocabulary is stored once, under "vocab"
     tree = _pack(model, "model", tensors)
     meta = {"format": FORMAT, "version": VERSION, "kind": kind, "model": tree, "vocab": vocab, "info": info}
-    meta[DIGESTS_KEY] = {name: _tensor_digest(t) for name, t in tensors.items()} | {METADATA_DIGEST: _metadata_digest(meta)}
+    meta[DIGESTS_KEY] = {name: _tensor_digest(t) for name, t in tensors.items()} | {METADATA_DIGEST: metadata_digest(meta)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -195,27 +246,34 @@ def read_metadata(path: str | Path) -> dict:
         raise _fail(path, f"its {METADATA_KEY} metadata is not a JSON object")
     if meta.get("format") != FORMAT:
         raise _fail(path, f"has format {meta.get('format')!r}, expected {FORMAT!r}")
-    if meta.get("version") not in READABLE_VERSIONS:
-        raise _fail(path, f"is {FORMAT} version {meta.get('version')!r}; this engine reads versions {READABLE_VERSIONS}")
+    version = meta.get("version")
+    if type(version) is int and version == 1:
+        info = meta.get("info") if isinstance(meta.get("info"), dict) else {}
+        source = info.get("source_checkpoint") or "its run's checkpoints/best.ckpt"
+        raise _fail(
+            path,
+            f"is {FORMAT} version 1, written before checkpoints carried SHA-256 digests, and is not loaded unverified",
+            f"export it again: train.py writes <run>/model.int.safetensors (version {VERSION}) at the end of a quant=irnn "
+            f"or quant=irnn_denseshift run; for an existing run, call {REEXPORT_FUNCTIONS} on the QAT model of {source}",
+        )
+    if type(version) is not int or version != VERSION:
+        raise _fail(path, f"is {FORMAT} version {version!r}; this engine reads version {VERSION}")
     for key, kind in (("kind", str), ("model", dict)):
         if not isinstance(meta.get(key), kind):
             raise _fail(path, f"its metadata has no {key} {kind.__name__}")
-    if meta["version"] >= 2:
-        digests = meta.get(DIGESTS_KEY)
-        if not isinstance(digests, dict) or not isinstance(digests.get(METADATA_DIGEST), str):
-            raise _fail(path, "its metadata has no sha256 digests")
-        if digests[METADATA_DIGEST] != _metadata_digest(meta):
-            raise _fail(path, "its metadata does not match its sha256 digest (the file was changed after export)")
+    digests = meta.get(DIGESTS_KEY)
+    if not isinstance(digests, dict) or not isinstance(digests.get(METADATA_DIGEST), str):
+        raise _fail(path, "its metadata has no sha256 digests")
+    if digests[METADATA_DIGEST] != metadata_digest(meta):
+        raise _fail(path, "its metadata does not match its sha256 digest (the file was changed after export)")
     return meta
 
 
 def _check_tensors(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Integer dtypes only, and (version 2) every tensor's bytes equal to its digest."""
+    """Integer dtypes only, and every tensor's bytes equal to its digest."""
     for name, t in tensors.items():
         if t.is_floating_point() or t.is_complex():
             raise _fail(path, f"tensor {name} is {t.dtype}: integer checkpoints hold integers only")
-    if meta["version"] < 2:
-        return
     digests = meta[DIGESTS_KEY]
     for name in sorted(set(digests) - {METADATA_DIGEST} - set(tensors)):
         raise _fail(path, f"tensor {name} is missing from the file")
