@@ -3,9 +3,17 @@
 The engine takes int8 features on the model's input grid (``quantize_features``: the front end's last
 step, host side) and returns int32 logits; the search (``app.asr_search``) is the same code the QAT
 model decodes with, so both give the same words when their logits agree (they do, bit for bit).
+
+Host float code around the engine: the features and their rounding to int8, and in beam search the
+log-softmax of the logits, the CTC prefix scores and the LM-fusion term. Greedy search is integer: an argmax
+of the int32 logits. ``transcribe_integer(..., guard=IntegerOnlyGuard())`` proves it: everything from the int8
+features on runs under the guard (greedy: the whole search; beam: every engine call, the fused LM's too).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import inspect
 import itertools
 import time
 from pathlib import Path
@@ -14,15 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from app.asr_search import LanguageModelFusion, beam_search, greedy_search, integer_decoder, max_decode_length
+from app.asr_search import Decoder, LanguageModelFusion, beam_search, greedy_search, integer_decoder, max_decode_length
 from app.data.text import BOS_ID, EOS_ID, PAD_ID
 from app.engine.asr import IntegerASRModel
 from app.engine.checkpoint import IntegerCheckpointError, load_integer_checkpoint, save_integer_checkpoint
+from app.engine.guard import IntegerOnlyGuard
 from app.errors import UserInputError
 from app.quant.monitor import float_model_bytes
 from app.tasks.asr import add_batch, corpus_wer, new_record, write_test_record
 from app.tasks.lm_integer import INTEGER_CHECKPOINT, size_fields
-
 
 
 def quantize_features(feats: Tensor, feat_frac: int) -> Tensor:
@@ -75,20 +83,59 @@ def load_lm_fusion(path: str, tokenizer, weight: float) -> LanguageModelFusion:
         raise UserInputError(f"lm={path}: {err}") from None
 
 
+def integer_greedy_decoder(engine: IntegerASRModel) -> Decoder:
+    """Greedy search's decoder on the int32 logits themselves: an argmax needs no softmax. (Log-softmax of the
+    float32 logits picks the same token: it keeps distinct int32 logits apart and in order below 2^24.)"""
+    return Decoder(engine.decode_step, engine.select_state, lambda memory, index: memory.select(index), engine.init_state)
+
+
+class GuardedEngine:
+    """An integer engine model whose method calls (and calls of the model itself) run under ``guard``; the host
+    code around the calls does not."""
+
+    def __init__(self, engine: Any, guard: IntegerOnlyGuard):
+        self._engine, self._guard = engine, guard
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._engine, name)
+        if not inspect.ismethod(value):  # fields (layers such as ``ctc``, formats) pass as they are
+            return value
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            with self._guard:
+                return value(*args, **kwargs)
+
+        return guarded
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._guard:
+            return self._engine(*args, **kwargs)
+
+
 @torch.inference_mode()
 def transcribe_integer(engine: IntegerASRModel, batch: dict[str, Any], tokenizer, beam_size: int,
                        length_norm: float, max_len_ratio: float, ctc_weight: float = 0.0,
-                       lm: LanguageModelFusion | None = None) -> list[str]:  # fmt: skip
+                       lm: LanguageModelFusion | None = None, guard: IntegerOnlyGuard | None = None) -> list[str]:  # fmt: skip
+    """The words of ``batch`` (its float features rounded to int8 here) decoded by ``engine``.
+
+    guard: run everything from the int8 features on under it (a FloatOperationError on any float there):
+    greedy search whole, beam search's engine calls (encoder, decoder steps, CTC layer, the fused LM)."""
     feats_q = quantize_features(batch["feats"], engine.feat_frac)
-    memory = engine.encode(feats_q, batch["feat_lens"])
-    max_lengths = max_decode_length(memory.lengths, max_len_ratio)
-    decoder = integer_decoder(engine)
+    size = len(batch["texts"])
     if beam_size <= 1:
-        hyps = greedy_search(decoder, memory, len(batch["texts"]), max_lengths, BOS_ID, EOS_ID)
+        with guard or contextlib.nullcontext():
+            memory = engine.encode(feats_q, batch["feat_lens"])
+            max_lengths = max_decode_length(memory.lengths, max_len_ratio)
+            hyps = greedy_search(integer_greedy_decoder(engine), memory, size, max_lengths, BOS_ID, EOS_ID)
     else:
-        hyps = beam_search(decoder, memory, len(batch["texts"]), max_lengths, BOS_ID, EOS_ID, beam_size, length_norm,
+        if guard is not None:
+            engine = GuardedEngine(engine, guard)
+            lm = None if lm is None else dataclasses.replace(lm, engine=GuardedEngine(lm.engine, guard))
+        memory = engine.encode(feats_q, batch["feat_lens"])
+        max_lengths = max_decode_length(memory.lengths, max_len_ratio)
+        hyps = beam_search(integer_decoder(engine), memory, size, max_lengths, BOS_ID, EOS_ID, beam_size, length_norm,
                            ctc_weight=ctc_weight, blank=PAD_ID, lm=lm)  # fmt: skip
-    return [tokenizer.decode(h) for h in hyps]
+    return [tokenizer.decode([int(token) for token in h]) for h in hyps]
 
 
 def limited_batches(limit: int | float | None, batches: int) -> int:
