@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.engine.checkpoint import IntegerCheckpointError, load_integer_checkpoint, save_integer_checkpoint
+from app.engine.checkpoint import IntegerCheckpointError, metadata_digest, load_integer_checkpoint, save_integer_checkpoint
 from app.engine.native import NativeLanguageModel, NativeRuntimeError
 from app.models.lm import LSTMLanguageModel
 
@@ -38,14 +38,14 @@ def join(header: dict, payload: bytes) -> bytes:
     return struct.pack("<Q", len(text)) + text + payload
 
 
-def edited(data: bytes, edit, version_1: bool = False) -> bytes:
-    """The file with its qrnn_speech metadata edited (version_1: also without digests, so the edit itself is tested)."""
+def edited(data: bytes, edit, resign: bool = False) -> bytes:
+    """The file with its qrnn_speech metadata edited (resign: the metadata digest computed anew, as a forger
+    would, so that the check behind the digest is the one tested)."""
     header, payload = split(data)
     meta = json.loads(header["__metadata__"]["qrnn_speech"])
-    if version_1:
-        meta["version"] = 1
-        meta.pop("sha256")
     edit(meta)
+    if resign and isinstance(meta.get("sha256"), dict):
+        meta["sha256"]["__metadata__"] = metadata_digest(meta)
     header["__metadata__"]["qrnn_speech"] = json.dumps(meta)
     return join(header, payload)
 
@@ -76,22 +76,24 @@ def mutations(data: bytes) -> list[tuple[str, bytes]]:
         "no qrnn_speech metadata": lambda d: header_edited(d, lambda h: h.pop("__metadata__")),
         "metadata a list": lambda d: header_edited(d, lambda h: h["__metadata__"].update(qrnn_speech="[1, 2]")),
         "no model": lambda d: edited(d, lambda m: m.pop("model")),
-        "no kind (version 1)": lambda d: edited(d, lambda m: m.pop("kind"), True),
-        "no model (version 1)": lambda d: edited(d, lambda m: m.pop("model"), True),
+        "no kind (re-signed)": lambda d: edited(d, lambda m: m.pop("kind"), True),
+        "no model (re-signed)": lambda d: edited(d, lambda m: m.pop("model"), True),
         "version 3": lambda d: edited(d, lambda m: m.update(version=3)),
+        "version 1 (re-signed)": lambda d: edited(d, lambda m: m.update(version=1), True),
+        "version 1 without digests": lambda d: edited(d, lambda m: (m.update(version=1), m.pop("sha256"))),
         "version 2 without digests": lambda d: edited(d, lambda m: m.pop("sha256")),
         "another format": lambda d: edited(d, lambda m: m.update(format="other")),
         "an edited out_frac": lambda d: edited(d, lambda m: set_path(m, emb + ["out_frac"], 3)),
         "an edited vocabulary word": lambda d: edited(d, lambda m: m["vocab"].__setitem__(0, "zz")),
         "an edited info note": lambda d: edited(d, lambda m: m["info"].update(note="changed")),
-        "a float32 dtype (version 1)": lambda d: edited(d, lambda m: set_path(m, emb + ["m0", "dtype"], "float32"), True),
-        "an unknown dtype (version 1)": lambda d: edited(d, lambda m: set_path(m, emb + ["m0", "dtype"], "int3"), True),
-        "a missing tensor (version 1)": lambda d: edited(d, lambda m: set_path(m, emb + ["m0", "tensor"], "nope"), True),
-        "a missing field (version 1)": lambda d: edited(d, lambda m: m["model"]["embedding"].pop("exp"), True),
-        "an unknown class (version 1)": lambda d: edited(d, lambda m: set_path(m, emb + ["class"], "Nope"), True),
-        "a wrong code shape (version 1)": lambda d: edited(d, lambda m: set_path(m, emb + ["w_q", "shape"], [41, 16]), True),
-        "a short vocabulary (version 1)": lambda d: edited(d, lambda m: m["vocab"].pop(), True),
-        "a float tensor in the file (version 1)": lambda d: edited(
+        "a float32 dtype (re-signed)": lambda d: edited(d, lambda m: set_path(m, emb + ["m0", "dtype"], "float32"), True),
+        "an unknown dtype (re-signed)": lambda d: edited(d, lambda m: set_path(m, emb + ["m0", "dtype"], "int3"), True),
+        "a missing tensor (re-signed)": lambda d: edited(d, lambda m: set_path(m, emb + ["m0", "tensor"], "nope"), True),
+        "a missing field (re-signed)": lambda d: edited(d, lambda m: m["model"]["embedding"].pop("exp"), True),
+        "an unknown class (re-signed)": lambda d: edited(d, lambda m: set_path(m, emb + ["class"], "Nope"), True),
+        "a wrong code shape (re-signed)": lambda d: edited(d, lambda m: set_path(m, emb + ["w_q", "shape"], [41, 16]), True),
+        "a short vocabulary (re-signed)": lambda d: edited(d, lambda m: m["vocab"].pop(), True),
+        "a float tensor in the file (re-signed)": lambda d: edited(
             header_edited(d, lambda h: h["model.embedding.m0"].update(dtype="F16")), lambda m: None, True
         ),
     }
@@ -99,15 +101,13 @@ def mutations(data: bytes) -> list[tuple[str, bytes]]:
     return cases
 
 
-def test_the_good_file_loads_in_both_runtimes(good):
+def test_the_good_file_and_a_re_signed_copy_load_in_both_runtimes(good):
     load_integer_checkpoint(good)
     NativeLanguageModel(good)
-    version_1 = good.with_name("v1.int.safetensors")
-    version_1.write_bytes(edited(good.read_bytes(), lambda m: None, version_1=True))
-    with pytest.raises(IntegerCheckpointError, match="version 1, .*export it again") as error:
-        load_integer_checkpoint(version_1)  # the Python loader loads nothing unverified
-    assert "\n" not in str(error.value)
-    NativeLanguageModel(version_1)  # the C runtime still reads version 1 (no digests), unverified
+    copy = good.with_name("copy.int.safetensors")
+    copy.write_bytes(edited(good.read_bytes(), lambda m: m["info"].update(note="re-signed"), resign=True))
+    load_integer_checkpoint(copy)  # the forger's path works, so the re-signed cases reach the checks behind it
+    NativeLanguageModel(copy)
 
 
 def test_every_mutation_is_refused_with_one_line_by_both_loaders(good, tmp_path):

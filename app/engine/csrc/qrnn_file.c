@@ -2,8 +2,8 @@
  *
  * A safetensors file is an 8-byte little-endian header length, a JSON header ({name: {dtype, shape,
  * data_offsets}}, "__metadata__": {"qrnn_speech": "<JSON text>"}) and the tensor bytes. Every length,
- * offset, shape and dtype is checked before use; the metadata's "sha256" digests (format version 2) are
- * verified for every tensor, so bytes changed in place are refused.
+ * offset, shape and dtype is checked before use; the metadata's "sha256" digests (format version 2, the only
+ * one read) are verified for every tensor and for the metadata itself, so bytes changed in place are refused.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -462,11 +462,7 @@ static int hex_equal(const char *hex, const uint8_t digest[32]) {
 
 static int check_digests(qrnn_file *f, const char *path) {
     const qjson *digests = qjson_get(f->meta, "sha256");
-    const qjson *version = qjson_get(f->meta, "version");
-    if (!digests) {
-        if (version && version->is_integer && version->integer >= 2) return fail_file(f, path, "metadata has no sha256 digests");
-        return 0; /* version 1 files carry none */
-    }
+    if (!digests) return fail_file(f, path, "metadata has no sha256 digests");
     if (digests->type != QJ_OBJECT) return fail_file(f, path, "metadata sha256 is not an object");
     const qjson *meta_digest = qjson_get(digests, "__metadata__");
     if (!meta_digest || meta_digest->type != QJ_STRING) return fail_file(f, path, "metadata has no __metadata__ digest");
@@ -605,8 +601,8 @@ int qrnn_file_open(qrnn_file *f, const char *path) {
     const qjson *format = qjson_get(f->meta, "format"), *version = qjson_get(f->meta, "version");
     if (!format || format->type != QJ_STRING || strcmp(format->str, "qrnn-speech-integer"))
         return fail_file(f, path, "metadata format is not qrnn-speech-integer");
-    if (!version || !version->is_integer || version->integer < 1 || version->integer > 2) {
-        qrnn_set_error("%s: integer checkpoint version %s is not supported by this runtime (versions 1-2)" FIX, path,
+    if (!version || !version->is_integer || version->integer != 2) { /* version 1 had no digests to check */
+        qrnn_set_error("%s: integer checkpoint version %s is not supported by this runtime (version 2)" FIX, path,
                        version && version->str ? version->str : "?");
         qrnn_file_close(f);
         return -1;
