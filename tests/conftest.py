@@ -145,3 +145,20 @@ def asr_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("asr")
     real_asr_manifests(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def fsdd_batch(asr_root):
+    """A padded batch of real FSDD test utterances (different lengths), features as training sees them, and its
+    datamodule (tokenizer included)."""
+    from hydra.utils import instantiate
+
+    cfg = compose_config(
+        "train",
+        ["task=asr", f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0"],
+    )
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("test")
+    batch = next(iter(datamodule.test_dataloader()["fsdd"]))
+    assert batch["feat_lens"].min() < batch["feat_lens"].max()  # really padded
+    return batch, datamodule

@@ -17,20 +17,6 @@ from tests.conftest import compose_config
 TINY = {"name": "tiny", "asr": compose_config("train", ["model=tiny"]).model.asr}
 
 
-@pytest.fixture(scope="module")
-def fsdd_batch(asr_root):
-    """A padded batch of real FSDD test utterances (different lengths), features as training sees them."""
-    cfg = compose_config(
-        "train",
-        ["task=asr", f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0"],
-    )
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("test")
-    batch = next(iter(datamodule.test_dataloader()["fsdd"]))
-    assert batch["feat_lens"].min() < batch["feat_lens"].max()  # really padded
-    return batch, datamodule
-
-
 def _model(mode: str, batch, vocab_size: int, seed: int = 0, conv_layers: int | None = None, quantile: float = 1.0):
     torch.manual_seed(seed)
     preset = TINY if conv_layers is None else {"name": "tiny", "asr": {**TINY["asr"], "conv_layers": conv_layers}}

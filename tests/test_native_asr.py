@@ -7,7 +7,6 @@ import subprocess
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from app.data.text import BOS_ID, EOS_ID
 from app.engine.checkpoint import load_integer_checkpoint, save_integer_checkpoint
@@ -21,16 +20,10 @@ VARIANTS = {"irnn": ({"mode": "irnn"}, 1), "irnn_layer_norm_2_decoder_layers": (
 
 
 @pytest.fixture(scope="module")
-def fsdd(asr_root):
-    """Real FSDD test utterances: their features as training sees them, and the vocabulary size."""
-    cfg = compose_config(
-        "train",
-        ["task=asr", f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0"],
-    )
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("test")
-    batch = next(iter(datamodule.test_dataloader()["fsdd"]))
-    return batch, datamodule.tokenizer.vocab_size, cfg.model.asr
+def fsdd(fsdd_batch):
+    """Real FSDD test utterances, the vocabulary size and the tiny ASR preset."""
+    batch, datamodule = fsdd_batch
+    return batch, datamodule.tokenizer.vocab_size, compose_config("train", ["model=tiny"]).model.asr
 
 
 @pytest.fixture(scope="module")

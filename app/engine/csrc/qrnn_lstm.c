@@ -70,46 +70,32 @@ void qrnn_lstm_io_free(qrnn_lstm_io *io) {
     memset(io, 0, sizeof *io);
 }
 
+/* one unit's cell from its four gate pre-activations (Q3.12, saturated): c updated; h written, or (cell layer
+ * norm) the output gate kept for after the norm */
+static inline void unit_update(const qrnn_lstm_dir *L, const int64_t gate[4], int64_t *c, int8_t *h, int64_t *o_gate) {
+    const qrnn_acts *a = L->acts;
+    int64_t ig = qrnn_lut_get(&a->sig, gate[0]), fg = qrnn_lut_get(&a->sig, gate[1]);
+    int64_t gg = qrnn_lut_get(&a->tanh_gate, gate[2]), og = qrnn_lut_get(&a->sig, gate[3]);
+    *c = qrnn_clamp(qrnn_round_shift(fg * *c, QRNN_PWL_OUT_FRAC) + qrnn_round_shift(ig * gg, 2 * QRNN_PWL_OUT_FRAC - L->cell_frac),
+                    -32768, 32767);
+    if (L->ln_cell.gamma) {
+        *o_gate = og;
+        return;
+    }
+    int64_t t = qrnn_lut_get(&a->tanh_cell, *c);
+    *h = (int8_t)qrnn_clamp(qrnn_round_shift(og * t, 2 * QRNN_PWL_OUT_FRAC - L->h_frac), -((int64_t)1 << (L->h_bits - 1)),
+                            ((int64_t)1 << (L->h_bits - 1)) - 1);
+}
+
 static void barrier(qrnn_pool *pool) {
     if (pool) qrnn_pool_barrier(pool);
 }
 
-void qrnn_lstm_step(const qrnn_lstm_dir *L, int isa, qrnn_lstm_io *io, int u0, int u1, qrnn_pool *pool) {
+/* the gates of units [u0, u1) with a gate layer norm (over all H units of a gate block: barriers), then cells */
+static void gate_norm_units(const qrnn_lstm_dir *L, qrnn_lstm_io *io, int u0, int u1, qrnn_pool *pool) {
     const int B = io->B, H = L->hidden, G = 4 * H;
     const int64_t GP = io->gp;
-    const qrnn_acts *a = L->acts;
-    const int64_t h_lo = -((int64_t)1 << (L->h_bits - 1)), h_hi = ((int64_t)1 << (L->h_bits - 1)) - 1;
-    const int ln_x = L->ln_ih.gamma != NULL, ln_h = L->ln_hh.gamma != NULL, ln_c = L->ln_cell.gamma != NULL;
-    if (u0 < u1) {
-        if (io->x) qrnn_matmul_rows(&L->w_ih, isa, io->x, io->ldx, B, 4 * u0, 4 * u1, io->acc_x, GP);
-        qrnn_matmul_rows(&L->w_hh, isa, io->h_in, io->ldh, B, 4 * u0, 4 * u1, io->acc_h, GP);
-    }
-    if (!ln_x && !ln_h) { /* requantize in place, in stored order (vector code), then gates and cells per unit */
-        for (int b = 0; b < B && u0 < u1; ++b) {
-            int32_t *ax = io->acc_x + (int64_t)b * GP, *ah = io->acc_h + (int64_t)b * GP;
-            qrnn_requantize_rows(isa, ax, L->bias_acc_s, L->ih_m0_s, L->ih_shift_s, INT32_MIN, INT32_MAX, 4 * u0, 4 * u1, ax);
-            qrnn_requantize_rows(isa, ah, NULL, L->hh_m0_s, L->hh_shift_s, INT32_MIN, INT32_MAX, 4 * u0, 4 * u1, ah);
-            int64_t *cb = io->c + (int64_t)b * H;
-            int8_t *hb = io->h_out + (int64_t)b * io->ldh;
-            for (int k = u0; k < u1; ++k) {
-                int64_t gate[4];
-                for (int g = 0; g < 4; ++g) gate[g] = qrnn_clamp((int64_t)ax[4 * k + g] + ah[4 * k + g], -32768, 32767);
-                int64_t ig = qrnn_lut_get(&a->sig, gate[0]), fg = qrnn_lut_get(&a->sig, gate[1]);
-                int64_t gg = qrnn_lut_get(&a->tanh_gate, gate[2]), og = qrnn_lut_get(&a->sig, gate[3]);
-                int64_t cn = qrnn_clamp(qrnn_round_shift(fg * cb[k], QRNN_PWL_OUT_FRAC) +
-                                            qrnn_round_shift(ig * gg, 2 * QRNN_PWL_OUT_FRAC - L->cell_frac),
-                                        -32768, 32767);
-                cb[k] = cn;
-                if (ln_c) {
-                    io->o_gate[(int64_t)b * H + k] = og;
-                    continue;
-                }
-                hb[k] = (int8_t)qrnn_clamp(qrnn_round_shift(og * qrnn_lut_get(&a->tanh_cell, cn), 2 * QRNN_PWL_OUT_FRAC - L->h_frac),
-                                           h_lo, h_hi);
-            }
-        }
-        goto cell_norm;
-    }
+    const int ln_x = L->ln_ih.gamma != NULL, ln_h = L->ln_hh.gamma != NULL;
     if (u0 < u1) {
         /* requantized projections: Q3.12, saturated to int16 before a layer norm, to int32 otherwise */
         for (int b = 0; b < B; ++b)
@@ -143,21 +129,37 @@ void qrnn_lstm_step(const qrnn_lstm_dir *L, int isa, qrnn_lstm_io *io, int u0, i
                 int64_t hp = ln_h ? io->norm_h[i] + L->bias_q12[j] : io->proj_h[i];
                 gate[g] = qrnn_clamp(xp + hp, -32768, 32767);
             }
-            int64_t ig = qrnn_lut_get(&a->sig, gate[0]), fg = qrnn_lut_get(&a->sig, gate[1]);
-            int64_t gg = qrnn_lut_get(&a->tanh_gate, gate[2]), og = qrnn_lut_get(&a->sig, gate[3]);
-            int64_t cn = qrnn_clamp(qrnn_round_shift(fg * cb[k], QRNN_PWL_OUT_FRAC) +
-                                        qrnn_round_shift(ig * gg, 2 * QRNN_PWL_OUT_FRAC - L->cell_frac),
-                                    -32768, 32767);
-            cb[k] = cn;
-            if (ln_c) {
-                io->o_gate[(int64_t)b * H + k] = og;
-                continue;
-            }
-            int64_t t = qrnn_lut_get(&a->tanh_cell, cn);
-            hb[k] = (int8_t)qrnn_clamp(qrnn_round_shift(og * t, 2 * QRNN_PWL_OUT_FRAC - L->h_frac), h_lo, h_hi);
+            unit_update(L, gate, &cb[k], &hb[k], &io->o_gate[(int64_t)b * H + k]);
         }
     }
-cell_norm:
+}
+
+void qrnn_lstm_step(const qrnn_lstm_dir *L, int isa, qrnn_lstm_io *io, int u0, int u1, qrnn_pool *pool) {
+    const int B = io->B, H = L->hidden;
+    const int64_t GP = io->gp;
+    const qrnn_acts *a = L->acts;
+    const int64_t h_lo = -((int64_t)1 << (L->h_bits - 1)), h_hi = ((int64_t)1 << (L->h_bits - 1)) - 1;
+    const int ln_x = L->ln_ih.gamma != NULL, ln_h = L->ln_hh.gamma != NULL, ln_c = L->ln_cell.gamma != NULL;
+    if (u0 < u1) {
+        if (io->x) qrnn_matmul_rows(&L->w_ih, isa, io->x, io->ldx, B, 4 * u0, 4 * u1, io->acc_x, GP);
+        qrnn_matmul_rows(&L->w_hh, isa, io->h_in, io->ldh, B, 4 * u0, 4 * u1, io->acc_h, GP);
+    }
+    if (!ln_x && !ln_h) { /* requantize in place, in stored order (vector code), then gates and cells per unit */
+        for (int b = 0; b < B && u0 < u1; ++b) {
+            int32_t *ax = io->acc_x + (int64_t)b * GP, *ah = io->acc_h + (int64_t)b * GP;
+            qrnn_requantize_rows(isa, ax, L->bias_acc_s, L->ih_m0_s, L->ih_shift_s, INT32_MIN, INT32_MAX, 4 * u0, 4 * u1, ax);
+            qrnn_requantize_rows(isa, ah, NULL, L->hh_m0_s, L->hh_shift_s, INT32_MIN, INT32_MAX, 4 * u0, 4 * u1, ah);
+            int64_t *cb = io->c + (int64_t)b * H;
+            int8_t *hb = io->h_out + (int64_t)b * io->ldh;
+            for (int k = u0; k < u1; ++k) {
+                int64_t gate[4];
+                for (int g = 0; g < 4; ++g) gate[g] = qrnn_clamp((int64_t)ax[4 * k + g] + ah[4 * k + g], -32768, 32767);
+                unit_update(L, gate, &cb[k], &hb[k], &io->o_gate[(int64_t)b * H + k]);
+            }
+        }
+    } else {
+        gate_norm_units(L, io, u0, u1, pool);
+    }
     if (ln_c) { /* tanh of the layer-normed cell (over all H units): wait for every thread's cells */
         barrier(pool);
         for (int b = 0; b < B && u0 < u1; ++b) {
