@@ -107,6 +107,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise UserInputError("no checkpoint given: pass ckpt=<run>/checkpoints/best.ckpt")
+    if Path(str(cfg.ckpt)).is_dir():  # a run folder: name the files in it that evaluate.py takes
+        files = [f"ckpt={path}" + (" engine=integer" if path.suffix == ".safetensors" else "")
+                 for path in (Path(str(cfg.ckpt)) / "checkpoints" / "best.ckpt", Path(str(cfg.ckpt)) / INTEGER_CHECKPOINT)
+                 if path.is_file()]  # fmt: skip
+        hint = " or ".join(files) if files else "<run>/checkpoints/best.ckpt, or <run>/model.int.safetensors with engine=integer"
+        raise UserInputError(f"ckpt={cfg.ckpt} is a directory, not a checkpoint file: pass {hint}")
     if cfg.engine not in ENGINES:
         raise UserInputError(f"engine={cfg.engine!r} is unknown: choose one of {', '.join(ENGINES)}")
     seed_everything(cfg.seed, verbose=False)

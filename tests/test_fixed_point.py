@@ -1,11 +1,12 @@
 """Fixed-point primitives: the rounding and saturation the QAT simulation and the engine share."""
 import math
+from fractions import Fraction
 
 import pytest
 import torch
 
 from app.engine.fixed_point import isqrt, requantize, rounding_right_shift, shift_round
-from app.quant.quantizers import fixed_point_scale, fixed_point_value, round_half_up
+from app.quant.quantizers import fixed_point_scale, round_half_up
 
 
 def test_rounding_right_shift_rounds_half_up_on_both_signs():
@@ -20,16 +21,19 @@ def test_float_round_half_up_equals_integer_shift_on_exact_values():
     assert torch.equal(round_half_up(x.double() / 16).long(), rounding_right_shift(x, 4))
 
 
-def test_requantize_matches_real_multiplier_within_one_lsb_and_saturates():
+def test_requantize_is_the_exactly_rounded_product_with_the_fixed_point_multiplier_and_saturates():
     torch.manual_seed(0)
     acc = torch.randint(-(2**20), 2**20, (1000, 4))
     real = torch.tensor([0.001, 0.0123, 0.2, 0.75])
     m0, exp = fixed_point_scale(real)
     assert bool(((m0 >= 2**14) & (m0 < 2**15)).all())
     y = requantize(acc, m0, exp, -128, 127)
-    reference = torch.round(acc.double() * fixed_point_value(m0, exp).double()).clamp(-128, 127)
-    assert (y.double() - reference).abs().max() <= 1
+    for row, out in zip(acc.tolist(), y.tolist()):  # the rational value acc * m0 / 2^exp, rounded half up
+        for a, m, e, got in zip(row, m0.tolist(), exp.tolist(), out):
+            assert got == min(127, max(-128, math.floor(Fraction(a * m, 2**e) + Fraction(1, 2)))), (a, m, e)
     assert int(y.max()) == 127 and int(y.min()) == -128
+    ties = torch.arange(-7, 8)  # m0 / 2^exp = 1/2: every odd accumulator is a tie, rounded up on both signs
+    assert requantize(ties, torch.tensor([2**14]), torch.tensor([15]), -128, 127).tolist() == [(a + 1) // 2 for a in range(-7, 8)]
 
 
 def test_requantize_rejects_a_non_positive_shift():

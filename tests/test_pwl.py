@@ -48,12 +48,23 @@ def test_pwl_outputs_stay_in_q015_range():
         assert int(y.max()) <= 32767 and int(y.min()) >= (0 if kind == "sigmoid" else -32767)
 
 
-def test_lookup_table_equals_pwl_evaluation():
+def test_lookup_table_and_pwl_evaluation_equal_the_segment_formula_in_python_integers():
+    """Segment j (boundaries[j-1] <= x < boundaries[j]) gives clamp(floor((slope x + intercept) / 2^f + 1/2)),
+    evaluated here with Python ints and bisect, not with the engine's code."""
+    import bisect
+
     from app.engine.pwl import LookupActivation
 
     table = fit_pwl("tanh", 11, 15, 16).table
+    boundaries, slopes, intercepts = table.boundaries.tolist(), table.slopes.tolist(), table.intercepts.tolist()
+    scale = 1 << table.slope_frac_bits
+    expected = []
+    for x in range(-32768, 32768):
+        j = bisect.bisect_right(boundaries, x)
+        expected.append(min(table.out_max, max(table.out_min, (2 * (slopes[j] * x + intercepts[j]) + scale) // (2 * scale))))
     x = torch.arange(-32768, 32768)
-    assert torch.equal(LookupActivation(table)(x), table(x))
+    assert LookupActivation(table)(x).tolist() == expected
+    assert table(x).tolist() == expected
 
 
 def test_odd_or_too_few_segments_are_rejected():

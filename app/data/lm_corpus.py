@@ -168,8 +168,18 @@ def _file_stamp(path: Path) -> list[int]:
 def _read_normalized_lines(path: Path) -> list[str]:
     # Split on newlines only (as `for line in file` does), then on any whitespace: this reproduces the
     # standard token counts, and the written lines hold no other line separators.
-    with open(path, encoding="utf-8") as file:
-        return [" ".join(line.split()) for line in file]
+    try:
+        with open(path, encoding="utf-8") as file:
+            return [" ".join(line.split()) for line in file]
+    except UnicodeDecodeError:
+        try:  # decoded whole once more for the error's offset in the file (the reader's is within its chunk)
+            path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UserInputError(
+                f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start:,}): re-encode it "
+                f"(e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}) and point data.source at it"
+            ) from None
+        raise
 
 
 def _check_expected(

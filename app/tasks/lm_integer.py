@@ -48,6 +48,11 @@ def integer_split_metrics(
         nll_sum += nll
         tokens += count
     seconds = time.perf_counter() - started
+    if tokens == 0:
+        raise UserInputError(
+            f"the {split} split gave the integer engine no tokens to score (max_batches={max_batches}): "
+            f"give the corpus a non-empty {split} split, or a batch limit above 0"
+        )
     loss = nll_sum / tokens
     return {"loss": loss, "ppl": math.exp(loss), "tokens": tokens, "tokens_per_s": tokens / seconds}
 
