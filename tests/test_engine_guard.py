@@ -191,12 +191,11 @@ def test_guard_fails_when_a_float_is_slipped_into_the_asr_engine(monkeypatch):
         run()
 
 
-def test_the_whole_integer_asr_decode_runs_under_the_guard_from_int8_features_on(asr_root, monkeypatch):
+def test_the_whole_integer_asr_decode_runs_under_the_guard_from_int8_features_on(fsdd_batch, monkeypatch):
     """Greedy search whole (an argmax of int32 logits), and beam search with CTC and a fused integer LM in every
     engine call, run under the guard on real FSDD speech and decode the same words as without it (greedy: as the
     QAT model too); a float slipped into the engine stops the decode."""
     import pytest
-    from hydra.utils import instantiate
 
     from app.asr_search import LanguageModelFusion, greedy_search, max_decode_length, qat_decoder
     from app.data.text import BOS_ID, EOS_ID
@@ -207,13 +206,11 @@ def test_the_whole_integer_asr_decode_runs_under_the_guard_from_int8_features_on
     from app.tasks.asr_integer import transcribe_integer
     from tests.conftest import compose_config
 
-    cfg = compose_config("train", ["task=asr", f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0"])
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("test")
-    batch = next(iter(datamodule.test_dataloader()["fsdd"]))
+    batch, datamodule = fsdd_batch
     tokenizer = datamodule.tokenizer
     torch.manual_seed(0)
-    model = build_asr({"name": "tiny", "asr": cfg.model.asr}, {"name": "irnn", "mode": "irnn"}, batch["feats"].shape[-1], tokenizer.vocab_size)
+    tiny = {"name": "tiny", "asr": compose_config("train", ["model=tiny"]).model.asr}
+    model = build_asr(tiny, {"name": "irnn", "mode": "irnn"}, batch["feats"].shape[-1], tokenizer.vocab_size)
     with torch.no_grad():
         model.train()(batch["feats"], batch["feat_lens"], batch["tokens"][:, :-1])
     model.eval()

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from app.engine.attention import softmax_int
 from app.engine.checkpoint import load_integer_checkpoint, save_integer_checkpoint
@@ -294,19 +293,14 @@ def test_lm_on_real_ptb_sentences_qat_engine_and_reference_give_the_same_logits_
 
 
 @pytest.fixture(scope="module")
-def fsdd_utterances(asr_root):
-    """Three real FSDD test utterances of different lengths (features as training sees them) and the vocabulary size."""
-    cfg = compose_config(
-        "train",
-        ["task=asr", f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0"],
-    )
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("test")
-    batch = next(iter(datamodule.test_dataloader()["fsdd"]))
+def fsdd_utterances(fsdd_batch):
+    """Three real FSDD test utterances of different lengths (features as training sees them), the vocabulary
+    size and the tiny ASR preset."""
+    batch, datamodule = fsdd_batch
     keep = torch.argsort(batch["feat_lens"])[[0, 2, -1]]
     short = {"feats": batch["feats"][keep], "feat_lens": batch["feat_lens"][keep], "tokens": batch["tokens"][keep]}
     assert short["feat_lens"].min() < short["feat_lens"].max()  # really padded
-    return short, datamodule.tokenizer.vocab_size, dict(cfg.model.asr)
+    return short, datamodule.tokenizer.vocab_size, dict(compose_config("train", ["model=tiny"]).model.asr)
 
 
 # The ASR paths: one decoder layer (model=tiny), two (the decoder residual, as conf/model/espresso_wsj has),
