@@ -3,7 +3,6 @@
 Writes metrics.json (the same fields as train.py's) into outputs/evals/<data>/<time>/.
 """
 
-import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 import math
 import sys
 import time
@@ -15,11 +14,12 @@ import lightning as L
 from lightning import seed_everything
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 from app.averaging import tested_checkpoint
 from app.config import build, register_resolvers
+from app.engine.checkpoint import IntegerCheckpointError, read_metadata, tensor_bytes
 from app.errors import UserInputError
 from app.runs import METRICS_FILE, command_line, evaluate_splits, machine_text, read_checkpoint, run_dir, write_metrics
-from app.engine.checkpoint import IntegerCheckpointError, read_metadata, tensor_bytes
 from app.tasks.asr import DECODED_DIR, SpeechRecognitionTask, check_ctc_weight, decoded_counts, speech_wer_summary
 from app.tasks.asr_integer import integer_wer, load_integer_asr, load_lm_fusion
 from app.tasks.lm import LanguageModelTask
@@ -108,10 +108,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise UserInputError("no checkpoint given: pass ckpt=<run>/checkpoints/best.ckpt")
     if Path(str(cfg.ckpt)).is_dir():  # a run folder: name the files in it that evaluate.py takes
-        files = [f"ckpt={path}" + (" engine=integer" if path.suffix == ".safetensors" else "")
-                 for path in (Path(str(cfg.ckpt)) / "checkpoints" / "best.ckpt", Path(str(cfg.ckpt)) / INTEGER_CHECKPOINT)
-                 if path.is_file()]  # fmt: skip
-        hint = " or ".join(files) if files else "<run>/checkpoints/best.ckpt, or <run>/model.int.safetensors with engine=integer"
+        files = [
+            f"ckpt={path}" + (" engine=integer" if path.suffix == ".safetensors" else "")
+            for path in (Path(str(cfg.ckpt)) / "checkpoints" / "best.ckpt", Path(str(cfg.ckpt)) / INTEGER_CHECKPOINT)
+            if path.is_file()
+        ]
+        hint = (
+            " or ".join(files)
+            if files
+            else "<run>/checkpoints/best.ckpt, or <run>/model.int.safetensors with engine=integer"
+        )
         raise UserInputError(f"ckpt={cfg.ckpt} is a directory, not a checkpoint file: pass {hint}")
     if cfg.engine not in ENGINES:
         raise UserInputError(f"engine={cfg.engine!r} is unknown: choose one of {', '.join(ENGINES)}")
@@ -124,7 +130,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     task = load_task(checkpoint, cfg.ckpt)
     if cfg.pwl_segments is not None:
         if not task.model.quant.integer_activations:
-            raise UserInputError(f"pwl_segments={cfg.pwl_segments} needs a quant=irnn checkpoint; {cfg.ckpt} has float activations")
+            raise UserInputError(
+                f"pwl_segments={cfg.pwl_segments} needs a quant=irnn checkpoint; {cfg.ckpt} has float activations"
+            )
         task.model.quant.pwl_segments = int(cfg.pwl_segments)
         try:
             task.model.quant.validate()
@@ -198,8 +206,10 @@ def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
         return evaluate_integer_asr(cfg, datamodule, started)
     engine, meta = load_integer_lm(str(cfg.ckpt), datamodule.vocab)
     limits = integer_batch_limits(cfg)
-    split_metrics = {split: integer_split_metrics(engine, datamodule, split, limits[prefix])
-                     for split, prefix in (("valid", "val"), ("test", "test"))}  # fmt: skip
+    split_metrics = {
+        split: integer_split_metrics(engine, datamodule, split, limits[prefix])
+        for split, prefix in (("valid", "val"), ("test", "test"))
+    }
     info = meta.get("info", {})
     metrics = {
         "command": command_line("evaluate.py"),
@@ -239,7 +249,9 @@ def integer_batch_limits(cfg: DictConfig) -> dict[str, int | float]:
     for split in ("val", "test"):
         limit = cfg.trainer.get(f"limit_{split}_batches")
         if limit is not None and not isinstance(limit, int):
-            raise UserInputError(f"trainer.limit_{split}_batches={limit}: engine=integer takes a whole number of batches")
+            raise UserInputError(
+                f"trainer.limit_{split}_batches={limit}: engine=integer takes a whole number of batches"
+            )
         limits[split] = math.inf if limit is None else limit
     return limits
 
@@ -257,8 +269,18 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
     limits = {split: None if limit == math.inf else limit for split, limit in integer_batch_limits(cfg).items()}
     lm = None if cfg.lm is None else load_lm_fusion(str(cfg.lm), datamodule.tokenizer, float(cfg.lm_weight))
     val = integer_wer(engine, datamodule, "val", 1, norm, ratio, limits["val"])
-    test = integer_wer(engine, datamodule, "test", beam, norm, ratio, limits["test"], ctc_weight, lm,
-                       decoded_dir=output_dir(cfg) / DECODED_DIR)
+    test = integer_wer(
+        engine,
+        datamodule,
+        "test",
+        beam,
+        norm,
+        ratio,
+        limits["test"],
+        ctc_weight,
+        lm,
+        decoded_dir=output_dir(cfg) / DECODED_DIR,
+    )
     metrics = {
         "command": command_line("evaluate.py"),
         "task": "asr",
@@ -270,8 +292,11 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
         **{key: None for key in ("val_ppl", "val_loss", "val_tokens", "test_ppl", "test_loss", "test_tokens")},
         "val_wer": val["wer"] or None,
         "test_wer": test["wer"] or None,
-        "test_wer_summary": speech_wer_summary(decoded_counts(output_dir(cfg) / DECODED_DIR, list(test["wer"])),
-                                               datamodule.speech) if test["wer"] else None,  # fmt: skip
+        "test_wer_summary": speech_wer_summary(
+            decoded_counts(output_dir(cfg) / DECODED_DIR, list(test["wer"])), datamodule.speech
+        )
+        if test["wer"]
+        else None,
         "params": None,
         "epochs": None,
         "wall_time_s": time.perf_counter() - started,

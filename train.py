@@ -4,7 +4,6 @@ Writes a run directory (app/runs.py): config.yaml, checkpoints/{best,last}.ckpt,
 tensorboard/, metrics.json. `ckpt_path=<run>/checkpoints/last.ckpt` resumes that run in place.
 """
 
-import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 from app.averaging import AVERAGED_CHECKPOINT, BestEpochs, write_averaged
 from app.config import build, register_resolvers
 from app.errors import UserInputError
@@ -46,7 +46,9 @@ def task_inputs(cfg: DictConfig, datamodule) -> dict[str, Any]:
     inputs = {"vocab_size": datamodule.vocab_size, "vocab_sha256": datamodule.vocab_sha256}
     if cfg.task.name == "asr":
         if not getattr(datamodule, "bos_eos", False):
-            raise UserInputError(f"task=asr needs <bos>/<eos> around transcripts: set data.bos_eos=true (data={cfg.data.name})")
+            raise UserInputError(
+                f"task=asr needs <bos>/<eos> around transcripts: set data.bos_eos=true (data={cfg.data.name})"
+            )
         inputs["feature_dim"] = datamodule.feature_dim
     elif not hasattr(datamodule, "vocab"):
         raise UserInputError(f"task={cfg.task.name} cannot train on data={cfg.data.name}: pick a dataset of that task")
@@ -75,7 +77,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.ckpt_path:
         current = {"model": model_cfg, "quant": quant_cfg, "vocab_sha256": datamodule.vocab_sha256}
         check_resumable(read_checkpoint(cfg.ckpt_path, "ckpt_path"), current, cfg.ckpt_path)
-    task = build(cfg.task.module, model_cfg=model_cfg, quant_cfg=quant_cfg, **task_inputs(cfg, datamodule), _convert_="all")
+    task = build(
+        cfg.task.module, model_cfg=model_cfg, quant_cfg=quant_cfg, **task_inputs(cfg, datamodule), _convert_="all"
+    )
     checkpoints = ModelCheckpoint(
         dirpath=directory / "checkpoints",
         filename="best",
@@ -87,10 +91,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # last.ckpt after every epoch. Not ModelCheckpoint(save_last=True) above: Lightning writes that one only
     # when a top-k checkpoint was saved too, so after an epoch that did not improve, a resume lost epochs.
     latest = ModelCheckpoint(
-        dirpath=directory / "checkpoints", filename="last", save_top_k=1, auto_insert_metric_name=False,
+        dirpath=directory / "checkpoints",
+        filename="last",
+        save_top_k=1,
+        auto_insert_metric_name=False,
         enable_version_counter=False,
-    )  # fmt: skip
-    best_epochs = BestEpochs(directory / "checkpoints", MONITOR[cfg.task.name], average_best) if average_best > 1 else None
+    )
+    best_epochs = (
+        BestEpochs(directory / "checkpoints", MONITOR[cfg.task.name], average_best) if average_best > 1 else None
+    )
     trainer = build(
         cfg.trainer,
         default_root_dir=directory,
@@ -137,8 +146,10 @@ def average_best_epochs(trainer, best_epochs: BestEpochs, best: Path) -> tuple[s
     epochs = None
     if trainer.is_global_zero:
         epochs = write_averaged(best, best_epochs.best_first(), averaged)
-        print(f"averaged the weights of the {len(epochs)} best epochs by {best_epochs.monitor} "
-              f"(epochs {', '.join(str(e) for e in epochs)}, from 0): {averaged}")  # fmt: skip
+        print(
+            f"averaged the weights of the {len(epochs)} best epochs by {best_epochs.monitor} "
+            f"(epochs {', '.join(str(e) for e in epochs)}, from 0): {averaged}"
+        )
     trainer.strategy.barrier()  # the other ranks test the file rank 0 wrote
     epochs = trainer.strategy.broadcast(epochs)
     return str(averaged), epochs
@@ -149,9 +160,14 @@ def export_and_check_integer(
 ) -> dict[str, Any]:
     """Write the integer checkpoint of the best weights and evaluate it with the integer-only engine on the
     batches the QAT evaluation saw (the trainer's batch limits)."""
-    info = {"quant": OmegaConf.to_container(cfg.quant, resolve=True), "model": cfg.model.name, "data": cfg.data.name,
-            "source_checkpoint": metrics["checkpoint"], "averaged_epochs": metrics["averaged_epochs"],
-            "vocab_sha256": datamodule.vocab_sha256}
+    info = {
+        "quant": OmegaConf.to_container(cfg.quant, resolve=True),
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "source_checkpoint": metrics["checkpoint"],
+        "averaged_epochs": metrics["averaged_epochs"],
+        "vocab_sha256": datamodule.vocab_sha256,
+    }
     if cfg.task.name == "asr":
         return export_and_check_integer_asr(task, datamodule, directory, metrics, info, trainer.limit_test_batches)
     sizes, engine = export_integer_lm(task.model, datamodule.vocab, directory, info)
@@ -175,21 +191,37 @@ def export_and_check_integer(
 def export_and_check_integer_asr(task, datamodule, directory, metrics, info, limit) -> dict[str, Any]:
     """ASR: the integer checkpoint, and the WER of each test set decoded by the integer engine (same search)."""
     hp = task.hparams
-    info["decoding"] = {"beam_size": hp.beam_size, "length_norm": hp.length_norm, "max_len_ratio": hp.max_len_ratio,
-                        "ctc_weight": hp.decode_ctc_weight}  # fmt: skip
+    info["decoding"] = {
+        "beam_size": hp.beam_size,
+        "length_norm": hp.length_norm,
+        "max_len_ratio": hp.max_len_ratio,
+        "ctc_weight": hp.decode_ctc_weight,
+    }
     sizes, engine = export_integer_asr(task.model, directory, info)
     result = dict(sizes)
     if metrics["test_wer"] is not None:
-        decoded = integer_wer(engine, datamodule, "test", hp.beam_size, hp.length_norm, hp.max_len_ratio, limit,
-                              info["decoding"]["ctc_weight"], decoded_dir=directory / DECODED_INTEGER_DIR)  # fmt: skip
+        decoded = integer_wer(
+            engine,
+            datamodule,
+            "test",
+            hp.beam_size,
+            hp.length_norm,
+            hp.max_len_ratio,
+            limit,
+            info["decoding"]["ctc_weight"],
+            decoded_dir=directory / DECODED_INTEGER_DIR,
+        )
         result["test_wer"] = decoded["wer"]
         result["test_wer_abs_diff_vs_qat"] = {k: v - metrics["test_wer"][k] for k, v in decoded["wer"].items()}
         result["eval_utterances_per_s"] = decoded["utterances_per_s"]
     print(
         f"integer checkpoint {sizes['integer_checkpoint']}: {sizes['integer_param_bytes']:,} bytes "
         f"({100 * sizes['integer_size_ratio']:.1f}% of {sizes['float_param_bytes']:,} float bytes)"
-        + (" | integer-engine test WER " + ", ".join(f"{k} {v:.2f}" for k, v in result["test_wer"].items())
-           if "test_wer" in result else "")
+        + (
+            " | integer-engine test WER " + ", ".join(f"{k} {v:.2f}" for k, v in result["test_wer"].items())
+            if "test_wer" in result
+            else ""
+        )
     )
     return result
 

@@ -13,6 +13,7 @@ where p_ctc(h...) is the CTC probability that the output starts with h (``CTCPre
 A language model can be fused too (shallow fusion): + lm_weight log p_lm(c | g), from an integer LM whose
 words are the ASR tokenizer's pieces (``LanguageModelFusion``; ``data=asr_lm``, ``experiment=asr_lm``).
 """
+
 from __future__ import annotations
 
 import math
@@ -81,7 +82,7 @@ class LanguageModelFusion:
     weight: float
 
     @classmethod
-    def build(cls, engine, pieces: list[str], bos: int, eos: int, weight: float) -> "LanguageModelFusion":
+    def build(cls, engine, pieces: list[str], bos: int, eos: int, weight: float) -> LanguageModelFusion:
         """pieces: the ASR tokenizer's piece of each token id. Raises ValueError when the LM's words are not
         those pieces (an LM trained on other text)."""
         from app.data.lm_corpus import EOS, UNK
@@ -207,13 +208,25 @@ def beam_search(
     results = []
     for i in range(batch_size):
         scorer = None if ctc is None else CTCPrefixScorer(ctc[0][i, : int(ctc[1][i])], blank, eos)
-        results.append(_beam_one(decoder, memory, i, max_lengths[i], bos, eos, beam_size, length_norm, scorer, ctc_weight, lm))
+        results.append(
+            _beam_one(decoder, memory, i, max_lengths[i], bos, eos, beam_size, length_norm, scorer, ctc_weight, lm)
+        )
     return results
 
 
-def _beam_one(decoder: Decoder, memory: Any, utterance: int, max_length: int, bos: int, eos: int, beam_size: int,
-              length_norm: float, scorer: CTCPrefixScorer | None, ctc_weight: float,
-              lm: LanguageModelFusion | None) -> list[int]:  # fmt: skip
+def _beam_one(
+    decoder: Decoder,
+    memory: Any,
+    utterance: int,
+    max_length: int,
+    bos: int,
+    eos: int,
+    beam_size: int,
+    length_norm: float,
+    scorer: CTCPrefixScorer | None,
+    ctc_weight: float,
+    lm: LanguageModelFusion | None,
+) -> list[int]:
     state, memory = decoder.init_state(1), decoder.select_memory(memory, torch.tensor([utterance]))
     hyps: list[list[int]] = [[]]
     scores = torch.zeros(1, dtype=torch.float64)
@@ -238,7 +251,9 @@ def _beam_one(decoder: Decoder, memory: Any, utterance: int, max_length: int, bo
             candidates = torch.topk(step_scores, min(pre_beam, step_scores.shape[1]), dim=1).indices  # (N, K)
             last = torch.tensor([h[-1] if h else -1 for h in hyps])
             psi, new_r = scorer.extend(ctc_r, last, candidates)
-            joint = (1 - ctc_weight) * log_probs.double().gather(1, candidates) + ctc_weight * (psi - ctc_psi.unsqueeze(1))
+            joint = (1 - ctc_weight) * log_probs.double().gather(1, candidates) + ctc_weight * (
+                psi - ctc_psi.unsqueeze(1)
+            )
             if lm is not None:
                 joint = joint + lm.weight * lm_log_probs.gather(1, candidates)
             total = scores.unsqueeze(1) + joint  # (N, K)
@@ -272,7 +287,10 @@ def _beam_one(decoder: Decoder, memory: Any, utterance: int, max_length: int, bo
         if lm is not None:
             lm_state = lm.select_state(lm_state, index)
         if len(keep_rows) != memory_rows:
-            memory, memory_rows = decoder.select_memory(memory, torch.zeros(len(keep_rows), dtype=torch.int64)), len(keep_rows)
+            memory, memory_rows = (
+                decoder.select_memory(memory, torch.zeros(len(keep_rows), dtype=torch.int64)),
+                len(keep_rows),
+            )
     if not finished:
         return []
     return max(finished, key=lambda item: item[0])[1]

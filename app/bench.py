@@ -19,6 +19,7 @@
 Methods are interleaved per round (each round times every method once), and the median of the per-round
 times is reported; run it on an otherwise idle machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,10 +98,12 @@ def _calibrated_qat(hidden: int, quant: dict, calibration: torch.Tensor) -> LSTM
 
 def _run_steps(model, tokens: torch.Tensor):
     """The timed work: ``tokens.shape[1]`` next-token steps with the state carried, full-vocabulary logits."""
+
     def fn():
         state = None
         for t in range(tokens.shape[1]):
             _, state = model(tokens[:, t : t + 1], state)
+
     return fn
 
 
@@ -122,7 +125,10 @@ def _models(size: str, hidden: int, threads: list[int], calibration: torch.Tenso
     vocab = [str(i) for i in range(VOCAB)]
     qat = _calibrated_qat(hidden, {"mode": "irnn"}, calibration)
     denseshift = _calibrated_qat(hidden, {"mode": "irnn_denseshift", "weight_bits": DENSESHIFT_BITS}, calibration)
-    paths = {"irnn": workdir / f"{size}-irnn.int.safetensors", "denseshift": workdir / f"{size}-denseshift.int.safetensors"}
+    paths = {
+        "irnn": workdir / f"{size}-irnn.int.safetensors",
+        "denseshift": workdir / f"{size}-denseshift.int.safetensors",
+    }
     save_integer_checkpoint(paths["irnn"], qat.export_integer(vocab), "lm", vocab, {})
     save_integer_checkpoint(paths["denseshift"], denseshift.export_integer(vocab), "lm", vocab, {})
     plain = PlainLM(qat).eval()
@@ -217,14 +223,20 @@ def bench_engine(sizes: list[str], threads: list[int], rounds: int, out: Path) -
 def _print_engine(results: dict) -> None:
     print(f"\n{results['machine']}")
     for size, notes in results["notes"].items():
-        print(f"{size}: torch float LSTM with oneDNN {notes['torch_onednn']} (the faster here); native kernels "
-              f"{notes['native_kernels']}; ONNX Runtime int8 op types: {', '.join(notes['ort_int8_op_types'])}")
-    print(f"{'size':7} {'batch':>5} {'method':28} {'thr':>3} {'ms/token':>9} {'tokens/s':>9} {'x best float':>12} {'x ORT int8':>10}")
+        print(
+            f"{size}: torch float LSTM with oneDNN {notes['torch_onednn']} (the faster here); native kernels "
+            f"{notes['native_kernels']}; ONNX Runtime int8 op types: {', '.join(notes['ort_int8_op_types'])}"
+        )
+    print(
+        f"{'size':7} {'batch':>5} {'method':28} {'thr':>3} {'ms/token':>9} {'tokens/s':>9} {'x best float':>12} {'x ORT int8':>10}"
+    )
     for r in results["rows"]:
         ms = f"{r['latency_ms_per_token']:.3f}" if "latency_ms_per_token" in r else ""
         tps = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else ""
-        print(f"{r['size']:7} {r['batch']:>5} {r['method']:28} {r['threads']:>3} {ms:>9} {tps:>9} "
-              f"{r['speedup_vs_best_float']:>12.2f} {r['speedup_vs_ort_int8']:>10.2f}")
+        print(
+            f"{r['size']:7} {r['batch']:>5} {r['method']:28} {r['threads']:>3} {ms:>9} {tps:>9} "
+            f"{r['speedup_vs_best_float']:>12.2f} {r['speedup_vs_ort_int8']:>10.2f}"
+        )
 
 
 def bench_train(size: str, rounds: int, batch: int, steps: int, out: Path) -> dict:
@@ -284,7 +296,10 @@ def bench_asr(seconds: float, threads: list[int], rounds: int, out: Path) -> dic
     from app.models.asr import build_asr
     from app.tasks.asr_integer import quantize_features
 
-    preset = {"name": "small", "asr": OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf/model/small.yaml").asr)}
+    preset = {
+        "name": "small",
+        "asr": OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf/model/small.yaml").asr),
+    }
     frames = int(seconds * 100)
     feats, lengths = torch.randn(1, frames, 80), torch.tensor([frames])
     models = {}
@@ -293,7 +308,9 @@ def bench_asr(seconds: float, threads: list[int], rounds: int, out: Path) -> dic
         model = build_asr(preset, {"name": mode, "mode": mode}, 80, 256)
         if mode == "irnn":  # calibrate the activation grids once, as QAT does
             with torch.no_grad():
-                model.train()(torch.randn(4, frames, 80), torch.full((4,), frames), torch.randint(4, 256, (4, ASR_TOKENS)))
+                model.train()(
+                    torch.randn(4, frames, 80), torch.full((4,), frames), torch.randint(4, 256, (4, ASR_TOKENS))
+                )
         models[mode] = model.eval()
     engine = models["irnn"].export_integer()
     feats_q = quantize_features(feats, engine.feat_frac)
@@ -307,6 +324,7 @@ def bench_asr(seconds: float, threads: list[int], rounds: int, out: Path) -> dic
                 for _ in range(ASR_TOKENS):
                     logits, state = models["float"].decode_step(tokens, state, encoded.memory)
                     tokens = logits.argmax(-1)
+
         return fn
 
     def torch_ops_fn(n: int):
@@ -317,6 +335,7 @@ def bench_asr(seconds: float, threads: list[int], rounds: int, out: Path) -> dic
             for _ in range(ASR_TOKENS):
                 logits, state = engine.decode_step(tokens, state, memory)
                 tokens = logits.argmax(-1)
+
         return fn
 
     def ort_fn(asr):
@@ -326,11 +345,13 @@ def bench_asr(seconds: float, threads: list[int], rounds: int, out: Path) -> dic
             for _ in range(ASR_TOKENS):
                 logits, state = asr.decode_step(tokens, state, encoded.memory)
                 tokens = logits.argmax(-1)
+
         return fn
 
     def native_fn(native):
         def fn():
             native.greedy(native.encode(feats_q), 2, -1, ASR_TOKENS)  # eos -1: always ASR_TOKENS steps
+
         return fn
 
     fns = {}
@@ -359,15 +380,31 @@ def bench_asr(seconds: float, threads: list[int], rounds: int, out: Path) -> dic
                 per_round[key].append(_time(fn, 0.5))
     seconds_of = {key: statistics.median(times) for key, times in per_round.items()}
     best_float = min(sec for (method, _), sec in seconds_of.items() if method.startswith(FLOAT) or method == ORT_FLOAT)
-    result = {"machine": machine_text("cpu"), "model": "small", "audio_seconds": seconds, "decoder_steps": ASR_TOKENS, "rows": []}
+    result = {
+        "machine": machine_text("cpu"),
+        "model": "small",
+        "audio_seconds": seconds,
+        "decoder_steps": ASR_TOKENS,
+        "rows": [],
+    }
     for (method, n), sec in seconds_of.items():
-        result["rows"].append({"method": method, "threads": n, "latency_ms": 1e3 * sec, "real_time_factor": sec / seconds,
-                               "speedup_vs_best_float": best_float / sec, "speedup_vs_float": best_float / sec})  # fmt: skip
+        result["rows"].append(
+            {
+                "method": method,
+                "threads": n,
+                "latency_ms": 1e3 * sec,
+                "real_time_factor": sec / seconds,
+                "speedup_vs_best_float": best_float / sec,
+                "speedup_vs_float": best_float / sec,
+            }
+        )
     print(f"\n{result['machine']}")
     print(f"ASR model=small, {seconds:g} s utterance + {ASR_TOKENS} greedy steps, batch 1:")
     for row in result["rows"]:
-        print(f"  {row['method']:32} {row['threads']} thr {row['latency_ms']:8.2f} ms  RTF {row['real_time_factor']:.4f}  "
-              f"x best float {row['speedup_vs_best_float']:.2f}")
+        print(
+            f"  {row['method']:32} {row['threads']} thr {row['latency_ms']:8.2f} ms  RTF {row['real_time_factor']:.4f}  "
+            f"x best float {row['speedup_vs_best_float']:.2f}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
@@ -375,7 +412,9 @@ def bench_asr(seconds: float, threads: list[int], rounds: int, out: Path) -> dic
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m app.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m app.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     engine = sub.add_parser(
         "engine", help="LM inference: torch float / int8, ONNX Runtime float / int8, our integer engine (C), DenseShift"

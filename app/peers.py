@@ -104,8 +104,15 @@ def score_row(system: str, set_name: str, record: dict[str, Any], speech: str | 
     """One row of peers.json: corpus WER (%) of the record as our ASR metrics compute it."""
     wer, _, words = corpus_wer(record["refs"], record["hyps"])
     real = speech is not None and speech.startswith("real")
-    return {"system": system, "set": set_name, "wer": wer, "words": words, "utterances": record["utterances"],
-            "real_speech": real, "speech": speech}  # fmt: skip
+    return {
+        "system": system,
+        "set": set_name,
+        "wer": wer,
+        "words": words,
+        "utterances": record["utterances"],
+        "real_speech": real,
+        "speech": speech,
+    }
 
 
 def speech_labels(config: Path = DATA_CONFIG) -> dict[str, str]:
@@ -114,9 +121,13 @@ def speech_labels(config: Path = DATA_CONFIG) -> dict[str, str]:
 
 
 def run_peers(
-    data_root: Path, set_names: Sequence[str], out: Path, digits: bool = True, limit: int | None = None,
+    data_root: Path,
+    set_names: Sequence[str],
+    out: Path,
+    digits: bool = True,
+    limit: int | None = None,
     progress: bool = True,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Decode `set_names` (TEST_SETS) with PocketSphinx, write `out` (module docstring) and return its content.
 
     digits: also decode fsdd with the one-digit grammar. limit: the first `limit` utterances of each set only.
@@ -140,10 +151,20 @@ def run_peers(
             if digits and set_name == "fsdd":
                 record = decode_set(new_decoder(DIGITS_GRAMMAR), f"{set_name} (digits grammar)", utterances, progress)
                 write_test_record(decoded_dir, f"{set_name}_digits", record)
-                rows.append(score_row(f"PocketSphinx {version} (en-US default model, digits grammar)", set_name,
-                                      record, speech.get(set_name)))  # fmt: skip
+                rows.append(
+                    score_row(
+                        f"PocketSphinx {version} (en-US default model, digits grammar)",
+                        set_name,
+                        record,
+                        speech.get(set_name),
+                    )
+                )
     real = speech_wer_summary(counts, speech)["real_speech"]
-    result = {"machine": machine_text("cpu"), "rows": rows, "real_speech": None if real is None else {"system": system, **real}}
+    result = {
+        "machine": machine_text("cpu"),
+        "rows": rows,
+        "real_speech": None if real is None else {"system": system, **real},
+    }
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     return result
 
@@ -152,24 +173,32 @@ def table(result: dict[str, Any]) -> str:
     """The rows as an aligned text table, then the pooled real-speech WER."""
     lines = [f"{'system':<58} {'set':<13} {'WER %':>7} {'words':>6} {'utts':>5}  speech"]
     for row in result["rows"]:
-        lines.append(f"{row['system']:<58} {row['set']:<13} {row['wer']:>7.2f} {row['words']:>6} "
-                     f"{row['utterances']:>5}  {row['speech']}")  # fmt: skip
+        lines.append(
+            f"{row['system']:<58} {row['set']:<13} {row['wer']:>7.2f} {row['words']:>6} "
+            f"{row['utterances']:>5}  {row['speech']}"
+        )
     real = result["real_speech"]
     if real:
         alone = sorted({row["set"] for row in result["rows"] if row["speech"] not in ("real", "synthetic")})
-        lines.append(f"real speech ({' + '.join(real['sets'])}, {real['words']} words): {real['wer']:.2f}% WER"
-                     + (f"; not in it: {', '.join(alone)} (not English: yesno is Hebrew 'ken'/'lo')" if alone else ""))
+        lines.append(
+            f"real speech ({' + '.join(real['sets'])}, {real['words']} words): {real['wer']:.2f}% WER"
+            + (f"; not in it: {', '.join(alone)} (not English: yesno is Hebrew 'ken'/'lo')" if alone else "")
+        )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app.peers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sets", nargs="+", default=list(TEST_SETS), choices=list(TEST_SETS), help="test sets to decode")
+    parser.add_argument(
+        "--sets", nargs="+", default=list(TEST_SETS), choices=list(TEST_SETS), help="test sets to decode"
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/peers.json"))
     parser.add_argument(
-        "--data-root", type=Path, default=Path(os.environ.get("QRNN_DATA_ROOT", "../shared/data")),
+        "--data-root",
+        type=Path,
+        default=Path(os.environ.get("QRNN_DATA_ROOT", "../shared/data")),
         help="holds fsdd/, yesno/, pocketsphinx_testdata/ (paths.data_root)",
-    )  # fmt: skip
+    )
     parser.add_argument("--no-digits", action="store_true", help="skip the FSDD digits-grammar row")
     parser.add_argument("--limit", type=int, default=None, help="decode the first N utterances of each set only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

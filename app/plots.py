@@ -2,6 +2,7 @@
 
 Each function takes plain numbers, writes one PNG and returns its path, or None when there is nothing to draw.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ def accuracy_vs_bits(
         return None
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for label, points, base in series:
-        line, = axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        (line,) = axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
         if base is not None:
             axes.axhline(base, linestyle="--", color=line.get_color(), linewidth=1)
     axes.set_xlabel("bits")
@@ -103,14 +104,16 @@ def learning_curves(groups: dict[str, list[tuple[str, list[int], list[float]]]],
     return _save(figure, path)
 
 
-def freezing_curves(runs: list[tuple[str, dict[str, list[tuple[int, float, float | None]]]]], path: Path) -> Path | None:
+def freezing_curves(
+    runs: list[tuple[str, dict[str, list[tuple[int, float, float | None]]]]], path: Path
+) -> Path | None:
     """runs: (label, {weight: [(epoch, frozen fraction, sign-flip fraction)]}): one panel per run."""
     if not runs:
         return None
     figure, axes = _grid(len(runs))
     for ax, (label, weights) in zip(axes, runs):
         for weight, points in sorted(weights.items()):
-            line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=weight)
+            (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=weight)
             flips = [(p[0], p[2]) for p in points if p[2] is not None]
             ax.plot([p[0] for p in flips], [p[1] for p in flips], linestyle="--", marker="x", color=line.get_color())
         ax.set(title=label, xlabel="epochs trained", ylabel="fraction of codes", ylim=(0, 1))

@@ -22,6 +22,7 @@ run directories in this checkout) keeps the measured tables it holds. ``--readme
 (``<!--speed:<key>-->...<!--/speed-->``) and the ``<!-- speed:start -->`` block of the README from
 outputs/bench/engine.json and asr.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,9 @@ from app.sweeps import IGNORED_PREFIXES, METRICS_FILE, flatten
 
 RESULTS_FILE = Path("docs/results.md")  # what `python -m app.report` regenerates (its marked blocks)
 SPEED_START, SPEED_END = "<!-- speed:start -->", "<!-- speed:end -->"  # the README's speed summary
-SPEED_CELL = re.compile(r"<!--speed:(?P<key>[\w-]+)-->.*?<!--/speed-->")  # one speed cell of the README's headline table
+SPEED_CELL = re.compile(
+    r"<!--speed:(?P<key>[\w-]+)-->.*?<!--/speed-->"
+)  # one speed cell of the README's headline table
 SCANNED = ("runs", "sweeps", "evals")  # under --outputs: train.py runs, sweep points, evaluate.py results
 # quant.* keys that are not settings: the mode (the `quant` column) and the checkpoint a run started from
 NOT_SETTINGS = ("name", "mode", "init_from")
@@ -98,7 +101,9 @@ class Run:
         if self.source is not None:
             settings = dict(self.source.settings)
         else:
-            settings = {key[6:]: v for key, v in self.config.items() if key.startswith("quant.") and key[6:] not in NOT_SETTINGS}
+            settings = {
+                key[6:]: v for key, v in self.config.items() if key.startswith("quant.") and key[6:] not in NOT_SETTINGS
+            }
         logged = self.metrics.get("quant_metrics") or {}
         for logged_key, key in (("pwl.segments", "pwl_segments"), ("layer_norm", "layer_norm")):
             if logged.get(logged_key) is not None:
@@ -141,7 +146,9 @@ def load_runs(root: Path) -> list[Run]:
     # a training run's directory has one of these (evaluate.py's own log alone is no run: `evaluate.py
     # sweep_dir=` leaves one in evals/ while its results go into the sweep's points)
     markers = (METRICS_FILE, "config.yaml", "epochs.jsonl", "train.log")
-    directories = [d for sub in SCANNED for d in sorted({p.parent for m in markers for p in (root / sub).glob(f"**/{m}")})]
+    directories = [
+        d for sub in SCANNED for d in sorted({p.parent for m in markers for p in (root / sub).glob(f"**/{m}")})
+    ]
     runs = []
     for directory in directories:
         path = directory / METRICS_FILE
@@ -255,12 +262,16 @@ def varying_settings(runs: list[Run]) -> dict[str, list[str]]:
 
 
 def settings_text(run: Run, varying: dict[str, list[str]]) -> str:
-    return " ".join(f"{key}={_value_text(run.settings[key])}" for key in varying.get(run.quant, []) if key in run.settings)
+    return " ".join(
+        f"{key}={_value_text(run.settings[key])}" for key in varying.get(run.quant, []) if key in run.settings
+    )
 
 
 def _describe(run: Run, varying: dict[str, list[str]]) -> str:
     """`<data> <model>` and the run's varying settings, e.g. `ptb small layer_norm=true`."""
-    return " ".join(str(part) for part in (run.metrics.get("data"), run.metrics.get("model"), settings_text(run, varying)) if part)
+    return " ".join(
+        str(part) for part in (run.metrics.get("data"), run.metrics.get("model"), settings_text(run, varying)) if part
+    )
 
 
 def _value_text(value: Any) -> str:
@@ -332,47 +343,137 @@ def accuracy_table(runs: list[Run]) -> Table:
     lm_rows, asr_rows, records = [], [], []
     for run in runs:
         m, base = run.metrics, baseline(run, floats)
-        common = {"task": run.task, "data": m.get("data"), "model": m.get("model"), "quant": run.quant,
-                  "settings": settings_text(run, varying), "engine": run.engine}  # fmt: skip
+        common = {
+            "task": run.task,
+            "data": m.get("data"),
+            "model": m.get("model"),
+            "quant": run.quant,
+            "settings": settings_text(run, varying),
+            "engine": run.engine,
+        }
         integer = m.get("integer") or {}
         if _is_asr(run):
             val_sets, test_sets = m.get("val_wer") or {}, m.get("test_wer") or {}
-            base_sets = ((base.metrics.get("test_wer") or {}) if base else {})
+            base_sets = (base.metrics.get("test_wer") or {}) if base else {}
             for name in sorted(test_sets.keys() | val_sets.keys()):
                 test, float_test = test_sets.get(name), base_sets.get(name)
                 change = None if test is None or float_test is None else test - float_test
                 integer_test = (integer.get("test_wer") or {}).get(name)
-                records.append({**common, "set": name, "metric": "wer_percent", "val": val_sets.get(name), "test": test,
-                                "float_test": float_test, "change": change, "change_unit": "points",
-                                "integer_test": integer_test, "hardware": hardware_text(run), "command": run.command,
-                                "directory": str(run.directory)})  # fmt: skip
-                asr_rows.append([
-                    common["data"], common["model"] or "", run.quant, common["settings"], run.engine, name,
-                    _fmt(val_sets.get(name)), _fmt(test), "" if change is None else f"{change:+.2f} pts (vs {float_test:.2f})",
-                    _fmt(integer_test), hardware_text(run), f"`{run.command}`",
-                ])  # fmt: skip
+                records.append(
+                    {
+                        **common,
+                        "set": name,
+                        "metric": "wer_percent",
+                        "val": val_sets.get(name),
+                        "test": test,
+                        "float_test": float_test,
+                        "change": change,
+                        "change_unit": "points",
+                        "integer_test": integer_test,
+                        "hardware": hardware_text(run),
+                        "command": run.command,
+                        "directory": str(run.directory),
+                    }
+                )
+                asr_rows.append(
+                    [
+                        common["data"],
+                        common["model"] or "",
+                        run.quant,
+                        common["settings"],
+                        run.engine,
+                        name,
+                        _fmt(val_sets.get(name)),
+                        _fmt(test),
+                        "" if change is None else f"{change:+.2f} pts (vs {float_test:.2f})",
+                        _fmt(integer_test),
+                        hardware_text(run),
+                        f"`{run.command}`",
+                    ]
+                )
         elif m.get("test_ppl") is not None or m.get("val_ppl") is not None:
             float_test = base.metrics.get("test_ppl") if base else None
             change = None if float_test is None or m.get("test_ppl") is None else 100 * (m["test_ppl"] / float_test - 1)
-            records.append({**common, "set": "test", "metric": "ppl", "val": m.get("val_ppl"), "test": m.get("test_ppl"),
-                            "float_test": float_test, "change": change, "change_unit": "percent",
-                            "integer_test": integer.get("test_ppl"), "epochs": m.get("epochs"),
-                            "wall_time_s": m.get("wall_time_s"), "train_tokens_per_s": m.get("train_tokens_per_s"),
-                            "hardware": hardware_text(run), "command": run.command, "directory": str(run.directory)})  # fmt: skip
-            lm_rows.append([
-                common["data"], common["model"] or "", run.quant, common["settings"], run.engine, _fmt(m.get("val_ppl")),
-                _fmt(m.get("test_ppl")), change_text(run, base), _fmt(integer.get("test_ppl")), _fmt(m.get("epochs"), "d"),
-                _wall(run), _fmt(m.get("train_tokens_per_s"), ".0f"), hardware_text(run), f"`{run.command}`",
-            ])  # fmt: skip
+            records.append(
+                {
+                    **common,
+                    "set": "test",
+                    "metric": "ppl",
+                    "val": m.get("val_ppl"),
+                    "test": m.get("test_ppl"),
+                    "float_test": float_test,
+                    "change": change,
+                    "change_unit": "percent",
+                    "integer_test": integer.get("test_ppl"),
+                    "epochs": m.get("epochs"),
+                    "wall_time_s": m.get("wall_time_s"),
+                    "train_tokens_per_s": m.get("train_tokens_per_s"),
+                    "hardware": hardware_text(run),
+                    "command": run.command,
+                    "directory": str(run.directory),
+                }
+            )
+            lm_rows.append(
+                [
+                    common["data"],
+                    common["model"] or "",
+                    run.quant,
+                    common["settings"],
+                    run.engine,
+                    _fmt(m.get("val_ppl")),
+                    _fmt(m.get("test_ppl")),
+                    change_text(run, base),
+                    _fmt(integer.get("test_ppl")),
+                    _fmt(m.get("epochs"), "d"),
+                    _wall(run),
+                    _fmt(m.get("train_tokens_per_s"), ".0f"),
+                    hardware_text(run),
+                    f"`{run.command}`",
+                ]
+            )
     parts = []
     if lm_rows:
-        parts.append(_markdown(
-            ["data", "model", "quant", "settings", "engine", "val ppl", "test ppl", "vs float (same recipe)",
-             "integer-engine test ppl", "epochs", "wall time", "train tokens/s", "hardware", "command"], lm_rows))  # fmt: skip
+        parts.append(
+            _markdown(
+                [
+                    "data",
+                    "model",
+                    "quant",
+                    "settings",
+                    "engine",
+                    "val ppl",
+                    "test ppl",
+                    "vs float (same recipe)",
+                    "integer-engine test ppl",
+                    "epochs",
+                    "wall time",
+                    "train tokens/s",
+                    "hardware",
+                    "command",
+                ],
+                lm_rows,
+            )
+        )
     if asr_rows:
-        parts.append(_markdown(
-            ["data", "model", "quant", "settings", "engine", "set", "val WER %", "test WER %", "vs float (same recipe)",
-             "integer-engine test WER %", "hardware", "command"], asr_rows))  # fmt: skip
+        parts.append(
+            _markdown(
+                [
+                    "data",
+                    "model",
+                    "quant",
+                    "settings",
+                    "engine",
+                    "set",
+                    "val WER %",
+                    "test WER %",
+                    "vs float (same recipe)",
+                    "integer-engine test WER %",
+                    "hardware",
+                    "command",
+                ],
+                asr_rows,
+            )
+        )
     return Table("accuracy", "\n\n".join(parts) or "No finished runs yet.", records)
 
 
@@ -417,10 +518,16 @@ def sweep_table(runs: list[Run], outputs: Path) -> Table:
             evals[(run.source.directory.resolve(), run.engine)] = run
     parts, records = [], []
     for sweep in sorted({run.directory.resolve().parent.name for run in points}):
-        members = sorted((run for run in points if run.directory.resolve().parent.name == sweep),
-                         key=lambda r: (r.task, r.metrics.get("data") or "", r.quant != "float", r.directory.name))  # fmt: skip
+        members = sorted(
+            (run for run in points if run.directory.resolve().parent.name == sweep),
+            key=lambda r: (r.task, r.metrics.get("data") or "", r.quant != "float", r.directory.name),
+        )
         timed = [t for t in map(_train_loop_seconds, members) if t is not None]
-        lines = [f"**`{sweep}`** ({len(members)} points" + (f"; training loops {_minutes(sum(timed))} in all" if timed else "") + "):"]
+        lines = [
+            f"**`{sweep}`** ({len(members)} points"
+            + (f"; training loops {_minutes(sum(timed))} in all" if timed else "")
+            + "):"
+        ]
         varying, names = varying_settings(members), point_names(members)
         for task in dict.fromkeys(run.task for run in members):
             group = [run for run in members if run.task == task]
@@ -431,18 +538,31 @@ def sweep_table(runs: list[Run], outputs: Path) -> Table:
                 row_of = _sweep_asr_row if task == "asr" else _sweep_lm_row
                 header, row, numbers = row_of(run, names[run.directory], base, evals, varying)
                 rows.append(row)
-                records.append({"sweep": sweep, "point": run.directory.name, "task": task, "data": run.metrics.get("data"),
-                                "quant": run.quant, "settings": settings_text(run, varying), **numbers,
-                                "train_loop_s": _train_loop_seconds(run), "wall_time_s": run.metrics.get("wall_time_s"),
-                                "integer_size_ratio": (run.metrics.get("integer") or {}).get("integer_size_ratio"),
-                                "command": run.command, "directory": str(run.directory)})  # fmt: skip
+                records.append(
+                    {
+                        "sweep": sweep,
+                        "point": run.directory.name,
+                        "task": task,
+                        "data": run.metrics.get("data"),
+                        "quant": run.quant,
+                        "settings": settings_text(run, varying),
+                        **numbers,
+                        "train_loop_s": _train_loop_seconds(run),
+                        "wall_time_s": run.metrics.get("wall_time_s"),
+                        "integer_size_ratio": (run.metrics.get("integer") or {}).get("integer_size_ratio"),
+                        "command": run.command,
+                        "directory": str(run.directory),
+                    }
+                )
             lines.append(_markdown(header, rows))
         parts.append("\n\n".join(lines))
     if not parts:
         return Table("sweeps", "No sweep has finished a point yet (`python train.py -m +sweep=cpu`).", records)
-    note = ("Test numbers: `evaluate.py sweep_dir=outputs/sweeps/<sweep>` (the point's own engine; `integer engine`: "
-            "engine=integer) where it ran, else the point's own test. Training loop: the sum of its epochs' "
-            "`train_seconds` (epochs.jsonl), without validation and test.")  # fmt: skip
+    note = (
+        "Test numbers: `evaluate.py sweep_dir=outputs/sweeps/<sweep>` (the point's own engine; `integer engine`: "
+        "engine=integer) where it ran, else the point's own test. Training loop: the sum of its epochs' "
+        "`train_seconds` (epochs.jsonl), without validation and test."
+    )
     return Table("sweeps", "\n\n".join(parts) + f"\n\n{note}", records)
 
 
@@ -457,10 +577,16 @@ def _tested(run: Run | None, evals: dict[tuple[Path, str], Run], engine: str | N
 
 def _size_text(run: Run) -> str:
     integer = run.metrics.get("integer") or {}
-    return f"{100 * integer['integer_param_bytes'] / integer['float_param_bytes']:.1f}%" if integer.get("float_param_bytes") else ""
+    return (
+        f"{100 * integer['integer_param_bytes'] / integer['float_param_bytes']:.1f}%"
+        if integer.get("float_param_bytes")
+        else ""
+    )
 
 
-def _sweep_asr_row(run: Run, name: str, base: Run | None, evals, varying) -> tuple[list[str], list[str], dict[str, Any]]:
+def _sweep_asr_row(
+    run: Run, name: str, base: Run | None, evals, varying
+) -> tuple[list[str], list[str], dict[str, Any]]:
     """ASR: WER per test set, change in points vs the float point, the integer engine's WERs ("identical")."""
     test = _tested(run, evals).metrics.get("test_wer") or {}
     base_test = (_tested(base, evals).metrics.get("test_wer") or {}) if base else {}
@@ -471,11 +597,31 @@ def _sweep_asr_row(run: Run, name: str, base: Run | None, evals, varying) -> tup
     engine = " / ".join(_fmt(integer_test.get(n)) for n in names) if integer_test else ""
     if integer_test and _same_wer(integer_test, test):
         engine = "identical"
-    header = ["point", "quant", f"test WER % ({' / '.join(names)})", "vs float point (points)", "integer engine",
-              "integer size", "training loop", "command"]  # fmt: skip
-    row = [name, _quant_label(run), " / ".join(_fmt(test.get(n)) for n in names), change, engine,
-           _size_text(run), _minutes(_train_loop_seconds(run)), f"`{run.command}`"]  # fmt: skip
-    return header, row, {"test_wer": test, "float_test_wer": base_test or None, "integer_test_wer": integer_test or None}
+    header = [
+        "point",
+        "quant",
+        f"test WER % ({' / '.join(names)})",
+        "vs float point (points)",
+        "integer engine",
+        "integer size",
+        "training loop",
+        "command",
+    ]
+    row = [
+        name,
+        _quant_label(run),
+        " / ".join(_fmt(test.get(n)) for n in names),
+        change,
+        engine,
+        _size_text(run),
+        _minutes(_train_loop_seconds(run)),
+        f"`{run.command}`",
+    ]
+    return (
+        header,
+        row,
+        {"test_wer": test, "float_test_wer": base_test or None, "integer_test_wer": integer_test or None},
+    )
 
 
 def _sweep_lm_row(run: Run, name: str, base: Run | None, evals, varying) -> tuple[list[str], list[str], dict[str, Any]]:
@@ -485,10 +631,30 @@ def _sweep_lm_row(run: Run, name: str, base: Run | None, evals, varying) -> tupl
     integer_run = _tested(run, evals, "integer")
     integer_test = (integer_run.metrics if integer_run else run.metrics.get("integer") or {}).get("test_ppl")
     change = "" if test is None or base_test is None else f"{100 * (test / base_test - 1):+.2f}%"
-    header = ["point", "quant", "settings", "val ppl", "test ppl", "vs float point", "integer-engine test ppl",
-              "integer size", "training loop", "command"]  # fmt: skip
-    row = [name, _quant_label(run), settings_text(run, varying), _fmt(tested.metrics.get("val_ppl")), _fmt(test),
-           change, _fmt(integer_test), _size_text(run), _minutes(_train_loop_seconds(run)), f"`{run.command}`"]  # fmt: skip
+    header = [
+        "point",
+        "quant",
+        "settings",
+        "val ppl",
+        "test ppl",
+        "vs float point",
+        "integer-engine test ppl",
+        "integer size",
+        "training loop",
+        "command",
+    ]
+    row = [
+        name,
+        _quant_label(run),
+        settings_text(run, varying),
+        _fmt(tested.metrics.get("val_ppl")),
+        _fmt(test),
+        change,
+        _fmt(integer_test),
+        _size_text(run),
+        _minutes(_train_loop_seconds(run)),
+        f"`{run.command}`",
+    ]
     return header, row, {"test_ppl": test, "float_test_ppl": base_test, "integer_test_ppl": integer_test}
 
 
@@ -511,24 +677,64 @@ def size_table(runs: list[Run]) -> Table:
         float_bytes, integer_bytes = integer["float_param_bytes"], integer["integer_param_bytes"]
         ratio = integer_bytes / float_bytes
         stored = _weights_stored_as(run)
-        records.append({"task": run.task, "data": run.metrics.get("data"), "model": run.metrics.get("model"),
-                        "quant": run.quant, "settings": settings_text(run, varying), "weights_stored_as": stored,
-                        "float_bytes": float_bytes, "integer_bytes": integer_bytes, "ratio": ratio,
-                        "command": run.command, "directory": str(run.directory)})  # fmt: skip
-        cells = (run.metrics.get("data") or "", run.metrics.get("model") or "", run.quant, settings_text(run, varying),
-                 stored, f"{float_bytes:,}", f"{integer_bytes:,}", f"{100 * ratio:.1f}%", f"{1 / ratio:.1f}x")  # fmt: skip
+        records.append(
+            {
+                "task": run.task,
+                "data": run.metrics.get("data"),
+                "model": run.metrics.get("model"),
+                "quant": run.quant,
+                "settings": settings_text(run, varying),
+                "weights_stored_as": stored,
+                "float_bytes": float_bytes,
+                "integer_bytes": integer_bytes,
+                "ratio": ratio,
+                "command": run.command,
+                "directory": str(run.directory),
+            }
+        )
+        cells = (
+            run.metrics.get("data") or "",
+            run.metrics.get("model") or "",
+            run.quant,
+            settings_text(run, varying),
+            stored,
+            f"{float_bytes:,}",
+            f"{integer_bytes:,}",
+            f"{100 * ratio:.1f}%",
+            f"{1 / ratio:.1f}x",
+        )
         latest, count = rows.get(cells, (run, 0))
         rows[cells] = (run if _written(run) >= _written(latest) else latest, count + 1)
-    headers = ["data", "model", "quant", "settings", "weights stored as", "float32 bytes", "integer bytes",
-               "% of float", "times smaller", "runs", "command (latest run)"]  # fmt: skip
+    headers = [
+        "data",
+        "model",
+        "quant",
+        "settings",
+        "weights stored as",
+        "float32 bytes",
+        "integer bytes",
+        "% of float",
+        "times smaller",
+        "runs",
+        "command (latest run)",
+    ]
     table = [[*cells, str(count), f"`{run.command}`"] for cells, (run, count) in rows.items()]
-    body = _markdown(headers, table) if table else "No integer checkpoint yet (quant=irnn or irnn_denseshift runs write one)."
+    body = (
+        _markdown(headers, table)
+        if table
+        else "No integer checkpoint yet (quant=irnn or irnn_denseshift runs write one)."
+    )
     return Table("size", body, records)
 
 
 # Benchmark JSON keys -> table headers (other keys are shown under their own name)
-BENCH_HEADERS = {"latency_ms_per_token": "ms / token", "tokens_per_s": "tokens/s", "speedup_vs_float": "speed-up vs float",
-                 "speedup_vs_best_float": "speed-up vs best float", "speedup_vs_ort_int8": "speed-up vs ORT int8"}  # fmt: skip
+BENCH_HEADERS = {
+    "latency_ms_per_token": "ms / token",
+    "tokens_per_s": "tokens/s",
+    "speedup_vs_float": "speed-up vs float",
+    "speedup_vs_best_float": "speed-up vs best float",
+    "speedup_vs_ort_int8": "speed-up vs ORT int8",
+}
 PEERS = "peers"  # outputs/bench/peers.json (python -m app.peers) holds WERs, not timings: its own table
 
 
@@ -570,19 +776,26 @@ def speed_table(benchmarks: dict[str, dict]) -> Table:
     for name, data in benchmarks.items():
         if name == PEERS:
             continue
-        rows = data.get("rows") if isinstance(data.get("rows"), list) else [
-            {k: v for k, v in data.items() if k != "machine"}
-        ]
+        rows = (
+            data.get("rows")
+            if isinstance(data.get("rows"), list)
+            else [{k: v for k, v in data.items() if k != "machine"}]
+        )
         columns = list(dict.fromkeys(key for row in rows for key in row))
         if "speedup_vs_best_float" in columns:  # app.bench writes speedup_vs_float as a copy of it: shown once
             columns = [key for key in columns if key != "speedup_vs_float"]
         measured = {key for row in rows for key, value in row.items() if isinstance(value, float)}
         # what was measured, then how fast, speed-ups last
         columns = sorted(columns, key=lambda k: (k in measured, "speedup" in k or "slowdown" in k))
-        table = _markdown([_bench_header(k) for k in columns], [[_bench_cell(k, row.get(k)) for k in columns] for row in rows])
+        table = _markdown(
+            [_bench_header(k) for k in columns], [[_bench_cell(k, row.get(k)) for k in columns] for row in rows]
+        )
         parts.append(f"`python -m app.bench {name}` on {data.get('machine', 'an unrecorded machine')}:\n\n{table}")
         records += [{"benchmark": name, "machine": data.get("machine"), **row} for row in rows]
-    body = "\n\n".join(parts) or "No benchmark yet: `python -m app.bench engine` and `python -m app.bench train` write them."
+    body = (
+        "\n\n".join(parts)
+        or "No benchmark yet: `python -m app.bench engine` and `python -m app.bench train` write them."
+    )
     return Table("speed", body, records)
 
 
@@ -644,28 +857,58 @@ def ablation_table(series: list[Series]) -> Table:
                 q = run.metrics.get("quant_metrics") or {}
                 frozen, flips = _freezing_summary(run)
                 record = {
-                    "axis": f"quant.{axis}", "value": run.settings[axis], "series": s.title, "quant": s.quant,
+                    "axis": f"quant.{axis}",
+                    "value": run.settings[axis],
+                    "series": s.title,
+                    "quant": s.quant,
                     "val": run.metrics.get("val_ppl") if not _is_asr(run) else _mean_wer(run.metrics.get("val_wer")),
-                    "test": headline(run), "metric": "wer_percent_mean" if _is_asr(run) else "ppl",
+                    "test": headline(run),
+                    "metric": "wer_percent_mean" if _is_asr(run) else "ppl",
                     "float_test": headline(s.base) if s.base else None,
                     "pwl_sigmoid_max_error_lsb": q.get("pwl.sigmoid.max_error_lsb"),
                     "pwl_tanh_max_error_lsb": q.get("pwl.tanh.max_error_lsb"),
                     "pwl_tanh_cell_max_error_lsb": q.get("pwl.tanh_cell.max_error_lsb"),
-                    "frozen_fraction": frozen, "sign_flip_fraction": flips,
-                    "command": run.command, "directory": str(run.directory),
-                }  # fmt: skip
+                    "frozen_fraction": frozen,
+                    "sign_flip_fraction": flips,
+                    "command": run.command,
+                    "directory": str(run.directory),
+                }
                 records.append(record)
-                rows.append([
-                    s.title, _value_text(record["value"]), _fmt(record["val"]), _fmt(record["test"]), change_text(run, s.base),
-                    _fmt(record["pwl_sigmoid_max_error_lsb"], ".1f"), _fmt(record["pwl_tanh_max_error_lsb"], ".1f"),
-                    _fmt(record["pwl_tanh_cell_max_error_lsb"], ".1f"), _fmt(None if frozen is None else 100 * frozen, ".1f"),
-                    _fmt(None if flips is None else 100 * flips, ".1f"), f"`{run.command}`",
-                ])  # fmt: skip
-        headers = ["runs", f"quant.{axis}", "val", "test", "vs float (same recipe)", "sigmoid max err (LSB Q0.15)",
-                   "tanh max err", "tanh(c) max err", "frozen codes %", "sign flips %", "command"]  # fmt: skip
+                rows.append(
+                    [
+                        s.title,
+                        _value_text(record["value"]),
+                        _fmt(record["val"]),
+                        _fmt(record["test"]),
+                        change_text(run, s.base),
+                        _fmt(record["pwl_sigmoid_max_error_lsb"], ".1f"),
+                        _fmt(record["pwl_tanh_max_error_lsb"], ".1f"),
+                        _fmt(record["pwl_tanh_cell_max_error_lsb"], ".1f"),
+                        _fmt(None if frozen is None else 100 * frozen, ".1f"),
+                        _fmt(None if flips is None else 100 * flips, ".1f"),
+                        f"`{run.command}`",
+                    ]
+                )
+        headers = [
+            "runs",
+            f"quant.{axis}",
+            "val",
+            "test",
+            "vs float (same recipe)",
+            "sigmoid max err (LSB Q0.15)",
+            "tanh max err",
+            "tanh(c) max err",
+            "frozen codes %",
+            "sign flips %",
+            "command",
+        ]
         parts.append(f"**quant.{axis}**\n\n" + _markdown(headers, rows))
     note = "val / test: perplexity (LM) or WER % averaged over the test sets (ASR). Frozen codes and sign flips: DenseShift, last epoch, mean over weights."
-    body = "\n\n".join(parts) + f"\n\n{note}" if parts else "No ablation yet: runs that differ in one quant setting (`python train.py -m +sweep=lm_pwl_segments`, ...)."
+    body = (
+        "\n\n".join(parts) + f"\n\n{note}"
+        if parts
+        else "No ablation yet: runs that differ in one quant setting (`python train.py -m +sweep=lm_pwl_segments`, ...)."
+    )
     return Table("ablations", body, records)
 
 
@@ -674,13 +917,21 @@ def claims_table(runs: list[Run], benchmarks: dict[str, dict], size: Table) -> s
     floats, varying = float_baselines(runs), varying_settings(runs)
 
     def changes(quant: str) -> str:
-        found = [f"{_describe(r, varying)}: {change_text(r, baseline(r, floats)).split(' (')[0]}"
-                 for r in runs if r.quant == quant and not r.is_eval and baseline(r, floats) is not None]  # fmt: skip
+        found = [
+            f"{_describe(r, varying)}: {change_text(r, baseline(r, floats)).split(' (')[0]}"
+            for r in runs
+            if r.quant == quant and not r.is_eval and baseline(r, floats) is not None
+        ]
         return "; ".join(dict.fromkeys(found)) if found else "no run with a same-recipe float run yet"
 
     def sizes(quant: str) -> str:
-        found = [f"{100 * r['ratio']:.1f}% ({1 / r['ratio']:.1f}x smaller; {r['data']} {r['model']} {r['settings']})".replace(" )", ")")
-                 for r in size.records if r["quant"] == quant]  # fmt: skip
+        found = [
+            f"{100 * r['ratio']:.1f}% ({1 / r['ratio']:.1f}x smaller; {r['data']} {r['model']} {r['settings']})".replace(
+                " )", ")"
+            )
+            for r in size.records
+            if r["quant"] == quant
+        ]
         return "; ".join(dict.fromkeys(found)) if found else "no integer checkpoint yet"
 
     rows_engine = (benchmarks.get("engine") or {}).get("rows") or []
@@ -688,29 +939,72 @@ def claims_table(runs: list[Run], benchmarks: dict[str, dict], size: Table) -> s
     fastest = _fastest_per_method(rows_engine)
 
     def speedups(method: str) -> str:
-        found = [f"{speedup(row):.2f}x ({size_name}, batch {batch}{_threads_text(row)})"
-                 for (size_name, batch, name), row in fastest.items() if name == method]  # fmt: skip
+        found = [
+            f"{speedup(row):.2f}x ({size_name}, batch {batch}{_threads_text(row)})"
+            for (size_name, batch, name), row in fastest.items()
+            if name == method
+        ]
         return "; ".join(found) + f" vs float, {machine}" if found else "not measured yet"
 
     shift = {k[:2]: row for k, row in fastest.items() if "shift-add" in k[2] or "packed" in k[2]}
     decode = {k[:2]: row for k, row in fastest.items() if "int8 decode" in k[2]}
-    shift_vs_int8 = [f"{speedup(shift[k]) / speedup(decode[k]):.2f}x ({k[0]}, batch {k[1]})" for k in shift if k in decode]
-    shift_text = ("shift-add kernel vs the same codes decoded to int8: " + "; ".join(shift_vs_int8) + f", {machine}"
-                  if shift_vs_int8 else "not measured yet")  # fmt: skip
+    shift_vs_int8 = [
+        f"{speedup(shift[k]) / speedup(decode[k]):.2f}x ({k[0]}, batch {k[1]})" for k in shift if k in decode
+    ]
+    shift_text = (
+        "shift-add kernel vs the same codes decoded to int8: " + "; ".join(shift_vs_int8) + f", {machine}"
+        if shift_vs_int8
+        else "not measured yet"
+    )
     rows = [
-        [PAPER["irnn"], "accuracy close to float", "\"similar performance as its full-precision counterpart\" (abstract); "
-         "its perplexity / WER tables were not obtained", "LM and ASR; datasets not confirmed", "test ppl / WER vs float, same recipe: " + changes("irnn")],
-        [PAPER["irnn"], "model size", "4x smaller (abstract: FP32 to 8-bit)", "not stated", "integer checkpoint: " + sizes("irnn")],
-        [PAPER["irnn"], "runtime", "2x faster (abstract)", "smartphones (model not obtained), PyTorch 1.7 speed_benchmark_torch",
-         "integer engine: " + speedups("integer engine")],
-        [PAPER["denseshift"], "accuracy", "no LM or ASR results (ImageNet, COCO, segmentation, spoken-language "
-         "understanding; its per-table numbers were not verified)", "", "test ppl / WER vs float, same recipe: "
-         + changes("denseshift") + "; with integer activations (ours): " + changes("irnn_denseshift")],
-        [PAPER["denseshift"], "model size", "not stated as a ratio (N-bit zero-free codes)", "",
-         "packed codes, integer activations: " + sizes("irnn_denseshift")],
-        [PAPER["denseshift"], "runtime", "1.6x over existing methods (FP16 dot product by integer addition, float activations)",
-         "ARM Cortex-A57 (ARMv8)", shift_text],
-    ]  # fmt: skip
+        [
+            PAPER["irnn"],
+            "accuracy close to float",
+            '"similar performance as its full-precision counterpart" (abstract); '
+            "its perplexity / WER tables were not obtained",
+            "LM and ASR; datasets not confirmed",
+            "test ppl / WER vs float, same recipe: " + changes("irnn"),
+        ],
+        [
+            PAPER["irnn"],
+            "model size",
+            "4x smaller (abstract: FP32 to 8-bit)",
+            "not stated",
+            "integer checkpoint: " + sizes("irnn"),
+        ],
+        [
+            PAPER["irnn"],
+            "runtime",
+            "2x faster (abstract)",
+            "smartphones (model not obtained), PyTorch 1.7 speed_benchmark_torch",
+            "integer engine: " + speedups("integer engine"),
+        ],
+        [
+            PAPER["denseshift"],
+            "accuracy",
+            "no LM or ASR results (ImageNet, COCO, segmentation, spoken-language "
+            "understanding; its per-table numbers were not verified)",
+            "",
+            "test ppl / WER vs float, same recipe: "
+            + changes("denseshift")
+            + "; with integer activations (ours): "
+            + changes("irnn_denseshift"),
+        ],
+        [
+            PAPER["denseshift"],
+            "model size",
+            "not stated as a ratio (N-bit zero-free codes)",
+            "",
+            "packed codes, integer activations: " + sizes("irnn_denseshift"),
+        ],
+        [
+            PAPER["denseshift"],
+            "runtime",
+            "1.6x over existing methods (FP16 dot product by integer addition, float activations)",
+            "ARM Cortex-A57 (ARMv8)",
+            shift_text,
+        ],
+    ]
     return _markdown(["paper", "claim", "paper's number", "paper's setting / hardware", "ours"], rows) + (
         "\n\nPapers' numbers: [docs/methods.md](methods.md#what-the-papers-claim); only claims its sources confirm are listed."
     )
@@ -738,14 +1032,28 @@ def peers_table(benchmarks: dict[str, dict]) -> Table:
     for row in data.get("rows") or []:
         records.append({"machine": data.get("machine"), **row})
         speech = row.get("speech") or ("real" if row.get("real_speech") else "")
-        rows.append([str(row.get("system", "")), str(row.get("set", "")), speech, _fmt(row.get("words"), ","),
-                     _fmt(row.get("wer")), "`python -m app.peers`"])  # fmt: skip
+        rows.append(
+            [
+                str(row.get("system", "")),
+                str(row.get("set", "")),
+                speech,
+                _fmt(row.get("words"), ","),
+                _fmt(row.get("wer")),
+                "`python -m app.peers`",
+            ]
+        )
     if not rows:
         return Table(PEERS, "No peer measured yet (`python -m app.peers` writes outputs/bench/peers.json).", records)
     pooled = data.get("real_speech") or {}
-    note = (f"\n\nOn {data.get('machine', 'an unrecorded machine')}. WER is scored as ours (normalized text, corpus WER). "
-            + (f"Real English speech pooled ({', '.join(pooled.get('sets') or [])}): {pooled['wer']:.2f}% "
-               f"({pooled.get('errors')} errors / {pooled.get('words')} words)." if pooled.get("wer") is not None else ""))  # fmt: skip
+    note = (
+        f"\n\nOn {data.get('machine', 'an unrecorded machine')}. WER is scored as ours (normalized text, corpus WER). "
+        + (
+            f"Real English speech pooled ({', '.join(pooled.get('sets') or [])}): {pooled['wer']:.2f}% "
+            f"({pooled.get('errors')} errors / {pooled.get('words')} words)."
+            if pooled.get("wer") is not None
+            else ""
+        )
+    )
     headers = ["system", "set", "speech", "words", "test WER %", "command"]
     return Table(PEERS, _markdown(headers, rows) + note, records)
 
@@ -767,8 +1075,11 @@ def speed_cells(benchmarks: dict[str, dict]) -> dict[str, str]:
         else:
             row = batch_one.get(method) or next((r for name, r in batch_one.items() if name.startswith(method)), None)
         latency = None if row is None else row.get("latency_ms_per_token")
-        cells[key] = "pending (`python -m app.bench engine`)" if row is None or latency is None else (
-            f"{latency:.2f} ms/token, {speedup(row):.2f}x")  # fmt: skip
+        cells[key] = (
+            "pending (`python -m app.bench engine`)"
+            if row is None or latency is None
+            else (f"{latency:.2f} ms/token, {speedup(row):.2f}x")
+        )
     return cells
 
 
@@ -782,12 +1093,22 @@ def speed_summary(benchmarks: dict[str, dict]) -> str:
         rows = []
         for method in methods:
             one, twenty = fastest.get(("small", 1, method)), fastest.get(("small", 20, method))
-            rows.append([method,
-                         "" if one is None else f"{_fmt(one.get('latency_ms_per_token'), '.2f')} ({speedup(one):.2f}x{_threads_text(one)})",
-                         "" if twenty is None else f"{_fmt(twenty.get('tokens_per_s'), '.0f')} ({speedup(twenty):.2f}x{_threads_text(twenty)})"])  # fmt: skip
-        parts.append(f"LM `model=small` (`python -m app.bench engine`, {engine.get('machine', 'an unrecorded machine')}; "
-                     "speed-up vs the best float row):\n\n"
-                     + _markdown(["method", "batch 1: ms / token", "batch 20: tokens / s"], rows))  # fmt: skip
+            rows.append(
+                [
+                    method,
+                    ""
+                    if one is None
+                    else f"{_fmt(one.get('latency_ms_per_token'), '.2f')} ({speedup(one):.2f}x{_threads_text(one)})",
+                    ""
+                    if twenty is None
+                    else f"{_fmt(twenty.get('tokens_per_s'), '.0f')} ({speedup(twenty):.2f}x{_threads_text(twenty)})",
+                ]
+            )
+        parts.append(
+            f"LM `model=small` (`python -m app.bench engine`, {engine.get('machine', 'an unrecorded machine')}; "
+            "speed-up vs the best float row):\n\n"
+            + _markdown(["method", "batch 1: ms / token", "batch 20: tokens / s"], rows)
+        )
     asr = benchmarks.get("asr") or {}
     fastest_asr = {}
     for row in asr.get("rows") or []:
@@ -795,10 +1116,14 @@ def speed_summary(benchmarks: dict[str, dict]) -> str:
         if speedup(row) is not None and (method not in fastest_asr or speedup(row) > speedup(fastest_asr[method])):
             fastest_asr[method] = row
     if fastest_asr:
-        rows = [[method, f"{_fmt(row.get('latency_ms'), '.1f')} ({speedup(row):.2f}x{_threads_text(row)})"]
-                for method, row in fastest_asr.items()]  # fmt: skip
-        parts.append(f"ASR `model=small` (`python -m app.bench asr`, {asr.get('machine', 'an unrecorded machine')}):\n\n"
-                     + _markdown(["method", "ms per utterance"], rows))  # fmt: skip
+        rows = [
+            [method, f"{_fmt(row.get('latency_ms'), '.1f')} ({speedup(row):.2f}x{_threads_text(row)})"]
+            for method, row in fastest_asr.items()
+        ]
+        parts.append(
+            f"ASR `model=small` (`python -m app.bench asr`, {asr.get('machine', 'an unrecorded machine')}):\n\n"
+            + _markdown(["method", "ms per utterance"], rows)
+        )
     return "\n\n".join(parts)
 
 
@@ -809,9 +1134,18 @@ def make_plots(runs: list[Run], series: list[Series], out: Path) -> list[tuple[s
     """(caption, PNG path or None when there is nothing to draw) for each figure of results.md."""
     from app import plots
 
-    bits = [(f"{s.title} {s.axis}", [(r.settings[s.axis], headline(r)) for r in s.runs if not r.is_eval],
-             None if s.base is None else headline(s.base)) for s in series if s.axis.endswith("bits")]  # fmt: skip
-    pwl = [(f"{s.title}", [(r.settings[s.axis], headline(r)) for r in s.runs]) for s in series if s.axis == "pwl_segments"]
+    bits = [
+        (
+            f"{s.title} {s.axis}",
+            [(r.settings[s.axis], headline(r)) for r in s.runs if not r.is_eval],
+            None if s.base is None else headline(s.base),
+        )
+        for s in series
+        if s.axis.endswith("bits")
+    ]
+    pwl = [
+        (f"{s.title}", [(r.settings[s.axis], headline(r)) for r in s.runs]) for s in series if s.axis == "pwl_segments"
+    ]
     groups: dict[str, list[tuple[str, list[int], list[float]]]] = defaultdict(list)
     freezing, varying = [], varying_settings(runs)
     for run in runs:
@@ -826,15 +1160,23 @@ def make_plots(runs: list[Run], series: list[Series], out: Path) -> list[tuple[s
             freezing.append((f"{run.quant} {settings_text(run, varying)}\n{run.name}", per_weight))
     ylabel = "test perplexity / mean test WER %"
     return [
-        ("Accuracy vs weight / activation bits (dashed: the float run of the same recipe)",
-         plots.accuracy_vs_bits(bits, ylabel, out / "accuracy_vs_bits.png")),
-        ("PWL sigmoid/tanh max error vs segments (fitted here), and test accuracy of runs that differ in segments",
-         plots.pwl_error_vs_segments(pwl, ylabel, out / "pwl_error_vs_segments.png")),
-        ("Learning curves: validation perplexity / WER per epoch, one panel per data, model and recipe",
-         plots.learning_curves(dict(groups), out / "learning_curves.png")),
-        ("DenseShift weight freezing: share of codes unchanged since the previous epoch (solid) and of signs flipped (dashed)",
-         plots.freezing_curves(freezing, out / "denseshift_freezing.png")),
-    ]  # fmt: skip
+        (
+            "Accuracy vs weight / activation bits (dashed: the float run of the same recipe)",
+            plots.accuracy_vs_bits(bits, ylabel, out / "accuracy_vs_bits.png"),
+        ),
+        (
+            "PWL sigmoid/tanh max error vs segments (fitted here), and test accuracy of runs that differ in segments",
+            plots.pwl_error_vs_segments(pwl, ylabel, out / "pwl_error_vs_segments.png"),
+        ),
+        (
+            "Learning curves: validation perplexity / WER per epoch, one panel per data, model and recipe",
+            plots.learning_curves(dict(groups), out / "learning_curves.png"),
+        ),
+        (
+            "DenseShift weight freezing: share of codes unchanged since the previous epoch (solid) and of signs flipped (dashed)",
+            plots.freezing_curves(freezing, out / "denseshift_freezing.png"),
+        ),
+    ]
 
 
 def _epoch_value(epoch: dict[str, Any]) -> float | None:
@@ -846,7 +1188,9 @@ def _epoch_value(epoch: dict[str, Any]) -> float | None:
 
 def _recipe_name(run: Run, runs: list[Run]) -> str:
     """A short name for a recipe: the shortest run_name among its runs, without the quant mode in it."""
-    names = [r.config.get("run_name", "").replace(f"-{r.quant}", "") for r in runs if r.recipe == run.recipe and r.config]
+    names = [
+        r.config.get("run_name", "").replace(f"-{r.quant}", "") for r in runs if r.recipe == run.recipe and r.config
+    ]
     return min((n for n in names if n), key=len, default="recipe by command")
 
 
@@ -909,8 +1253,10 @@ def rewrite_blocks(text: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
 def rewrite_readme(text: str, benchmarks: dict[str, dict]) -> str:
     """The README's speed cells and speed block from the benchmarks (left as they are without engine.json)."""
     cells = speed_cells(benchmarks)
-    text = SPEED_CELL.sub(lambda m: f"<!--speed:{m['key']}-->{cells.get(m['key'], '')}<!--/speed-->"
-                          if m["key"] in cells else m.group(0), text)  # fmt: skip
+    text = SPEED_CELL.sub(
+        lambda m: f"<!--speed:{m['key']}-->{cells.get(m['key'], '')}<!--/speed-->" if m["key"] in cells else m.group(0),
+        text,
+    )
     summary = speed_summary(benchmarks)
     if summary and SPEED_START in text and SPEED_END in text:
         head, rest = text.split(SPEED_START, 1)
@@ -920,21 +1266,36 @@ def rewrite_readme(text: str, benchmarks: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m app.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="where train.py, evaluate.py and app.bench wrote")
-    parser.add_argument("--results", type=Path, default=None,
-                        help="rewrite the marked blocks of this file that have rows now (default: docs/results.md, "
-                             "when --outputs is this folder's outputs/)")  # fmt: skip
-    parser.add_argument("--readme", type=Path, default=None, help="also rewrite this README's speed cells and speed block")
+    parser = argparse.ArgumentParser(
+        prog="python -m app.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--outputs", type=Path, default=Path("outputs"), help="where train.py, evaluate.py and app.bench wrote"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="rewrite the marked blocks of this file that have rows now (default: docs/results.md, "
+        "when --outputs is this folder's outputs/)",
+    )
+    parser.add_argument(
+        "--readme", type=Path, default=None, help="also rewrite this README's speed cells and speed block"
+    )
     parser.add_argument("--no-plots", action="store_true", help="tables only (the plots take ~10 s, mostly PWL fits)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     runs, benchmarks = load_runs(args.outputs), load_benchmarks(args.outputs)
     series = ablation_series(runs)
     size = size_table(runs)
-    tables = [sweep_table(runs, args.outputs), accuracy_table(runs), peers_table(benchmarks), size,
-              speed_table(benchmarks), ablation_table(series)]  # fmt: skip
+    tables = [
+        sweep_table(runs, args.outputs),
+        accuracy_table(runs),
+        peers_table(benchmarks),
+        size,
+        speed_table(benchmarks),
+        ablation_table(series),
+    ]
     out = args.outputs / "reports"
     out.mkdir(parents=True, exist_ok=True)
     for table in tables:
@@ -943,11 +1304,15 @@ def main(argv: list[str] | None = None) -> None:
     sections = [("claims", claims)] + [(t.name, t.markdown) for t in tables]
     body = "\n\n".join(f"### {TITLES[name]}\n\n{text}" for name, text in sections)
     figures = [] if args.no_plots else make_plots(runs, series, out)
-    figure_text = "\n\n".join(f"{caption}:\n\n![{path.stem}]({path.name})" if path else f"{caption}: no runs to draw yet."
-                              for caption, path in figures)  # fmt: skip
+    figure_text = "\n\n".join(
+        f"{caption}:\n\n![{path.stem}]({path.name})" if path else f"{caption}: no runs to draw yet."
+        for caption, path in figures
+    )
     (out / "results.md").write_text(f"# Results\n\n{body}\n" + (f"\n### Plots\n\n{figure_text}\n" if figures else ""))
-    print(f"wrote {out}/results.md, {{{','.join(t.name for t in tables)}}}.{{md,csv}} and "
-          f"{sum(p is not None for _, p in figures)} plots from {len(runs)} runs in {time.perf_counter() - started:.1f} s")  # fmt: skip
+    print(
+        f"wrote {out}/results.md, {{{','.join(t.name for t in tables)}}}.{{md,csv}} and "
+        f"{sum(p is not None for _, p in figures)} plots from {len(runs)} runs in {time.perf_counter() - started:.1f} s"
+    )
     results = args.results
     if results is None and args.outputs.resolve() == Path("outputs").resolve() and RESULTS_FILE.is_file():
         results = RESULTS_FILE  # the repository's own outputs: its docs/results.md (never from another outputs folder)
@@ -958,8 +1323,14 @@ def main(argv: list[str] | None = None) -> None:
             blocks["claims"] = claims
         text, done = rewrite_blocks(results.read_text(), blocks)
         results.write_text(text)
-        print(f"rewrote {', '.join(done) or 'no'} blocks of {results}" + (
-            f" (kept as they were: {', '.join(n for n in TITLES if n not in done)})" if len(done) < len(TITLES) else ""))  # fmt: skip
+        print(
+            f"rewrote {', '.join(done) or 'no'} blocks of {results}"
+            + (
+                f" (kept as they were: {', '.join(n for n in TITLES if n not in done)})"
+                if len(done) < len(TITLES)
+                else ""
+            )
+        )
     if args.readme is not None:
         args.readme.write_text(rewrite_readme(args.readme.read_text(), benchmarks))
         print(f"rewrote the speed cells and block of {args.readme}")

@@ -30,12 +30,32 @@ from app.quant.config import QuantConfig
 METRICS_FILE = "metrics.json"
 # metrics.json has exactly these keys, from train.py and from evaluate.py (null where one does not apply).
 METRIC_FIELDS = (
-    "command", "task", "quant", "model", "data", "checkpoint", "averaged_epochs",
-    "val_ppl", "val_loss", "val_tokens", "test_ppl", "test_loss", "test_tokens",
-    "val_wer", "test_wer", "test_wer_summary",
-    "params", "epochs", "wall_time_s", "train_tokens_per_s", "eval_tokens_per_s", "quant_metrics",
-    "engine", "integer", "hardware",
-)  # fmt: skip
+    "command",
+    "task",
+    "quant",
+    "model",
+    "data",
+    "checkpoint",
+    "averaged_epochs",
+    "val_ppl",
+    "val_loss",
+    "val_tokens",
+    "test_ppl",
+    "test_loss",
+    "test_tokens",
+    "val_wer",
+    "test_wer",
+    "test_wer_summary",
+    "params",
+    "epochs",
+    "wall_time_s",
+    "train_tokens_per_s",
+    "eval_tokens_per_s",
+    "quant_metrics",
+    "engine",
+    "integer",
+    "hardware",
+)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -102,11 +122,13 @@ def check_resumable(checkpoint: Mapping[str, Any], current: Mapping[str, Any], c
     its QuantConfig default (a checkpoint from before a key existed resumes with that key at its default).
     """
     hparams = checkpoint["hyper_parameters"]
-    saved = _flatten({
-        "model": hparams.get("model_cfg"),
-        "quant": _with_quant_defaults(hparams.get("quant_cfg")),
-        "vocab_sha256": hparams.get("vocab_sha256"),
-    })
+    saved = _flatten(
+        {
+            "model": hparams.get("model_cfg"),
+            "quant": _with_quant_defaults(hparams.get("quant_cfg")),
+            "vocab_sha256": hparams.get("vocab_sha256"),
+        }
+    )
     wanted = _flatten({**current, "quant": _with_quant_defaults(current.get("quant"))})
     differing = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
     if differing:
@@ -190,7 +212,7 @@ def wer_summary_text(summary: Mapping[str, Any]) -> str:
 
 
 def _per_set(logged: Mapping[str, Any], prefix: str) -> dict[str, float] | None:
-    values = {key[len(prefix):]: float(value) for key, value in logged.items() if key.startswith(prefix)}
+    values = {key[len(prefix) :]: float(value) for key, value in logged.items() if key.startswith(prefix)}
     return values or None
 
 
@@ -222,10 +244,14 @@ def write_metrics(directory: Path, metrics: Mapping[str, Any]) -> None:
     write_text_atomic(directory / METRICS_FILE, json.dumps(ordered, indent=2) + "\n")
     if metrics.get("test_wer") is not None or metrics.get("val_wer") is not None:
         sets = metrics.get("test_wer") or metrics.get("val_wer")
-        print("WER " + " | ".join(f"{name} {rate:.2f}" for name, rate in sets.items()) + f" | {directory / METRICS_FILE}")
+        print(
+            "WER " + " | ".join(f"{name} {rate:.2f}" for name, rate in sets.items()) + f" | {directory / METRICS_FILE}"
+        )
         if metrics.get("test_wer_summary"):
             print(f"test WER {wer_summary_text(metrics['test_wer_summary'])}")
         return
     val, test = (metrics[key] for key in ("val_ppl", "test_ppl"))
-    print(f"val ppl {val if val is None else f'{val:.2f}'} | test ppl {test if test is None else f'{test:.2f}'}"
-          f" | {directory / METRICS_FILE}")
+    print(
+        f"val ppl {val if val is None else f'{val:.2f}'} | test ppl {test if test is None else f'{test:.2f}'}"
+        f" | {directory / METRICS_FILE}"
+    )

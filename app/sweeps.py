@@ -36,9 +36,10 @@ def finished_run(directory: Path, cfg: DictConfig) -> dict[str, Any] | None:
     wanted = flatten(_run_config(cfg))
     # Keys on one side only are left out: a key added to conf/ after the run was trained is not a new config.
     differing = sorted(
-        key for key in saved.keys() & wanted.keys()
+        key
+        for key in saved.keys() & wanted.keys()
         if not key.startswith(IGNORED_PREFIXES) and saved[key] != wanted[key]
-    )  # fmt: skip
+    )
     if differing:
         key = differing[0]
         raise UserInputError(

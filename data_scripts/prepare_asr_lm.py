@@ -19,7 +19,11 @@ from app.data.text import Tokenizer
 from app.errors import UserInputError
 from app.files import write_text_atomic
 
-SOURCES = {"train": ("synth/train.jsonl", "fsdd/train.jsonl"), "valid": ("synth/valid.jsonl",), "test": ("synth/test.jsonl",)}
+SOURCES = {
+    "train": ("synth/train.jsonl", "fsdd/train.jsonl"),
+    "valid": ("synth/valid.jsonl",),
+    "test": ("synth/test.jsonl",),
+}
 
 
 def piece_lines(manifests: Sequence[Path], tokenizer: Tokenizer, cache_dir: str) -> list[str]:
@@ -31,7 +35,9 @@ def piece_lines(manifests: Sequence[Path], tokenizer: Tokenizer, cache_dir: str)
                 f"{manifest} does not exist: run `python data_scripts/synthesize_corpus.py` and "
                 "`python data_scripts/prepare_asr.py` first (or pass --out)"
             )
-        for utterance in read_manifest(manifest, manifest.parent.name + "_" + manifest.stem, cache_dir, 16000, float("inf")):
+        for utterance in read_manifest(
+            manifest, manifest.parent.name + "_" + manifest.stem, cache_dir, 16000, float("inf")
+        ):
             pieces = tokenizer.processor.id_to_piece(tokenizer.encode(utterance.text))
             if pieces:
                 lines.append(" ".join(pieces))
@@ -40,8 +46,12 @@ def piece_lines(manifests: Sequence[Path], tokenizer: Tokenizer, cache_dir: str)
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="outputs/cache/asr", help="paths.asr_root (holds the manifests and tokenizer/)")
-    parser.add_argument("--cache-dir", default="outputs/cache", help="the datasets library's Arrow cache (paths.cache_dir)")
+    parser.add_argument(
+        "--out", default="outputs/cache/asr", help="paths.asr_root (holds the manifests and tokenizer/)"
+    )
+    parser.add_argument(
+        "--cache-dir", default="outputs/cache", help="the datasets library's Arrow cache (paths.cache_dir)"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:

@@ -57,7 +57,9 @@ def fetch_package(cache: Path, package: str) -> Path:
         if shutil.which("apt-get") is None:
             raise UserInputError(f"apt-get not found: download {POOL_URL}{path.name} into {cache} and run this again")
         cache.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["apt-get", "download", f"{package}={version}"], cwd=cache, capture_output=True, text=True)
+        done = subprocess.run(
+            ["apt-get", "download", f"{package}={version}"], cwd=cache, capture_output=True, text=True
+        )
         if done.returncode != 0 or not path.is_file():
             raise UserInputError(
                 f"apt-get download {package}={version} failed ({done.stderr.strip().splitlines()[-1:] or 'no output'}): "
@@ -122,8 +124,9 @@ def prepare(cache: Path, out: Path) -> tuple[list[Utterance], dict[str, int]]:
             continue
         duration, rate = probe_audio(wav)
         rows.append(Utterance(str(wav.resolve()), duration, "allison", text, rate))
-    skipped["no recording"] = len(set(transcripts) - {w.relative_to(sounds).with_suffix("").as_posix()
-                                                      for w in sounds.rglob("*.wav")})  # fmt: skip
+    skipped["no recording"] = len(
+        set(transcripts) - {w.relative_to(sounds).with_suffix("").as_posix() for w in sounds.rglob("*.wav")}
+    )
     write_manifest(out / "asterisk" / "dev.jsonl", rows)
     return rows, skipped
 
@@ -139,11 +142,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"error: {err}")
     durations = sorted(row.duration for row in rows)
     words = sum(len(row.text.split()) for row in rows)
-    print(f"asterisk: {len(rows)} prompts, {words} words, {sum(durations) / 60:.1f} min "
-          f"({durations[0]:.2f}-{durations[-1]:.2f} s, {sum(d > 20 for d in durations)} over 20 s), "
-          f"{', '.join(sorted({f'{row.sample_rate} Hz' for row in rows}))}; left out: "
-          + ", ".join(f"{count} {reason}" for reason, count in skipped.items())
-          + f" -> {args.out / 'asterisk' / 'dev.jsonl'}")  # fmt: skip
+    print(
+        f"asterisk: {len(rows)} prompts, {words} words, {sum(durations) / 60:.1f} min "
+        f"({durations[0]:.2f}-{durations[-1]:.2f} s, {sum(d > 20 for d in durations)} over 20 s), "
+        f"{', '.join(sorted({f'{row.sample_rate} Hz' for row in rows}))}; left out: "
+        + ", ".join(f"{count} {reason}" for reason, count in skipped.items())
+        + f" -> {args.out / 'asterisk' / 'dev.jsonl'}"
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ the tokenized Arrow cache. train.py does the same on first use, so running this 
 prepares data ahead of time (e.g. before going offline or before a DDP run).
 """
 
-import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 import json
 import sys
 
@@ -15,6 +14,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 from app.config import register_resolvers
 from app.data.lm_corpus import read_meta
 from app.errors import UserInputError

@@ -77,16 +77,75 @@ FESTIVAL_VOICES = {
 }
 
 ESPEAK_ACCENTS = (
-    "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
-)  # fmt: skip
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+)
 # espeak-ng voice variants (`espeak-ng --voices=variant`) that sound like a person: no whisper, croak or robot.
 ESPEAK_VARIANTS = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5",
-    "klatt", "klatt2", "klatt3", "klatt4", "Alex", "Andy", "Annie", "Denis", "Gene", "Gene2", "Jacky", "Lee",
-    "Mario", "Michael", "Mike", "adam", "anika", "aunty", "belinda", "benjamin", "boris", "caleb", "david", "ed",
-    "edward", "edward2", "grandma", "grandpa", "iven", "iven2", "iven3", "john", "linda", "max", "norbert", "paul",
-    "quincy", "rob", "robert", "steph", "steph2", "travis", "victor", "zac",
-)  # fmt: skip
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "m8",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "klatt4",
+    "Alex",
+    "Andy",
+    "Annie",
+    "Denis",
+    "Gene",
+    "Gene2",
+    "Jacky",
+    "Lee",
+    "Mario",
+    "Michael",
+    "Mike",
+    "adam",
+    "anika",
+    "aunty",
+    "belinda",
+    "benjamin",
+    "boris",
+    "caleb",
+    "david",
+    "ed",
+    "edward",
+    "edward2",
+    "grandma",
+    "grandpa",
+    "iven",
+    "iven2",
+    "iven3",
+    "john",
+    "linda",
+    "max",
+    "norbert",
+    "paul",
+    "quincy",
+    "rob",
+    "robert",
+    "steph",
+    "steph2",
+    "travis",
+    "victor",
+    "zac",
+)
 HELD_OUT_VARIANTS = {"valid": 4, "test": 6}  # whole espeak variants held out of train, drawn with the seed
 # flite (voice, target F0 mean in Hz; 0: the voice's own): kal16 speaks at about 90 Hz, awb 120, slt 165.
 FLITE_SPEAKERS = {
@@ -493,11 +552,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     for item in items:
         path = out_dir / "wav" / item.split / f"{item.id}.wav"
         info = sf.info(str(path))
-        rows[item.split].append({
-            "audio": str(path), "duration": round(info.frames / info.samplerate, 3), "speaker": item.speaker.name,
-            "text": normalize_text(item.text), "sample_rate": info.samplerate, "engine": item.speaker.engine,
-            "kind": item.kind, "augment": item.augment,
-        })  # fmt: skip
+        rows[item.split].append(
+            {
+                "audio": str(path),
+                "duration": round(info.frames / info.samplerate, 3),
+                "speaker": item.speaker.name,
+                "text": normalize_text(item.text),
+                "sample_rate": info.samplerate,
+                "engine": item.speaker.engine,
+                "kind": item.kind,
+                "augment": item.augment,
+            }
+        )
     for split in SPLITS:
         write_manifest(out_dir / f"{split}.jsonl", rows[split])
     meta = {

@@ -1,6 +1,5 @@
 """Shared fixtures: composing configs the way train.py does, a prepared PTB cache, small corpora."""
 
-import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 from app.config import register_resolvers
 from app.data.manifest import fsdd_utterances, pocketsphinx_utterances, write_manifest, yesno_utterances
 from app.data.text import normalize_text, train_tokenizer

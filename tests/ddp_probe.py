@@ -4,7 +4,6 @@ Launched like train.py (`python tests/ddp_probe.py trainer=ddp ...`); Lightning 
 re-running this command. Each rank prints one `RANK_RESULT {json}` line.
 """
 
-import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 import json
 import os
 
@@ -12,6 +11,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 from app.tasks.lm import LanguageModelTask
 from train import train
 
@@ -32,8 +32,11 @@ def main(cfg: DictConfig) -> None:
     torch.manual_seed(0)
     metrics = train(cfg)
     rank = int(os.environ.get("LOCAL_RANK", "0"))
-    print("RANK_RESULT " + json.dumps({"rank": rank, **fit_end, "val_loss": metrics["val_loss"],
-                                       "val_tokens": metrics["val_tokens"]}), flush=True)  # fmt: skip
+    print(
+        "RANK_RESULT "
+        + json.dumps({"rank": rank, **fit_end, "val_loss": metrics["val_loss"], "val_tokens": metrics["val_tokens"]}),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -4,12 +4,12 @@ Launched like train.py (`python tests/sweep_probe.py -m +sweep=lm_cpu ...`); pri
 `SWEEP_POINT {json}` line per point: its directory and whether it trained or was skipped.
 """
 
-import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 import json
 
 import hydra
 from omegaconf import DictConfig
 
+import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 from app.runs import run_dir
 from app.sweeps import finished_run
 from train import train
@@ -19,8 +19,11 @@ from train import train
 def main(cfg: DictConfig) -> None:
     finished = finished_run(run_dir(), cfg)
     metrics = finished if finished is not None else train(cfg)
-    print("SWEEP_POINT " + json.dumps({"directory": str(run_dir()), "skipped": finished is not None,
-                                       "test_ppl": metrics["test_ppl"]}), flush=True)  # fmt: skip
+    print(
+        "SWEEP_POINT "
+        + json.dumps({"directory": str(run_dir()), "skipped": finished is not None, "test_ppl": metrics["test_ppl"]}),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ def _synthesize_corpus_module():
 
 def _require_tts_tools() -> None:
     missing = [program for program in ("espeak-ng", "sox", "flite", "festival") if shutil.which(program) is None]
-    missing += [f"{package} (a festival voice)" for package, path in FESTIVAL_VOICE_DIRS.items() if not Path(path).is_dir()]
+    missing += [
+        f"{package} (a festival voice)" for package, path in FESTIVAL_VOICE_DIRS.items() if not Path(path).is_dir()
+    ]
     if missing:
         pytest.fail(f"{', '.join(missing)} not installed: run `{INSTALL}` (Debian main; .ci/run does this)")
 
@@ -53,9 +55,21 @@ def tiny_corpus(tmp_path_factory):
     _require_tts_tools()
     out = tmp_path_factory.mktemp("asr") / "synth"
     args = [
-        "--text", str(DATA_ROOT / "ptb" / "ptb.valid.txt"), "--out", str(out), "--train", "18", "--valid", "4",
-        "--test", "8", "--shares", "espeak=0.3,flite=0.2,festival=0.5", "--word-vocab", "500",
-    ]  # fmt: skip
+        "--text",
+        str(DATA_ROOT / "ptb" / "ptb.valid.txt"),
+        "--out",
+        str(out),
+        "--train",
+        "18",
+        "--valid",
+        "4",
+        "--test",
+        "8",
+        "--shares",
+        "espeak=0.3,flite=0.2,festival=0.5",
+        "--word-vocab",
+        "500",
+    ]
     _run_script("synthesize_corpus.py", *args)
     return out, args
 
@@ -75,7 +89,9 @@ def test_synthetic_corpus_is_16khz_with_held_out_voices_and_sentences(tiny_corpu
             assert 0.2 < info.frames / info.samplerate == pytest.approx(row["duration"], abs=1e-3)
             assert row["text"] == normalize_text(row["text"]) and row["text"]
     assert {row["engine"] for row in rows["train"]} == {"espeak", "flite", "festival"}
-    festival_voices = {row["speaker"].split(":")[1].split("@")[0] for row in rows["train"] if row["engine"] == "festival"}
+    festival_voices = {
+        row["speaker"].split(":")[1].split("@")[0] for row in rows["train"] if row["engine"] == "festival"
+    }
     assert festival_voices == {"kal", "ked", "slt_hts"}  # every festival voice synthesizes
     assert {row["kind"] for row in rows["train"]} == {"sentence", "digits", "yesno"}
     train_speakers = {row["speaker"] for row in rows["train"]}
@@ -111,9 +127,12 @@ def test_prepare_asr_writes_real_set_manifests_and_a_tokenizer(tiny_corpus):
     assert "fsdd test 300, valid 300, train 2400; yesno 60; pocketsphinx 11" in output
     counts = {path.relative_to(out).as_posix(): len(path.read_text().splitlines()) for path in out.glob("*/*.jsonl")}
     assert {k: v for k, v in counts.items() if not k.startswith("synth/")} == {
-        "fsdd/train.jsonl": 2400, "fsdd/valid.jsonl": 300, "fsdd/test.jsonl": 300,
-        "yesno/test.jsonl": 60, "pocketsphinx/test.jsonl": 11,
-    }  # fmt: skip
+        "fsdd/train.jsonl": 2400,
+        "fsdd/valid.jsonl": 300,
+        "fsdd/test.jsonl": 300,
+        "yesno/test.jsonl": 60,
+        "pocketsphinx/test.jsonl": 11,
+    }
     tokenizer = Tokenizer(out / "tokenizer" / "spm.model")
     assert tokenizer.vocab_size == 60
     for row in _rows(corpus, "test"):
@@ -126,14 +145,25 @@ def test_held_out_splits_do_not_move_with_the_train_voices_or_shares():
     corpus = _synthesize_corpus_module()
     lines = (DATA_ROOT / "ptb" / "ptb.valid.txt").read_text().splitlines()
     common = dict(
-        word_vocab=500, min_words=5, max_words=12, seed=0, engines=list(corpus.ENGINES), valid=6, test=10,
-        digit_share=0.0, yesno_share=0.0, augment=True, held_out_shares="espeak=0.8,flite=0.12",
-    )  # fmt: skip
+        word_vocab=500,
+        min_words=5,
+        max_words=12,
+        seed=0,
+        engines=list(corpus.ENGINES),
+        valid=6,
+        test=10,
+        digit_share=0.0,
+        yesno_share=0.0,
+        augment=True,
+        held_out_shares="espeak=0.8,flite=0.12",
+    )
     small = corpus.plan(argparse.Namespace(train=20, shares="espeak=0.8,flite=0.12,festival=0.08", **common), lines)
     large = corpus.plan(argparse.Namespace(train=60, shares="espeak=0.5,flite=0.3,festival=0.2", **common), lines)
 
     def held_out(items):
-        return [(i.id, i.text, i.speaker.name, i.pitch, i.speed, i.effects, i.noise) for i in items if i.split != "train"]
+        return [
+            (i.id, i.text, i.speaker.name, i.pitch, i.speed, i.effects, i.noise) for i in items if i.split != "train"
+        ]
 
     assert len(held_out(small)) == 16 and held_out(small) == held_out(large)
     assert [i.text for i in small if i.split == "train"] != [i.text for i in large if i.split == "train"]

@@ -29,7 +29,7 @@ from app.data.manifest import (
     write_manifest,
     yesno_utterances,
 )
-from app.data.text import Tokenizer, normalize_text, train_tokenizer
+from app.data.text import Tokenizer, normalize_text
 from app.errors import UserInputError
 from tests.conftest import DATA_ROOT, ROOT, compose_config, run_script
 
@@ -213,7 +213,12 @@ def _check_batch(batch, tokenizer: Tokenizer, bos_eos: bool = False, augmented: 
 def test_asr_synth_config_builds_train_val_and_test_loaders(asr_root):
     cfg = _compose(
         "asr_synth",
-        [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0", "data.bos_eos=false"],
+        [
+            f"+paths.asr_root={asr_root}",
+            f"paths.cache_dir={asr_root / 'cache'}",
+            "data.num_workers=0",
+            "data.bos_eos=false",
+        ],
     )
     datamodule = instantiate(cfg.data)
     assert isinstance(datamodule, ASRDataModule)
@@ -248,15 +253,19 @@ def test_every_asr_eval_set_is_labelled_real_or_synthetic_and_yesno_is_not_engli
     datamodule = instantiate(cfg.data)
     assert set(datamodule.val_names + datamodule.test_names) <= set(datamodule.speech)
     assert {name: datamodule.speech[name] for name in ("fsdd", "pocketsphinx", "yesno")} == {
-        "fsdd": "real", "pocketsphinx": "real", "yesno": "real_non_english"  # Kaldi yesno is Hebrew "ken" / "lo"
-    }  # fmt: skip
+        "fsdd": "real",
+        "pocketsphinx": "real",
+        "yesno": "real_non_english",  # Kaldi yesno is Hebrew "ken" / "lo"
+    }
     assert datamodule.speech.get("synth", "synthetic") == "synthetic"
     with pytest.raises(UserInputError, match="data.speech.fsdd='recorded' is unknown: choose one of synthetic, real"):
         build(_compose(data, [f"+paths.asr_root={asr_root}", "data.speech.fsdd=recorded"]).data)
 
 
 def test_ddp_eval_loaders_give_every_rank_a_share_or_name_the_set_too_small(asr_root):
-    cfg = _compose("asr_synth", [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0"])
+    cfg = _compose(
+        "asr_synth", [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0"]
+    )
     datamodule = instantiate(cfg.data)
     datamodule.setup("test")
     sizes = {name: len(utterances) for name, utterances in datamodule.utterances["test"].items()}
@@ -292,9 +301,14 @@ def test_bad_vtlp_settings_are_named_in_one_line(asr_root, overrides, message):
 def test_bos_eos_and_global_cmvn(asr_root):
     cfg = _compose(
         "asr_synth",
-        [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", "data.num_workers=0",
-         "data.cmvn=global", "data.spec_augment=null"],
-    )  # fmt: skip
+        [
+            f"+paths.asr_root={asr_root}",
+            f"paths.cache_dir={asr_root / 'cache'}",
+            "data.num_workers=0",
+            "data.cmvn=global",
+            "data.spec_augment=null",
+        ],
+    )
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     mean, std = datamodule.cmvn_stats
@@ -400,10 +414,16 @@ def test_lightning_trains_and_tests_every_named_set(asr_root):
     datamodule.prepare_data()
     model = _MeanFeatureModel(datamodule.test_names)
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         use_distributed_sampler=False,
-    )  # fmt: skip
+    )
     trainer.fit(model, datamodule=datamodule)
     trainer.test(model, datamodule=datamodule, verbose=False)
     assert model.seen == {name: len(datamodule.utterances["test"][name]) for name in datamodule.test_names}
@@ -413,9 +433,22 @@ def test_asterisk_prompt_transcripts_keep_the_spoken_words_only():
     spec = importlib.util.spec_from_file_location("prepare_asterisk", ROOT / "data_scripts" / "prepare_asterisk.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    lines = ["; Core Asterisk Sounds in English", "", "digits/7: seven", "beep: [this is a simple beep tone]",
-             "silence/1: (1 second of silence)", "letters/at: at [@]", 'spy-iax2: IAX (note: does not say "2")',
-             "dictate/forhelp: press * to toggle pause, press # to enter a new dictation filename"]  # fmt: skip
+    lines = [
+        "; Core Asterisk Sounds in English",
+        "",
+        "digits/7: seven",
+        "beep: [this is a simple beep tone]",
+        "silence/1: (1 second of silence)",
+        "letters/at: at [@]",
+        'spy-iax2: IAX (note: does not say "2")',
+        "dictate/forhelp: press * to toggle pause, press # to enter a new dictation filename",
+    ]
     spoken = {name: script.spoken_text(text) for name, text in script.read_transcripts(lines).items()}
-    assert spoken == {"digits/7": "seven", "beep": "", "silence/1": "", "letters/at": "at", "spy-iax2": "iax",
-                      "dictate/forhelp": "press star to toggle pause press pound to enter a new dictation filename"}  # fmt: skip
+    assert spoken == {
+        "digits/7": "seven",
+        "beep": "",
+        "silence/1": "",
+        "letters/at": "at",
+        "spy-iax2": "iax",
+        "dictate/forhelp": "press star to toggle pause press pound to enter a new dictation filename",
+    }

@@ -1,15 +1,15 @@
 """The attention ASR model: padding and attention masks, QAT == integer engine bit for bit, search, WER."""
+
 import jiwer
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from app.asr_search import beam_search, greedy_search, integer_decoder, max_decode_length, qat_decoder
 from app.data.text import BOS_ID, EOS_ID, PAD_ID, normalize_text
 from app.engine.checkpoint import load_integer_checkpoint, save_integer_checkpoint
 from app.engine.guard import IntegerOnlyGuard
-from app.models.asr import build_asr
 from app.errors import UserInputError
+from app.models.asr import build_asr
 from app.tasks.asr import SpeechRecognitionTask, corpus_wer
 from app.tasks.asr_integer import quantize_features
 from tests.conftest import compose_config
@@ -35,7 +35,9 @@ def test_padding_does_not_change_an_utterance_and_attention_ignores_padded_frame
     short = int(batch["feat_lens"].argmin())
     with torch.no_grad():
         together = model.encode(batch["feats"], batch["feat_lens"])
-        alone = model.encode(batch["feats"][short : short + 1, : batch["feat_lens"][short]], batch["feat_lens"][short : short + 1])
+        alone = model.encode(
+            batch["feats"][short : short + 1, : batch["feat_lens"][short]], batch["feat_lens"][short : short + 1]
+        )
         frames = int(alone.lengths[0])
         assert int(together.lengths[short]) == frames < together.output.shape[1]
         assert torch.allclose(together.output[short, :frames], alone.output[0], atol=1e-6)
@@ -49,7 +51,9 @@ def test_padding_does_not_change_an_utterance_and_attention_ignores_padded_frame
 
 # 4x (model=tiny) and 8x subsampling; ranges from the |max| and from a quantile (values above it saturate)
 @pytest.mark.parametrize("conv_layers, quantile", [(2, 1.0), (3, 1.0), (2, 0.99)])
-def test_integer_engine_equals_the_qat_model_bit_for_bit_under_the_integer_guard(fsdd_batch, tmp_path, conv_layers, quantile):
+def test_integer_engine_equals_the_qat_model_bit_for_bit_under_the_integer_guard(
+    fsdd_batch, tmp_path, conv_layers, quantile
+):
     batch, datamodule = fsdd_batch
     model = _model("irnn", batch, datamodule.vocab_size, conv_layers=conv_layers, quantile=quantile)
     assert len(model.conv) == conv_layers
@@ -73,12 +77,16 @@ def test_integer_engine_equals_the_qat_model_bit_for_bit_under_the_integer_guard
         for step in range(tokens.shape[1]):
             step_logits, int_state = engine.decode_step(tokens[:, step], int_state, memory)
             steps.append(step_logits)
-    assert guard.ops > 10  # the LSTM steps may run in csrc/int_lstm.c, which the guard does not see (no float type there: test_int8_gemm)
+    assert (
+        guard.ops > 10
+    )  # the LSTM steps may run in csrc/int_lstm.c, which the guard does not see (no float type there: test_int8_gemm)
     assert torch.equal(memory.keys.long(), torch.round(encoded.output * 2**model.key_frac).long())
     with IntegerOnlyGuard():
         ctc_logits = engine.ctc_logits(memory)  # joint CTC/attention decoding scores these on both engines
     assert ctc_logits.dtype == torch.int32
-    assert torch.equal(ctc_logits.long(), torch.round(model.ctc_logits(encoded).double() * 2**engine.ctc.out_frac).long())
+    assert torch.equal(
+        ctc_logits.long(), torch.round(model.ctc_logits(encoded).double() * 2**engine.ctc.out_frac).long()
+    )
     int_logits = torch.stack(steps, 1)
     assert int_logits.dtype == torch.int32
     assert torch.equal(int_logits.long(), torch.round(logits.double() * 2**engine.logit_frac).long())
@@ -93,16 +101,20 @@ def test_greedy_search_and_beam_search_decode_the_same_words_on_both_engines(fsd
         encoded = model.encode(batch["feats"], batch["feat_lens"])
         lengths = max_decode_length(encoded.lengths, 0.3)
         greedy = greedy_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID)
-        beam1 = beam_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, beam_size=1, length_norm=0.0)
+        beam1 = beam_search(
+            qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, beam_size=1, length_norm=0.0
+        )
         beam3 = beam_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, beam_size=3)
-        joint = beam_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, beam_size=3,
-                            ctc_weight=0.5, blank=PAD_ID)  # fmt: skip
+        joint = beam_search(
+            qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, beam_size=3, ctc_weight=0.5, blank=PAD_ID
+        )
     memory = engine.encode(quantize_features(batch["feats"], engine.feat_frac), batch["feat_lens"])
     assert greedy == beam1  # a beam of one is greedy search
     assert greedy == greedy_search(integer_decoder(engine), memory, size, lengths, BOS_ID, EOS_ID)
     assert beam3 == beam_search(integer_decoder(engine), memory, size, lengths, BOS_ID, EOS_ID, beam_size=3)
-    assert joint == beam_search(integer_decoder(engine), memory, size, lengths, BOS_ID, EOS_ID, beam_size=3,
-                                ctc_weight=0.5, blank=PAD_ID)  # fmt: skip
+    assert joint == beam_search(
+        integer_decoder(engine), memory, size, lengths, BOS_ID, EOS_ID, beam_size=3, ctc_weight=0.5, blank=PAD_ID
+    )
     assert all(len(h) <= n for h, n in zip(greedy + beam3, lengths))
     assert all(EOS_ID not in h and BOS_ID not in h for h in greedy + beam3)
 
@@ -129,9 +141,15 @@ def test_an_lm_model_preset_without_an_asr_section_is_refused():
 def _task(vocab_size: int, **options):
     torch.manual_seed(0)
     return SpeechRecognitionTask(
-        TINY, {"name": "float", "mode": "float"}, vocab_size, 80, {"name": "adam", "lr": 1e-3}, {"name": "none"}, 5.0,
+        TINY,
+        {"name": "float", "mode": "float"},
+        vocab_size,
+        80,
+        {"name": "adam", "lr": 1e-3},
+        {"name": "none"},
+        5.0,
         **options,
-    )  # fmt: skip
+    )
 
 
 def test_scheduled_sampling_feeds_the_decoder_its_own_predictions_in_training_only(fsdd_batch):

@@ -1,4 +1,5 @@
 """Joint CTC/attention search: the CTC prefix scorer against brute force over every alignment, and F.ctc_loss."""
+
 import itertools
 import math
 
@@ -27,7 +28,11 @@ def _brute_force(log_probs, prefix, exact):
     for path in itertools.product(range(vocab), repeat=steps):
         out = _collapse(path)
         if (out == prefix) if exact else (out[: len(prefix)] == prefix):
-            total = float(torch.logaddexp(torch.tensor(total, dtype=torch.float64), sum(log_probs[t, label] for t, label in enumerate(path))))
+            total = float(
+                torch.logaddexp(
+                    torch.tensor(total, dtype=torch.float64), sum(log_probs[t, label] for t, label in enumerate(path))
+                )
+            )
     return total
 
 
@@ -50,12 +55,20 @@ def test_prefix_scores_equal_the_sum_over_all_alignments_and_eos_gives_the_ctc_l
     for prefix in ([], [1], [2, 2], [1, 2]):
         psi = _extend_along(scorer, prefix, [1, 2, EOS, BLANK])
         for label, score in zip([1, 2], psi[:2].tolist()):
-            assert math.isclose(score, _brute_force(log_probs, prefix + [label], exact=False), rel_tol=1e-9, abs_tol=1e-12)
+            assert math.isclose(
+                score, _brute_force(log_probs, prefix + [label], exact=False), rel_tol=1e-9, abs_tol=1e-12
+            )
         exact = _brute_force(log_probs, prefix, exact=True)
         assert math.isclose(float(psi[2]), exact, rel_tol=1e-9)
         if prefix:  # <eos> scores the whole sequence: minus torch's CTC loss
-            loss = F.ctc_loss(log_probs.unsqueeze(1), torch.tensor([prefix]), torch.tensor([5]), torch.tensor([len(prefix)]),
-                              blank=BLANK, reduction="sum")  # fmt: skip
+            loss = F.ctc_loss(
+                log_probs.unsqueeze(1),
+                torch.tensor([prefix]),
+                torch.tensor([5]),
+                torch.tensor([len(prefix)]),
+                blank=BLANK,
+                reduction="sum",
+            )
             assert math.isclose(float(psi[2]), -float(loss), rel_tol=1e-9)
         assert psi[3] == -math.inf  # blank is never a label
 
@@ -70,8 +83,11 @@ def _integer_lm(vocab):
     from app.models.lm import build_lm
 
     torch.manual_seed(0)
-    model = build_lm({"name": "t", "lm": {"embed_dim": 8, "hidden_dim": 8, "num_layers": 1, "dropout": 0.0, "tie_weights": True}},
-                     {"name": "irnn", "mode": "irnn"}, len(vocab)).eval()  # fmt: skip
+    model = build_lm(
+        {"name": "t", "lm": {"embed_dim": 8, "hidden_dim": 8, "num_layers": 1, "dropout": 0.0, "tie_weights": True}},
+        {"name": "irnn", "mode": "irnn"},
+        len(vocab),
+    ).eval()
     with torch.no_grad():
         model(torch.zeros(2, 3, dtype=torch.int64))  # calibrate the activation grids
     return model.export_integer(vocab)

@@ -37,8 +37,12 @@ def test_normalize_text_gives_lowercase_words(raw, normalized):
 
 def test_number_to_words_reads_counts():
     assert [number_to_words(n) for n in (0, 13, 40, 115, 2000000)] == [
-        "zero", "thirteen", "forty", "one hundred fifteen", "two million",
-    ]  # fmt: skip
+        "zero",
+        "thirteen",
+        "forty",
+        "one hundred fifteen",
+        "two million",
+    ]
 
 
 def test_wer_matches_jiwer_on_a_hand_example():

@@ -1,4 +1,5 @@
 """Integer attention: softmax rows, masks, and QAT == engine."""
+
 import torch
 
 from app.engine.attention import softmax_int
@@ -30,7 +31,9 @@ def test_integer_softmax_rows_sum_to_one_within_half_an_lsb_per_element():
     assert (sums - 2**15).abs().max() <= mask.sum(-1).max() // 2  # each p is rounded once
     assert bool((probs[~mask] == 0).all())
     reference = torch.softmax(scores.double().masked_fill(~mask, float("-inf")) / 2**10, -1)
-    assert (probs.double() / 2**15 - reference).abs().max() < 0.006  # 32-piece exp: ~14 LSB of Q0.15 before normalisation
+    assert (
+        probs.double() / 2**15 - reference
+    ).abs().max() < 0.006  # 32-piece exp: ~14 LSB of Q0.15 before normalisation
 
 
 def test_qat_attention_matches_integer_engine_and_respects_padding():

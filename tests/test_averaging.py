@@ -23,7 +23,9 @@ def test_floating_tensors_are_averaged_and_the_others_come_from_the_best() -> No
         average_state_dicts([best, {"w": other["w"]}])
 
 
-def test_a_run_tests_the_mean_of_its_best_epochs_and_resumes_with_them(ptb_overrides: list[str], tmp_path: Path) -> None:
+def test_a_run_tests_the_mean_of_its_best_epochs_and_resumes_with_them(
+    ptb_overrides: list[str], tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     overrides = [*ptb_overrides, "task.max_epochs=3", "task.average_best=2", "task.module.optimizer.lr=5"]
     metrics = train(compose_config("train", overrides, run))
@@ -40,7 +42,9 @@ def test_a_run_tests_the_mean_of_its_best_epochs_and_resumes_with_them(ptb_overr
     # the test numbers are the averaged weights', not the best epoch's
     common = [*eval_overrides(ptb_overrides), "trainer.enable_progress_bar=false"]
     for name in ("averaged", "best"):
-        result = run_script("evaluate.py", f"ckpt={run / 'checkpoints' / f'{name}.ckpt'}", f"output_dir={tmp_path / name}", *common)
+        result = run_script(
+            "evaluate.py", f"ckpt={run / 'checkpoints' / f'{name}.ckpt'}", f"output_dir={tmp_path / name}", *common
+        )
         assert result.returncode == 0, result.stderr[-2000:]
     evaluated = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("averaged", "best")}
     assert evaluated["averaged"]["test_ppl"] == pytest.approx(metrics["test_ppl"], rel=1e-5)

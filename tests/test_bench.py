@@ -1,13 +1,20 @@
 """``python -m app.bench engine|asr`` on tiny models: every method of the tables with 1 and 2 threads, in the JSON
 layout app.report reads, speed-ups against the best float row (no timing claims: benchmarks never assert speed)."""
+
 import json
 import time
 
 import app.bench as bench
 
 LM_METHODS = [
-    "torch float nn.LSTM", "torch quantize_dynamic int8", "ONNX Runtime float", "ONNX Runtime int8",
-    "integer engine", "DenseShift packed 3-bit", "DenseShift int8 decode", "integer engine (torch ops)",
+    "torch float nn.LSTM",
+    "torch quantize_dynamic int8",
+    "ONNX Runtime float",
+    "ONNX Runtime int8",
+    "integer engine",
+    "DenseShift packed 3-bit",
+    "DenseShift int8 decode",
+    "integer engine (torch ops)",
 ]
 
 
@@ -25,7 +32,9 @@ def test_engine_bench_measures_every_runtime_against_the_best_float_row(monkeypa
     bench.main(["engine", "--sizes", "small", "--rounds", "1", "--threads", "1", "2", "--out", str(out)])
     data = json.loads(out.read_text())
     rows = data["rows"]
-    methods = LM_METHODS + (["integer engine (AVX2 kernels)"] if data["notes"]["small"]["native_kernels"] == "avx512vnni" else [])
+    methods = LM_METHODS + (
+        ["integer engine (AVX2 kernels)"] if data["notes"]["small"]["native_kernels"] == "avx512vnni" else []
+    )
     assert sorted({(r["batch"], r["method"], r["threads"]) for r in rows}) == sorted(
         (b, m, n) for b in (1, 20) for m in methods for n in (1, 2)
     )
@@ -44,7 +53,10 @@ def test_engine_bench_measures_every_runtime_against_the_best_float_row(monkeypa
             assert row["setting"] in ("oneDNN on", "oneDNN off")
     notes = data["notes"]["small"]
     assert "DynamicQuantizeLSTM" in notes["ort_int8_op_types"]  # ONNX Runtime really runs its int8 LSTM
-    assert notes["native_weight_bytes"]["DenseShift packed 3-bit"] * 8 == notes["native_weight_bytes"]["DenseShift int8 decode"] * 3
+    assert (
+        notes["native_weight_bytes"]["DenseShift packed 3-bit"] * 8
+        == notes["native_weight_bytes"]["DenseShift int8 decode"] * 3
+    )
     assert "ONNX Runtime int8 op types" in capsys.readouterr().out
 
 
@@ -55,7 +67,10 @@ def test_asr_bench_times_torch_float_both_onednn_settings_onnx_runtime_and_both_
     bench.main(["asr", "--seconds", "0.3", "--rounds", "1", "--threads", "1", "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
     assert [r["method"] for r in rows] == [
-        "torch float nn.LSTM (oneDNN on)", "torch float nn.LSTM (oneDNN off)", "ONNX Runtime float",
-        "integer engine", "integer engine (torch ops)",
+        "torch float nn.LSTM (oneDNN on)",
+        "torch float nn.LSTM (oneDNN off)",
+        "ONNX Runtime float",
+        "integer engine",
+        "integer engine (torch ops)",
     ]
     assert max(r["speedup_vs_best_float"] for r in rows if "float" in r["method"]) == 1.0

@@ -1,6 +1,7 @@
 """Every damaged or edited integer checkpoint is refused with one line that names the file, by the Python
 loader (IntegerCheckpointError) and by the C runtime (NativeRuntimeError), never another exception, a crash
 or a silent load: truncations, flipped bytes anywhere, and metadata edits that keep the file well-formed."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.engine.checkpoint import IntegerCheckpointError, metadata_digest, load_integer_checkpoint, save_integer_checkpoint
+from app.engine.checkpoint import (
+    IntegerCheckpointError,
+    load_integer_checkpoint,
+    metadata_digest,
+    save_integer_checkpoint,
+)
 from app.engine.native import NativeLanguageModel, NativeRuntimeError
 from app.models.lm import LSTMLanguageModel
 
@@ -18,7 +24,10 @@ from app.models.lm import LSTMLanguageModel
 @pytest.fixture(scope="module")
 def good(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    vocab = [f"w{i}" for i in range(40)] + ["naïve", "日本"]  # non-ASCII words: the digest covers them as Python writes them
+    vocab = [f"w{i}" for i in range(40)] + [
+        "naïve",
+        "日本",
+    ]  # non-ASCII words: the digest covers them as Python writes them
     model = LSTMLanguageModel(len(vocab), 16, 16, 2, 0.0, True, {"mode": "irnn_denseshift", "weight_bits": 3})
     with torch.no_grad():
         model.train()(torch.randint(0, len(vocab), (4, 12)))
@@ -64,7 +73,10 @@ def set_path(tree: dict, keys: list, value) -> None:
 
 def mutations(data: bytes) -> list[tuple[str, bytes]]:
     header_end = 8 + struct.unpack("<Q", data[:8])[0]
-    cases = [(f"truncated to {n} bytes", data[:n]) for n in (0, 5, 8, 9, header_end // 2, header_end, header_end + 7, len(data) - 1)]
+    cases = [
+        (f"truncated to {n} bytes", data[:n])
+        for n in (0, 5, 8, 9, header_end // 2, header_end, header_end + 7, len(data) - 1)
+    ]
     for position in sorted({*range(0, len(data), max(1, len(data) // 97)), header_end - 1, header_end, len(data) - 1}):
         for mask in (0x01, 0xFF):
             flipped = bytearray(data)
@@ -86,12 +98,18 @@ def mutations(data: bytes) -> list[tuple[str, bytes]]:
         "an edited out_frac": lambda d: edited(d, lambda m: set_path(m, emb + ["out_frac"], 3)),
         "an edited vocabulary word": lambda d: edited(d, lambda m: m["vocab"].__setitem__(0, "zz")),
         "an edited info note": lambda d: edited(d, lambda m: m["info"].update(note="changed")),
-        "a float32 dtype (re-signed)": lambda d: edited(d, lambda m: set_path(m, emb + ["m0", "dtype"], "float32"), True),
+        "a float32 dtype (re-signed)": lambda d: edited(
+            d, lambda m: set_path(m, emb + ["m0", "dtype"], "float32"), True
+        ),
         "an unknown dtype (re-signed)": lambda d: edited(d, lambda m: set_path(m, emb + ["m0", "dtype"], "int3"), True),
-        "a missing tensor (re-signed)": lambda d: edited(d, lambda m: set_path(m, emb + ["m0", "tensor"], "nope"), True),
+        "a missing tensor (re-signed)": lambda d: edited(
+            d, lambda m: set_path(m, emb + ["m0", "tensor"], "nope"), True
+        ),
         "a missing field (re-signed)": lambda d: edited(d, lambda m: m["model"]["embedding"].pop("exp"), True),
         "an unknown class (re-signed)": lambda d: edited(d, lambda m: set_path(m, emb + ["class"], "Nope"), True),
-        "a wrong code shape (re-signed)": lambda d: edited(d, lambda m: set_path(m, emb + ["w_q", "shape"], [41, 16]), True),
+        "a wrong code shape (re-signed)": lambda d: edited(
+            d, lambda m: set_path(m, emb + ["w_q", "shape"], [41, 16]), True
+        ),
         "a short vocabulary (re-signed)": lambda d: edited(d, lambda m: m["vocab"].pop(), True),
         "a float tensor in the file (re-signed)": lambda d: edited(
             header_edited(d, lambda h: h["model.embedding.m0"].update(dtype="F16")), lambda m: None, True

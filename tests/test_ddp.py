@@ -11,11 +11,20 @@ from tests.test_train_asr import _overrides as asr_overrides
 def test_two_cpu_ranks_keep_identical_weights_and_agree_on_the_loss(ptb_overrides: list[str], tmp_path: Path) -> None:
     overrides = [o for o in ptb_overrides if not o.startswith("trainer.")]
     result = run_script(
-        "tests/ddp_probe.py", *overrides, "trainer=ddp", "trainer.accelerator=cpu",
-        "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
-        "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "quant=irnn",
-        f"hydra.run.dir={tmp_path}", timeout=300, env={"PYTHONPATH": str(ROOT)},  # the probe imports train.py
-    )  # fmt: skip
+        "tests/ddp_probe.py",
+        *overrides,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false",
+        "quant=irnn",
+        f"hydra.run.dir={tmp_path}",
+        timeout=300,
+        env={"PYTHONPATH": str(ROOT)},  # the probe imports train.py
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = {}
     for line in result.stdout.splitlines():
@@ -38,9 +47,13 @@ def test_asr_under_two_ranks_tests_every_set_and_the_integer_engine_decodes_the_
     """task=asr quant=irnn under DDP: every test set, even one smaller than a batch, gives each rank a share;
     rank 0 gathers both shares, and the integer engine decodes both shares' utterances to the same words."""
     result = run_script(
-        "train.py", *asr_overrides(asr_root, "quant=irnn"), "trainer=ddp", "trainer.accelerator=cpu",
-        f"hydra.run.dir={tmp_path}", timeout=600,
-    )  # fmt: skip
+        "train.py",
+        *asr_overrides(asr_root, "quant=irnn"),
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        f"hydra.run.dir={tmp_path}",
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics["test_wer"]) == ["synth", "fsdd", "yesno", "pocketsphinx"]

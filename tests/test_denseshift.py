@@ -1,5 +1,6 @@
 """DenseShift weights: zero-free power-of-two codes, the official surrogate gradient, exact forward values,
 initialisation and the weight-freezing metric (docs/methods.md sections 5.2 and 5.6)."""
+
 import itertools
 import math
 

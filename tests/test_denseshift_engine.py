@@ -1,5 +1,6 @@
 """DenseShift in the integer engine: N-bit code packing and the multiplication-free matmul, proven equal
 to the int8-decoded ``_int_mm`` path and to a plain integer reference, under the integer-only guard."""
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode

@@ -1,6 +1,7 @@
 """quant=denseshift and quant=irnn_denseshift in the LM: the same quantizable layers with DenseShift weights,
 QAT == integer engine bit for bit, packed N-bit codes in the integer checkpoint, the shift kernel equal to the
 int8 path, fine-tuning from a float checkpoint, resuming, the weight-freezing metric and config errors."""
+
 import json
 import math
 import shutil
@@ -82,7 +83,9 @@ def test_qat_lstm_with_denseshift_weights_matches_integer_engine_bit_exact(bidir
     assert set(engine.layers[0][0].shift_codes) == {"w_ih", "w_hh"}
     with IntegerOnlyGuard() as guard:
         y_int, (h_int, c_int) = engine(x_int.to(torch.int8), lengths=lengths)
-    assert guard.ops > 10  # the LSTM steps may run in csrc/int_lstm.c, which the guard does not see (no float type there: test_int8_gemm)
+    assert (
+        guard.ops > 10
+    )  # the LSTM steps may run in csrc/int_lstm.c, which the guard does not see (no float type there: test_int8_gemm)
     assert torch.equal(y_int.long(), torch.round(y * 2**quant.h_frac).long())
     assert torch.equal(h_int.long(), torch.round(h * 2**quant.h_frac).long())
     assert torch.equal(c_int.long(), torch.round(c * 2**quant.cell_frac).long())
@@ -157,8 +160,10 @@ def test_packed_checkpoint_round_trip_stores_three_bit_codes(irnn_denseshift_lm,
     weights = {k: v for k, v in tensors.items() if k.endswith((".w_q", ".w_ih", ".w_hh", ".packed"))}
     assert all(k.endswith(".packed") and v.dtype == torch.uint8 for k, v in weights.items())  # no int8 weights
     assert "model.decoder.w_q.packed" not in weights  # tied: stored once, under the embedding
-    counts = {"model.embedding.w_q.packed": 50 * 16, **{f"model.lstm.layers.{i}.0.{w}.packed": 64 * 16
-                                                         for i in (0, 1) for w in ("w_ih", "w_hh")}}
+    counts = {
+        "model.embedding.w_q.packed": 50 * 16,
+        **{f"model.lstm.layers.{i}.0.{w}.packed": 64 * 16 for i in (0, 1) for w in ("w_ih", "w_hh")},
+    }
     assert {k: v.numel() for k, v in weights.items()} == {k: packed_size(n, 3) for k, n in counts.items()}
     assert sum(v.numel() for v in weights.values()) == 3 * sum(counts.values()) // 8  # 3/8 of int8
     loaded, _ = load_integer_checkpoint(path)
@@ -189,7 +194,9 @@ def test_a_packed_checkpoint_whose_stored_bit_width_does_not_match_its_codes_is_
     assert str(path) in str(error.value) and "\n" not in str(error.value)
     meta["sha256"][METADATA_DIGEST] = metadata_digest(meta)  # the same edit signed anew: the codes themselves refuse it
     save_file(load_file(str(path)), str(path), metadata={METADATA_KEY: json.dumps(meta)})
-    with pytest.raises(IntegerCheckpointError, match=rf"model.lstm.layers.0.0.w_hh \(ShiftCodes\): .*{stored_bits} bits") as error:
+    with pytest.raises(
+        IntegerCheckpointError, match=rf"model.lstm.layers.0.0.w_hh \(ShiftCodes\): .*{stored_bits} bits"
+    ) as error:
         load_integer_checkpoint(path)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
 
@@ -259,8 +266,17 @@ def test_denseshift_run_fine_tunes_from_float_and_logs_weight_freezing(denseshif
     assert metrics["quant"] == "denseshift" and metrics["engine"] == "qat" and metrics["integer"] is None
     assert math.isfinite(metrics["test_ppl"])  # 4 batches: no quality claim
     quant = metrics["quant_metrics"]
-    assert set(quant) == {f"{k}/{w}" for k in ("freeze", "sign_flip") for w in (
-        "embedding.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.weight_ih_l1", "lstm.weight_hh_l1")}
+    assert set(quant) == {
+        f"{k}/{w}"
+        for k in ("freeze", "sign_flip")
+        for w in (
+            "embedding.weight",
+            "lstm.weight_ih_l0",
+            "lstm.weight_hh_l0",
+            "lstm.weight_ih_l1",
+            "lstm.weight_hh_l1",
+        )
+    }
     assert all(0.0 <= v <= 1.0 for v in quant.values())
     assert all(quant[f"sign_flip/{w}"] <= 1 - quant[f"freeze/{w}"] for w in ("embedding.weight", "lstm.weight_hh_l0"))
     epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
@@ -285,8 +301,14 @@ def test_a_denseshift_run_resumes_in_place_and_logs_freezing_for_the_resumed_epo
     denseshift_run, ptb_overrides, float_ckpt, tmp_path
 ):
     run_dir = shutil.copytree(denseshift_run[0], tmp_path / "run")
-    overrides = [*ptb_overrides, "quant=denseshift", "quant.init=float", f"quant.init_from={float_ckpt}",
-                 "task.max_epochs=2", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]  # fmt: skip
+    overrides = [
+        *ptb_overrides,
+        "quant=denseshift",
+        "quant.init=float",
+        f"quant.init_from={float_ckpt}",
+        "task.max_epochs=2",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+    ]
     metrics = train(compose_config("train", overrides))  # the optimizer (two parameter groups) resumes too
     assert metrics["epochs"] == 2
     epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]

@@ -1,6 +1,7 @@
 """quant.decomposition=false: DenseShift's zero-free codes from one float latent per weight, rounded directly
 (no sign-scale decomposition; the baseline the freezing metric compares the decomposition with). Same codes,
 alpha, packing and integer engine as the decomposed weights."""
+
 import math
 
 import pytest
@@ -34,7 +35,9 @@ def unit_alpha_weight(latent: torch.Tensor, bits: int) -> DirectShiftWeight:
 
 
 def direct_lm(mode: str, **quant) -> LSTMLanguageModel:
-    return LSTMLanguageModel(50, 16, 16, 2, 0.0, True, {"mode": mode, "weight_bits": 3, "decomposition": False, **quant})
+    return LSTMLanguageModel(
+        50, 16, 16, 2, 0.0, True, {"mode": mode, "weight_bits": 3, "decomposition": False, **quant}
+    )
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
@@ -158,8 +161,11 @@ def test_a_model_whose_weights_do_not_follow_quant_decomposition_is_refused_befo
     model = direct_lm("denseshift")
     assert len(optimizer_parameter_groups(model)) == 2  # alphas without weight decay
     set_decomposition(model, True)  # as a model that never converted its layers would be
-    with pytest.raises(ValueError, match="quant.decomposition=false, but LSTMLanguageModel's embedding.weight is a "
-                                         "DenseShiftWeight: build the model with .*set_decomposition"):
+    with pytest.raises(
+        ValueError,
+        match="quant.decomposition=false, but LSTMLanguageModel's embedding.weight is a "
+        "DenseShiftWeight: build the model with .*set_decomposition",
+    ):
         optimizer_parameter_groups(model)
 
 
@@ -210,8 +216,16 @@ def test_a_checkpoint_from_before_quant_decomposition_existed_resumes_with_the_d
     from app.errors import UserInputError
     from app.runs import check_resumable
 
-    old_quant = {"name": "denseshift", "mode": "denseshift", "weight_bits": 3, "init": "low_variance", "init_from": None}
-    checkpoint = {"hyper_parameters": {"model_cfg": {"lm": {"hidden_dim": 32}}, "quant_cfg": old_quant, "vocab_sha256": "v"}}
+    old_quant = {
+        "name": "denseshift",
+        "mode": "denseshift",
+        "weight_bits": 3,
+        "init": "low_variance",
+        "init_from": None,
+    }
+    checkpoint = {
+        "hyper_parameters": {"model_cfg": {"lm": {"hidden_dim": 32}}, "quant_cfg": old_quant, "vocab_sha256": "v"}
+    }
     current = {"model": {"lm": {"hidden_dim": 32}}, "vocab_sha256": "v"}
     check_resumable(checkpoint, {**current, "quant": {**old_quant, "decomposition": True}}, "last.ckpt")
     with pytest.raises(UserInputError, match="quant.decomposition=True, this run has quant.decomposition=False"):

@@ -1,5 +1,6 @@
 """The docs stay true to the repository: no machine paths in tracked files, every file a doc or a comment
 cites exists, and the results the report writes have no duplicate rows."""
+
 import re
 import subprocess
 from pathlib import Path
@@ -88,8 +89,11 @@ def test_code_cites_the_methods_in_the_repository_not_notes_outside_it() -> None
 def _data_rows(markdown: str) -> list[str]:
     """The rows of every markdown table, without headers (a header is the line above a |---| line)."""
     lines = markdown.splitlines()
-    return [line for i, line in enumerate(lines)
-            if line.startswith("| ") and not (i + 1 < len(lines) and lines[i + 1].startswith("|---"))]  # fmt: skip
+    return [
+        line
+        for i, line in enumerate(lines)
+        if line.startswith("| ") and not (i + 1 < len(lines) and lines[i + 1].startswith("|---"))
+    ]
 
 
 def test_results_md_has_every_block_the_report_writes_and_no_duplicate_rows() -> None:
@@ -114,11 +118,20 @@ def test_app_report_regenerates_results_without_duplicate_rows(tmp_path: Path, c
     import os
 
     outputs = tmp_path / "outputs"
-    metrics = {"command": "python train.py quant=irnn", "task": "lm", "quant": "irnn", "model": "small", "data": "ptb",
-               "engine": "qat", "val_ppl": 12.0, "test_ppl": 11.0,
-               "integer": {"float_param_bytes": 400, "integer_param_bytes": 100}}  # fmt: skip
-    for index, (where, command) in enumerate((("a/t1", metrics["command"]), ("a/t2", metrics["command"]),
-                                              ("b/t3", "python train.py quant=irnn seed=2"))):  # fmt: skip
+    metrics = {
+        "command": "python train.py quant=irnn",
+        "task": "lm",
+        "quant": "irnn",
+        "model": "small",
+        "data": "ptb",
+        "engine": "qat",
+        "val_ppl": 12.0,
+        "test_ppl": 11.0,
+        "integer": {"float_param_bytes": 400, "integer_param_bytes": 100},
+    }
+    for index, (where, command) in enumerate(
+        (("a/t1", metrics["command"]), ("a/t2", metrics["command"]), ("b/t3", "python train.py quant=irnn seed=2"))
+    ):
         directory = outputs / "runs" / "lm" / where
         directory.mkdir(parents=True)
         (directory / "metrics.json").write_text(json.dumps({**metrics, "command": command}))

@@ -1,4 +1,5 @@
 """The guard that proves integer-only execution catches floats."""
+
 import pytest
 import torch
 
@@ -140,7 +141,9 @@ def test_guard_looks_inside_the_python_wrapper_of_a_vetted_kernel_on_the_real_lm
         with pytest.raises(FloatOperationError, match="not a vetted integer kernel"), IntegerOnlyGuard():
             engine(tokens)
         # even vetted by name, its float inside is found: the guard runs a vetted op's wrapper under itself
-        monkeypatch.setattr(IntegerOnlyGuard, "INTEGER_KERNELS", IntegerOnlyGuard.INTEGER_KERNELS | {"qrnn_guard_gemm::gemm"})
+        monkeypatch.setattr(
+            IntegerOnlyGuard, "INTEGER_KERNELS", IntegerOnlyGuard.INTEGER_KERNELS | {"qrnn_guard_gemm::gemm"}
+        )
         with pytest.raises(FloatOperationError, match="float64"), IntegerOnlyGuard():
             engine(tokens)
     finally:
@@ -185,7 +188,9 @@ def test_guard_fails_when_a_float_is_slipped_into_the_asr_engine(monkeypatch):
     with pytest.raises(FloatOperationError), IntegerOnlyGuard():
         run()
     monkeypatch.setattr(attention, "softmax_int", real_softmax)
-    monkeypatch.setattr(asr, "conv_lengths", lambda n: torch.tensor([(int_n - 3) / 2 + 1 for int_n in n.tolist()]).long())
+    monkeypatch.setattr(
+        asr, "conv_lengths", lambda n: torch.tensor([(int_n - 3) / 2 + 1 for int_n in n.tolist()]).long()
+    )
     assert torch.equal(run(), want)  # (n - 3) / 2 + 1 floored: the same frames
     with pytest.raises(FloatOperationError, match="true division"), IntegerOnlyGuard():
         run()
@@ -242,4 +247,6 @@ def test_the_whole_integer_asr_decode_runs_under_the_guard_from_int8_features_on
     monkeypatch.setattr(attention, "softmax_int", lambda s, m, e: (real_softmax(s, m, e) * 1.0).long())
     for size in (1, 3):
         with pytest.raises(FloatOperationError):
-            transcribe_integer(engine, batch, tokenizer, size, 1.0, 1.0, 0.3 if size > 1 else 0.0, lm, guard=IntegerOnlyGuard())
+            transcribe_integer(
+                engine, batch, tokenizer, size, 1.0, 1.0, 0.3 if size > 1 else 0.0, lm, guard=IntegerOnlyGuard()
+            )

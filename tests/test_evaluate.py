@@ -30,9 +30,15 @@ def test_evaluate_refuses_data_with_another_vocabulary(
     trained_run: tuple[Path, dict], ptb_overrides: list[str], toy_corpus: Callable[..., Path], tmp_path: Path
 ) -> None:
     best = trained_run[0] / "checkpoints" / "best.ckpt"
-    overrides = [*eval_overrides(ptb_overrides), f"ckpt={best}", f"data.source={toy_corpus()}",
-                 "data.sha256=null", "data.expected_tokens=null", "data.expected_vocab_size=null",
-                 f"paths.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    overrides = [
+        *eval_overrides(ptb_overrides),
+        f"ckpt={best}",
+        f"data.source={toy_corpus()}",
+        "data.sha256=null",
+        "data.expected_tokens=null",
+        "data.expected_vocab_size=null",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    ]
     with pytest.raises(UserInputError, match="trained with another vocabulary than data=ptb has"):
         evaluate(compose_config("evaluate", overrides, tmp_path))
 

@@ -1,4 +1,5 @@
 """Fixed-point primitives: the rounding and saturation the QAT simulation and the engine share."""
+
 import math
 from fractions import Fraction
 
@@ -33,7 +34,9 @@ def test_requantize_is_the_exactly_rounded_product_with_the_fixed_point_multipli
             assert got == min(127, max(-128, math.floor(Fraction(a * m, 2**e) + Fraction(1, 2)))), (a, m, e)
     assert int(y.max()) == 127 and int(y.min()) == -128
     ties = torch.arange(-7, 8)  # m0 / 2^exp = 1/2: every odd accumulator is a tie, rounded up on both signs
-    assert requantize(ties, torch.tensor([2**14]), torch.tensor([15]), -128, 127).tolist() == [(a + 1) // 2 for a in range(-7, 8)]
+    assert requantize(ties, torch.tensor([2**14]), torch.tensor([15]), -128, 127).tolist() == [
+        (a + 1) // 2 for a in range(-7, 8)
+    ]
 
 
 def test_requantize_rejects_a_non_positive_shift():

@@ -1,4 +1,5 @@
 """The compiled int8 GEMM: exact, integer-only, and seen by the integer-only guard."""
+
 import re
 from pathlib import Path
 

@@ -6,6 +6,7 @@ tests/test_checkpoint_fuzz.py fuzzes the bytes of a file (both loaders). Here th
 dtypes, shapes, missing fields, PWL domains, layer-norm layout; and version 1 files are refused, with the way
 to export them again.
 """
+
 import hashlib
 import json
 import re
@@ -67,7 +68,11 @@ def test_integer_checkpoint_describes_every_tensor(qat_model, tmp_path):
         meta = json.loads(f.metadata()["qrnn_speech"])
         keys = set(f.keys())
         dtypes = {k: f.get_tensor(k).dtype for k in keys}
-    assert meta["format"] == "qrnn-speech-integer" and meta["version"] == 2 and set(meta["sha256"]) == keys | {"__metadata__"}
+    assert (
+        meta["format"] == "qrnn-speech-integer"
+        and meta["version"] == 2
+        and set(meta["sha256"]) == keys | {"__metadata__"}
+    )
     assert all(not d.is_floating_point for d in dtypes.values())
     assert dtypes["model.embedding.w_q"] == torch.int8
     decoder = meta["model"]["decoder"]
@@ -126,7 +131,9 @@ def read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 def write_signed(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
     """Write ``meta`` and ``tensors`` with every digest recomputed, as the writer signs a file."""
     meta = json.loads(json.dumps(meta))
-    meta[DIGESTS_KEY] = {name: hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest() for name, t in tensors.items()}
+    meta[DIGESTS_KEY] = {
+        name: hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest() for name, t in tensors.items()
+    }
     meta[DIGESTS_KEY][METADATA_DIGEST] = metadata_digest(meta)
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(meta)})
 
@@ -146,7 +153,9 @@ def lm_file(tmp_path_factory) -> Path:
         model.train()(torch.randint(0, 30, (3, 10)))
     path = tmp_path_factory.mktemp("lm") / "model.int.safetensors"
     vocab = [f"w{i}" for i in range(30)]
-    save_integer_checkpoint(path, model.eval().export_integer(vocab), "lm", vocab, {"source_checkpoint": "run/checkpoints/best.ckpt"})
+    save_integer_checkpoint(
+        path, model.eval().export_integer(vocab), "lm", vocab, {"source_checkpoint": "run/checkpoints/best.ckpt"}
+    )
     return path
 
 
@@ -193,15 +202,31 @@ LM_METADATA_EDITS: dict[str, Callable[[dict], None]] = {
 # Tensor edits, signed anew: values the metadata's dtypes and shapes do not allow.
 LM_TENSOR_EDITS: dict[str, Callable[[dict[str, torch.Tensor]], None]] = {
     "a float32 tensor": lambda t: t.update({"model.embedding.m0": t["model.embedding.m0"].float()}),
-    "an int8 weight holding 300": lambda t: t.update({f"{LSTM0}.w_ih": t[f"{LSTM0}.w_ih"].to(torch.int16).index_fill(1, torch.tensor([0]), 300)}),
-    "a per-channel multiplier of one entry (would broadcast)": lambda t: t.update({"model.embedding.m0": t["model.embedding.m0"][:1].clone()}),
+    "an int8 weight holding 300": lambda t: t.update(
+        {f"{LSTM0}.w_ih": t[f"{LSTM0}.w_ih"].to(torch.int16).index_fill(1, torch.tensor([0]), 300)}
+    ),
+    "a per-channel multiplier of one entry (would broadcast)": lambda t: t.update(
+        {"model.embedding.m0": t["model.embedding.m0"][:1].clone()}
+    ),
     "a transposed recurrent weight": lambda t: t.update({f"{LSTM0}.w_hh": t[f"{LSTM0}.w_hh"].t().contiguous()}),
-    "a recurrent weight of another width": lambda t: t.update({f"{LSTM0}.w_hh": t[f"{LSTM0}.w_hh"][:, :-1].contiguous()}),
-    "an embedding narrower than the LSTM input": lambda t: t.update({"model.embedding.w_q": t["model.embedding.w_q"][:, :-2].contiguous()}),
-    "a PWL table one slope short": lambda t: t.update({"model.lstm.acts.sigmoid.slopes": t["model.lstm.acts.sigmoid.slopes"][:-1].clone()}),
-    "PWL boundaries out of order": lambda t: t.update({"model.lstm.acts.sigmoid.boundaries": t["model.lstm.acts.sigmoid.boundaries"].flip(0)}),
-    "a layer-norm gamma of the wrong size": lambda t: t.update({f"{LSTM0}.ln_cell.gamma_q": t[f"{LSTM0}.ln_cell.gamma_q"][:-1].clone()}),
-    "a bias of the wrong size": lambda t: t.update({"model.decoder.bias_acc": t["model.decoder.bias_acc"][:-3].clone()}),
+    "a recurrent weight of another width": lambda t: t.update(
+        {f"{LSTM0}.w_hh": t[f"{LSTM0}.w_hh"][:, :-1].contiguous()}
+    ),
+    "an embedding narrower than the LSTM input": lambda t: t.update(
+        {"model.embedding.w_q": t["model.embedding.w_q"][:, :-2].contiguous()}
+    ),
+    "a PWL table one slope short": lambda t: t.update(
+        {"model.lstm.acts.sigmoid.slopes": t["model.lstm.acts.sigmoid.slopes"][:-1].clone()}
+    ),
+    "PWL boundaries out of order": lambda t: t.update(
+        {"model.lstm.acts.sigmoid.boundaries": t["model.lstm.acts.sigmoid.boundaries"].flip(0)}
+    ),
+    "a layer-norm gamma of the wrong size": lambda t: t.update(
+        {f"{LSTM0}.ln_cell.gamma_q": t[f"{LSTM0}.ln_cell.gamma_q"][:-1].clone()}
+    ),
+    "a bias of the wrong size": lambda t: t.update(
+        {"model.decoder.bias_acc": t["model.decoder.bias_acc"][:-3].clone()}
+    ),
 }
 
 
@@ -226,7 +251,9 @@ def test_a_signed_tensor_edit_is_refused_in_one_line(lm_file, tmp_path, edit):
 def test_a_file_signed_anew_without_edits_loads_and_equals_the_original(lm_file, tmp_path):
     meta, tensors = read(lm_file)
     path = tmp_path / "resigned.int.safetensors"
-    write_signed(path, meta, tensors)  # the test's signing is the writer's: the edits above are refused for what they are
+    write_signed(
+        path, meta, tensors
+    )  # the test's signing is the writer's: the edits above are refused for what they are
     tokens = torch.randint(0, 30, (2, 6))
     assert torch.equal(load_integer_checkpoint(path)[0](tokens)[0], load_integer_checkpoint(lm_file)[0](tokens)[0])
 
@@ -268,7 +295,10 @@ def test_every_tensor_changed_in_place_and_every_digit_of_the_metadata_are_refus
             cases.append((f"{name} byte {offset - begin}", position, data[position] ^ 0x01))
     meta_start = data.index(b"qrnn_speech")
     digits = [i for i in range(meta_start, 8 + header_len) if chr(data[i]).isdigit()]
-    cases += [(f"metadata digit at {i}", i, ord("0") + (data[i] - ord("0") + 1) % 10) for i in digits[:: max(1, len(digits) // 60)]]
+    cases += [
+        (f"metadata digit at {i}", i, ord("0") + (data[i] - ord("0") + 1) % 10)
+        for i in digits[:: max(1, len(digits) // 60)]
+    ]
     assert len(cases) > 60
     for number, (what, position, value) in enumerate(cases):
         changed = bytearray(data)

@@ -1,4 +1,5 @@
 """Integer layer norm against float layer norm."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,9 @@ LN_BOUND_LSB = 3  # |integer LN - float LN| in output LSB (Q3.12), stated in the
 @pytest.mark.parametrize("spread", [1, 3, 50, 1000, 20000])
 def test_integer_layer_norm_matches_float_within_bound(spread):
     gen = torch.Generator().manual_seed(spread)
-    x = torch.randint(-spread, spread + 1, (32, 200), generator=gen) + torch.randint(-3000, 3000, (32, 1), generator=gen)
+    x = torch.randint(-spread, spread + 1, (32, 200), generator=gen) + torch.randint(
+        -3000, 3000, (32, 1), generator=gen
+    )
     gamma_q = torch.round(torch.rand(200, generator=gen) * 2 * 4096).long()
     beta_q = torch.round(torch.randn(200, generator=gen) * 0.5 * 4096).long()
     y = layer_norm_int(x, gamma_q, beta_q, 12, 12, ln_eps_on_grid(12))

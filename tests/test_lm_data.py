@@ -21,8 +21,15 @@ PTB_FILES = {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.te
 
 
 def _datamodule(source: str | Path, cache_dir: Path, **overrides) -> LMDataModule:
-    settings = dict(name="ptb", source=str(source), files=PTB_FILES, cache_dir=str(cache_dir),
-                    batch_size=4, eval_batch_size=3, bptt=5)  # fmt: skip
+    settings = dict(
+        name="ptb",
+        source=str(source),
+        files=PTB_FILES,
+        cache_dir=str(cache_dir),
+        batch_size=4,
+        eval_batch_size=3,
+        bptt=5,
+    )
     return LMDataModule(**{**settings, **overrides})
 
 
@@ -33,8 +40,10 @@ def test_ptb_has_929589_train_tokens_and_a_10000_word_vocabulary(cache_dir: Path
     datamodule.prepare_data()
     assert datamodule.vocab_size == 10_000
     assert {split: datamodule.num_tokens(split) for split in PTB_FILES} == {
-        "train": 929_589, "valid": 73_760, "test": 82_430,
-    }  # fmt: skip
+        "train": 929_589,
+        "valid": 73_760,
+        "test": 82_430,
+    }
     assert datamodule.vocab[0] == "the" and "<eos>" in datamodule.vocab and "<unk>" in datamodule.vocab
 
 
@@ -135,14 +144,17 @@ def test_an_archive_url_is_downloaded_verified_and_unpacked_into_the_cache(
     archive = _archive(corpus, root / archive_name)
     local = _datamodule(corpus, tmp_path / "local-cache", expected_tokens=None)
     local.prepare_data()
-    downloaded = _datamodule(f"{url}/{archive_name}", tmp_path / "cache", expected_tokens=None,
-                             archive_sha256=file_sha256(archive))  # fmt: skip
+    downloaded = _datamodule(
+        f"{url}/{archive_name}", tmp_path / "cache", expected_tokens=None, archive_sha256=file_sha256(archive)
+    )
     downloaded.prepare_data()
     assert downloaded.vocab == local.vocab
     assert all(torch.equal(downloaded.token_ids[s], local.token_ids[s]) for s in PTB_FILES)
     archive_sha256 = file_sha256(archive)
     archive.unlink()  # preparing again with the same settings reuses the cache: no network
-    again = _datamodule(f"{url}/{archive_name}", tmp_path / "cache", expected_tokens=None, archive_sha256=archive_sha256)
+    again = _datamodule(
+        f"{url}/{archive_name}", tmp_path / "cache", expected_tokens=None, archive_sha256=archive_sha256
+    )
     again.prepare_data()
     assert again.vocab == local.vocab
 
@@ -175,15 +187,25 @@ def test_an_unreachable_url_names_the_url_and_the_fix(tmp_path: Path, web_root: 
         _datamodule(f"{url}/missing.zip", tmp_path / "cache").prepare_data()
 
 
-
 def test_prepare_script_writes_what_the_datamodule_reads(toy_corpus: Callable[..., Path], tmp_path: Path) -> None:
     corpus = toy_corpus()
     result = run_script(
-        "data_scripts/prepare_lm.py", "data=ptb", f"data.source={corpus}", f"paths.cache_dir={tmp_path / 'cache'}",
-        "data.sha256=null", "data.expected_tokens=null", "data.expected_vocab_size=null",
-    )  # fmt: skip
+        "data_scripts/prepare_lm.py",
+        "data=ptb",
+        f"data.source={corpus}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "data.sha256=null",
+        "data.expected_tokens=null",
+        "data.expected_vocab_size=null",
+    )
     assert result.returncode == 0, result.stderr
     prepared = tmp_path / "cache" / "lm" / "ptb"
     assert f"prepared {prepared}" in result.stdout
-    assert sorted(p.name for p in prepared.iterdir()) == ["meta.json", "test.txt", "train.txt", "valid.txt", "vocab.txt"]
+    assert sorted(p.name for p in prepared.iterdir()) == [
+        "meta.json",
+        "test.txt",
+        "train.txt",
+        "valid.txt",
+        "vocab.txt",
+    ]
     assert read_meta(prepared)["tokens"] == {"train": 52, "valid": 16, "test": 16}

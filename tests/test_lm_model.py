@@ -45,7 +45,10 @@ def test_tying_weights_with_different_embed_and_hidden_dims_is_refused() -> None
 
 
 def test_build_lm_reads_the_lm_section_of_a_model_preset() -> None:
-    preset = {"name": "x", "lm": {"embed_dim": 12, "hidden_dim": 12, "num_layers": 2, "dropout": 0.1, "tie_weights": True}}
+    preset = {
+        "name": "x",
+        "lm": {"embed_dim": 12, "hidden_dim": 12, "num_layers": 2, "dropout": 0.1, "tie_weights": True},
+    }
     quant = {"name": "float", "mode": "float"}
     model = build_lm(preset, quant, vocab_size=30)
     assert model.embedding.num_embeddings == 30 and model.lstm.hidden_size == 12 and model.lstm.num_layers == 2

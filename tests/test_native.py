@@ -5,6 +5,7 @@ packed DenseShift weights, layer norm on and off, on real PTB text; the qrnn-run
 byte for byte; no floating-point type or instruction in the sources or the compiled library; bad input
 refused with one line.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,8 +33,13 @@ VARIANTS = {
 @pytest.fixture(scope="module")
 def ptb() -> tuple[list[str], torch.Tensor]:
     """The PTB vocabulary (train words + <eos>) and the first 400 validation tokens as ids."""
+
     def words(split: str) -> list[str]:
-        return [w for line in (DATA_ROOT / "ptb" / f"ptb.{split}.txt").read_text().splitlines() for w in line.split() + ["<eos>"]]
+        return [
+            w
+            for line in (DATA_ROOT / "ptb" / f"ptb.{split}.txt").read_text().splitlines()
+            for w in line.split() + ["<eos>"]
+        ]
 
     vocab = sorted(set(words("train")))
     index = {w: i for i, w in enumerate(vocab)}
@@ -98,7 +104,9 @@ def test_cli_logits_are_byte_identical_to_the_python_engine(qrnn_run, checkpoint
         dump = tmp_path / f"{variant}.bin"
         result = subprocess.run(
             [str(qrnn_run), "lm", str(checkpoints[variant]), "--threads", "2", "--logits", str(dump)],
-            input=text, capture_output=True, text=True,
+            input=text,
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 0, result.stderr
         reference, _ = load_integer_checkpoint(checkpoints[variant])
@@ -156,7 +164,11 @@ def test_compiled_library_has_no_floating_point_instruction(tmp_path):
     listing = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(library)], capture_output=True, text=True).stdout
     functions = re.findall(r"^[0-9a-f]+ <(qrnn_\w+)>:", listing, flags=re.M)
     assert {"qrnn_lm_step", "qrnn_matmul_rows", "qrnn_load"} <= set(functions)  # the listing holds our code
-    own = [block for block in re.split(r"\n(?=[0-9a-f]+ <)", listing) if re.match(r"[0-9a-f]+ <(?!_|\.|frame_dummy|register_tm|deregister_tm)", block)]
+    own = [
+        block
+        for block in re.split(r"\n(?=[0-9a-f]+ <)", listing)
+        if re.match(r"[0-9a-f]+ <(?!_|\.|frame_dummy|register_tm|deregister_tm)", block)
+    ]
     hits = float_instructions("\n".join(own))
     assert not hits, "\n".join(hits[:10])
     # the check fires on float arithmetic, not on integer code or on addresses that spell a mnemonic
@@ -175,7 +187,11 @@ def test_bad_input_is_refused_with_one_line(checkpoints, tmp_path, qrnn_run):
     truncated.write_bytes(data[: len(data) // 2])
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
-    for path, words in ((truncated, "truncated"), (garbage, "header"), (tmp_path / "missing.safetensors", "cannot open")):
+    for path, words in (
+        (truncated, "truncated"),
+        (garbage, "header"),
+        (tmp_path / "missing.safetensors", "cannot open"),
+    ):
         with pytest.raises(NativeRuntimeError, match=words) as error:
             NativeLanguageModel(path)
         assert "\n" not in str(error.value) and str(path) in str(error.value)
@@ -191,7 +207,9 @@ def test_bad_input_is_refused_with_one_line(checkpoints, tmp_path, qrnn_run):
     for args, words in ((["--threads", "0"], "--threads"), (["--isa", "x"], "--isa"), (["--bogus"], "unknown")):
         result = subprocess.run([str(qrnn_run), "lm", str(good), *args], input="", capture_output=True, text=True)
         assert result.returncode == 2 and words in result.stderr.splitlines()[0]
-    result = subprocess.run([str(qrnn_run), "lm", str(good), "--ids"], input="1 2 999999", capture_output=True, text=True)
+    result = subprocess.run(
+        [str(qrnn_run), "lm", str(good), "--ids"], input="1 2 999999", capture_output=True, text=True
+    )
     assert result.returncode == 1 and "outside the vocabulary" in result.stderr and result.stdout == ""
 
 

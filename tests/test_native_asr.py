@@ -1,6 +1,7 @@
 """The native speech recognizer (app.engine.native.NativeASRModel, qrnn-run asr) against the torch-op engine
 on real FSDD audio, bit for bit: encoder output, CTC logits, decoder steps of several hypotheses, greedy
 tokens; with layer norm and a two-layer decoder (its residual), 1 and 2 threads, every kernel path."""
+
 from __future__ import annotations
 
 import subprocess
@@ -16,7 +17,10 @@ from app.tasks.asr_integer import quantize_features
 from tests.conftest import compose_config
 
 ISAS = [isa for isa in ("scalar", "avx2", "avx512vnni") if isa_supported(isa)]
-VARIANTS = {"irnn": ({"mode": "irnn"}, 1), "irnn_layer_norm_2_decoder_layers": ({"mode": "irnn", "layer_norm": True}, 2)}
+VARIANTS = {
+    "irnn": ({"mode": "irnn"}, 1),
+    "irnn_layer_norm_2_decoder_layers": ({"mode": "irnn", "layer_norm": True}, 2),
+}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +101,9 @@ def test_cli_decodes_real_speech_as_the_python_engine(checkpoints, fsdd, tmp_pat
         files[-1].write_bytes(feats[0].contiguous().numpy().tobytes())
         want.append(reference_greedy(reference, reference.encode(feats, torch.tensor([feats.shape[1]])), 12))
     args = ["--bos", str(BOS_ID), "--eos", str(EOS_ID), "--max-len", "12", "--threads", "2"]
-    result = subprocess.run([str(build / "qrnn-run"), "asr", str(path), *args, *map(str, files)], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(build / "qrnn-run"), "asr", str(path), *args, *map(str, files)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     got = [[int(t) for t in line.split()[1:]] for line in result.stdout.splitlines()]
     assert got == want

@@ -57,10 +57,19 @@ def test_quantize_dynamic_gives_int8_lstm_and_matmul_in_a_smaller_model(lm, tmp_
 ASR_PRESET = {
     "name": "test",
     "asr": dict(
-        conv_layers=2, conv_channels=8, encoder_hidden=6, encoder_layers=2, decoder_embed=5, decoder_hidden=7,
-        decoder_layers=2, attention_dim=4, dropout=0.1, residual=True, ctc=True,
+        conv_layers=2,
+        conv_channels=8,
+        encoder_hidden=6,
+        encoder_layers=2,
+        decoder_embed=5,
+        decoder_hidden=7,
+        decoder_layers=2,
+        attention_dim=4,
+        dropout=0.1,
+        residual=True,
+        ctc=True,
     ),
-}  # fmt: skip
+}
 
 
 def test_onnx_float_asr_encodes_and_decodes_greedily_like_the_torch_model(tmp_path):

@@ -1,4 +1,5 @@
 """``python -m app.peers``: PocketSphinx decodes our real test sets and is scored exactly as our models are."""
+
 import builtins
 import importlib.util
 import json
@@ -45,7 +46,9 @@ def test_cli_writes_the_rows_the_report_reads_and_pools_the_real_english_sets(tm
     assert [row["speech"] for row in result["rows"]] == ["real", "real", "real_non_english"]
     assert result["real_speech"]["sets"] == ["fsdd"]  # yesno is Hebrew: in no aggregate
     assert result["machine"] and "PocketSphinx" in done.stdout
-    decoded = [json.loads(line) for line in (tmp_path / "bench" / "peers_decoded" / "fsdd.jsonl").read_text().splitlines()]
+    decoded = [
+        json.loads(line) for line in (tmp_path / "bench" / "peers_decoded" / "fsdd.jsonl").read_text().splitlines()
+    ]
     assert [row["audio"] for row in decoded] == [u.audio for u in fsdd_utterances(DATA_ROOT / "fsdd")["test"][:1]]
 
 

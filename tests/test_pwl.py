@@ -1,4 +1,5 @@
 """Adaptive PWL activations: error after fixed-point rounding, against the exact function."""
+
 import pytest
 import torch
 
@@ -61,7 +62,9 @@ def test_lookup_table_and_pwl_evaluation_equal_the_segment_formula_in_python_int
     expected = []
     for x in range(-32768, 32768):
         j = bisect.bisect_right(boundaries, x)
-        expected.append(min(table.out_max, max(table.out_min, (2 * (slopes[j] * x + intercepts[j]) + scale) // (2 * scale))))
+        expected.append(
+            min(table.out_max, max(table.out_min, (2 * (slopes[j] * x + intercepts[j]) + scale) // (2 * scale)))
+        )
     x = torch.arange(-32768, 32768)
     assert LookupActivation(table)(x).tolist() == expected
     assert table(x).tolist() == expected

@@ -1,4 +1,5 @@
 """The QAT LSTM computes exactly what the integer engine computes, and trains."""
+
 import pytest
 import torch
 
@@ -90,7 +91,7 @@ def test_fused_cell_backward_equals_the_straight_through_graph():
     """The fused cell's hand-written backward == autograd through the STE/PWL-slope graph."""
     from app.engine.lstm import LSTMFormat, cell_step
     from app.quant.activations import lstm_activations
-    from app.quant.lstm import _IntegerCellFunction, _gate_slopes, _gate_values
+    from app.quant.lstm import _gate_slopes, _gate_values, _IntegerCellFunction
     from app.quant.quantizers import ste
 
     gen = torch.Generator().manual_seed(3)

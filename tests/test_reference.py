@@ -100,8 +100,16 @@ def test_rounding_shifts_equal_the_reference_for_every_shift():
 def test_pwl_tables_equal_the_reference_evaluation_on_their_whole_domain(kind, in_frac):
     for segments in (4, 16, 32):
         table = fit_pwl(kind, in_frac, 15, segments).table
-        reference = ref.PWL(table.boundaries.numpy(), table.slopes.numpy(), table.intercepts.numpy(), table.slope_frac_bits,
-                            table.in_min, table.in_max, table.out_min, table.out_max)  # fmt: skip
+        reference = ref.PWL(
+            table.boundaries.numpy(),
+            table.slopes.numpy(),
+            table.intercepts.numpy(),
+            table.slope_frac_bits,
+            table.in_min,
+            table.in_max,
+            table.out_min,
+            table.out_max,
+        )
         x = torch.arange(table.in_min, table.in_max + 1)
         expected = reference(x.numpy())
         assert_same(table(x), expected, f"{kind} {segments} PWLTable")
@@ -130,8 +138,16 @@ def test_integer_layer_norm_equals_the_reference_on_random_rows():
 
 def test_integer_softmax_equals_the_reference_with_masks_and_extreme_scores():
     _, exp, _ = attention_activations(16)
-    exp_ref = ref.PWL(exp.boundaries.numpy(), exp.slopes.numpy(), exp.intercepts.numpy(), exp.slope_frac_bits,
-                      exp.in_min, exp.in_max, exp.out_min, exp.out_max)  # fmt: skip
+    exp_ref = ref.PWL(
+        exp.boundaries.numpy(),
+        exp.slopes.numpy(),
+        exp.intercepts.numpy(),
+        exp.slope_frac_bits,
+        exp.in_min,
+        exp.in_max,
+        exp.out_min,
+        exp.out_max,
+    )
     gen = torch.Generator().manual_seed(4)
     scores = torch.randint(-(2**20), 2**20, (64, 19), generator=gen)
     scores[:8] = torch.randint(-3, 3, (8, 19), generator=gen)  # near-uniform rows: many ties

@@ -1,4 +1,5 @@
 """python -m app.report: tables, CSVs and plots from run directories; bad metrics.json files are named and skipped."""
+
 import csv
 import json
 from pathlib import Path
@@ -16,16 +17,53 @@ from train import train
 ENGINE_BENCH = {
     "machine": "Test CPU, torch x, 2 threads",
     "rows": [
-        {"size": "small", "hidden": 200, "batch": 1, "method": "float nn.LSTM", "latency_ms_per_token": 3.0, "speedup_vs_float": 1.0},
-        {"size": "small", "hidden": 200, "batch": 1, "method": "integer engine", "latency_ms_per_token": 1.5, "speedup_vs_float": 2.0},
-        {"size": "small", "hidden": 200, "batch": 1, "method": "DenseShift shift-add", "weight_bits": 3, "weight_path": "shift_kernel",
-         "latency_ms_per_token": 2.0, "speedup_vs_float": 1.5},
-        {"size": "small", "hidden": 200, "batch": 1, "method": "DenseShift int8 decode", "weight_bits": 3, "weight_path": "int8_decode",
-         "latency_ms_per_token": 1.0, "speedup_vs_float": 3.0},
+        {
+            "size": "small",
+            "hidden": 200,
+            "batch": 1,
+            "method": "float nn.LSTM",
+            "latency_ms_per_token": 3.0,
+            "speedup_vs_float": 1.0,
+        },
+        {
+            "size": "small",
+            "hidden": 200,
+            "batch": 1,
+            "method": "integer engine",
+            "latency_ms_per_token": 1.5,
+            "speedup_vs_float": 2.0,
+        },
+        {
+            "size": "small",
+            "hidden": 200,
+            "batch": 1,
+            "method": "DenseShift shift-add",
+            "weight_bits": 3,
+            "weight_path": "shift_kernel",
+            "latency_ms_per_token": 2.0,
+            "speedup_vs_float": 1.5,
+        },
+        {
+            "size": "small",
+            "hidden": 200,
+            "batch": 1,
+            "method": "DenseShift int8 decode",
+            "weight_bits": 3,
+            "weight_path": "int8_decode",
+            "latency_ms_per_token": 1.0,
+            "speedup_vs_float": 3.0,
+        },
     ],
-}  # fmt: skip
-TRAIN_BENCH = {"machine": "Test CPU", "size": "small", "batch": 20, "bptt": 35, "float_tokens_per_s": 5000.0,
-               "irnn_tokens_per_s": 2000.0, "irnn_slowdown": 2.5}  # fmt: skip
+}
+TRAIN_BENCH = {
+    "machine": "Test CPU",
+    "size": "small",
+    "batch": 20,
+    "bptt": 35,
+    "float_tokens_per_s": 5000.0,
+    "irnn_tokens_per_s": 2000.0,
+    "irnn_slowdown": 2.5,
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +75,13 @@ def outputs(ptb_overrides: list[str], tmp_path_factory: pytest.TempPathFactory) 
     for mode in ("float_adam", "irnn_denseshift_3bit"):
         train(compose_config("train", [*two_epochs, f"+mode={mode}"], root / "sweeps" / "test" / f"+mode-{mode}"))
     checkpoint = root / "sweeps" / "test" / "+mode-irnn_denseshift_3bit" / "checkpoints" / "best.ckpt"
-    evaluate(compose_config("evaluate", [*eval_overrides(ptb_overrides), f"ckpt={checkpoint}", "pwl_segments=8"],
-                            root / "evals" / "ptb" / "pwl8"))  # fmt: skip
+    evaluate(
+        compose_config(
+            "evaluate",
+            [*eval_overrides(ptb_overrides), f"ckpt={checkpoint}", "pwl_segments=8"],
+            root / "evals" / "ptb" / "pwl8",
+        )
+    )
     (root / "bench").mkdir()
     (root / "bench" / "engine.json").write_text(json.dumps(ENGINE_BENCH))
     (root / "bench" / "train.json").write_text(json.dumps(TRAIN_BENCH))
@@ -53,11 +96,17 @@ def _csv(path: Path) -> list[dict[str, str]]:
 def test_report_compares_real_runs_with_their_float_control_and_draws_the_plots(outputs: Path, monkeypatch) -> None:
     monkeypatch.setattr(plots, "PWL_SEGMENTS", (4, 8, 16, 32))  # 64 pieces: a slow fit that adds nothing here
     results_md = outputs.parent / "results.md"
-    results_md.write_text("intro\n" + "".join(f"{start}\nold\n{end}\n" for start, end in map(block_markers, ("accuracy", "peers"))) + "outro\n")
+    results_md.write_text(
+        "intro\n"
+        + "".join(f"{start}\nold\n{end}\n" for start, end in map(block_markers, ("accuracy", "peers")))
+        + "outro\n"
+    )
     main(["--outputs", str(outputs), "--results", str(results_md)])
     reports = outputs / "reports"
-    metrics = {mode: json.loads((outputs / "sweeps" / "test" / f"+mode-{mode}" / "metrics.json").read_text())
-               for mode in ("float_adam", "irnn_denseshift_3bit")}  # fmt: skip
+    metrics = {
+        mode: json.loads((outputs / "sweeps" / "test" / f"+mode-{mode}" / "metrics.json").read_text())
+        for mode in ("float_adam", "irnn_denseshift_3bit")
+    }
     float_ppl, shift = metrics["float_adam"]["test_ppl"], metrics["irnn_denseshift_3bit"]
 
     accuracy = {(r["quant"], r["engine"], r["settings"]): r for r in _csv(reports / "accuracy.csv")}
@@ -78,16 +127,26 @@ def test_report_compares_real_runs_with_their_float_control_and_draws_the_plots(
     assert float(sweep["irnn_denseshift"]["test_ppl"]) == pytest.approx(shift["test_ppl"])  # not the pwl8 re-evaluation
     assert float(sweep["irnn_denseshift"]["float_test_ppl"]) == pytest.approx(float_ppl)
     assert float(sweep["irnn_denseshift"]["integer_test_ppl"]) == pytest.approx(shift["integer"]["test_ppl"])
-    epochs = [json.loads(line) for line in (outputs / "sweeps/test/+mode-irnn_denseshift_3bit/epochs.jsonl").read_text().splitlines()]
+    epochs = [
+        json.loads(line)
+        for line in (outputs / "sweeps/test/+mode-irnn_denseshift_3bit/epochs.jsonl").read_text().splitlines()
+    ]
     assert float(sweep["irnn_denseshift"]["train_loop_s"]) == pytest.approx(sum(e["train_seconds"] for e in epochs))
-    assert "| +mode-irnn_denseshift_3bit | irnn_denseshift 3-bit |" in (reports / "sweeps.md").read_text()  # whole names
+    assert (
+        "| +mode-irnn_denseshift_3bit | irnn_denseshift 3-bit |" in (reports / "sweeps.md").read_text()
+    )  # whole names
 
     speed = (reports / "speed.md").read_text()
-    assert "`python -m app.bench engine` on Test CPU, torch x, 2 threads" in speed and "| DenseShift shift-add |" in speed
+    assert (
+        "`python -m app.bench engine` on Test CPU, torch x, 2 threads" in speed and "| DenseShift shift-add |" in speed
+    )
     assert "| 2.50x |" in speed  # train.json's irnn_slowdown
 
     ablations = _csv(reports / "ablations.csv")
-    assert sorted((r["axis"], r["value"]) for r in ablations) == [("quant.pwl_segments", "32"), ("quant.pwl_segments", "8")]
+    assert sorted((r["axis"], r["value"]) for r in ablations) == [
+        ("quant.pwl_segments", "32"),
+        ("quant.pwl_segments", "8"),
+    ]
     assert all(float(r["frozen_fraction"]) >= 0 for r in ablations if r["command"].startswith("python train.py"))
 
     results = (reports / "results.md").read_text()
@@ -114,27 +173,61 @@ def _fake_run(root: Path, where: str, config: dict | None, metrics: dict | str, 
 
 
 def _asr_metrics(quant: str, wer: dict[str, float], **fields) -> dict:
-    return {"command": f"python train.py task=asr quant={quant}", "task": "asr", "quant": quant, "model": "small",
-            "data": "asr_synth", "val_ppl": None, "test_ppl": None, "val_wer": wer, "test_wer": wer,
-            "engine": "float" if quant == "float" else "qat", "integer": None, **fields}  # fmt: skip
+    return {
+        "command": f"python train.py task=asr quant={quant}",
+        "task": "asr",
+        "quant": quant,
+        "model": "small",
+        "data": "asr_synth",
+        "val_ppl": None,
+        "test_ppl": None,
+        "val_wer": wer,
+        "test_wer": wer,
+        "engine": "float" if quant == "float" else "qat",
+        "integer": None,
+        **fields,
+    }
 
 
 def test_asr_wer_is_compared_in_absolute_points_per_set_and_bits_are_plotted(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(plots, "PWL_SEGMENTS", (4, 8))
     recipe = {"task": {"name": "asr", "max_epochs": 3}, "model": {"name": "small"}, "seed": 1}
-    _fake_run(tmp_path, "sweeps/asr/quant=float", {**recipe, "quant": {"name": "float"}},
-              _asr_metrics("float", {"synth": 10.0, "fsdd": 20.0}), [{"epoch": 0, "val_wer": {"synth": 30.0}}])  # fmt: skip
+    _fake_run(
+        tmp_path,
+        "sweeps/asr/quant=float",
+        {**recipe, "quant": {"name": "float"}},
+        _asr_metrics("float", {"synth": 10.0, "fsdd": 20.0}),
+        [{"epoch": 0, "val_wer": {"synth": 30.0}}],
+    )
     for bits, wer in ((4, 14.0), (8, 11.5)):
-        _fake_run(tmp_path, f"sweeps/asr/quant.weight_bits={bits}", {**recipe, "quant": {"name": "irnn", "weight_bits": bits}},
-                  _asr_metrics("irnn", {"synth": wer, "fsdd": 21.0}, integer={"test_wer": {"synth": wer}},
-                               command=f"python train.py task=asr quant=irnn quant.weight_bits={bits}"))  # fmt: skip
+        _fake_run(
+            tmp_path,
+            f"sweeps/asr/quant.weight_bits={bits}",
+            {**recipe, "quant": {"name": "irnn", "weight_bits": bits}},
+            _asr_metrics(
+                "irnn",
+                {"synth": wer, "fsdd": 21.0},
+                integer={"test_wer": {"synth": wer}},
+                command=f"python train.py task=asr quant=irnn quant.weight_bits={bits}",
+            ),
+        )
     # the float point re-decoded by `evaluate.py sweep_dir=` (e.g. another search): the sweeps table uses that
     float_ckpt = tmp_path / "sweeps/asr/quant=float/checkpoints/best.ckpt"
-    _fake_run(tmp_path, "sweeps/asr/quant=float/evals/qat", None,
-              _asr_metrics("float", {"synth": 9.0, "fsdd": 19.0}, command="python evaluate.py sweep_dir=x", checkpoint=str(float_ckpt)))  # fmt: skip
+    _fake_run(
+        tmp_path,
+        "sweeps/asr/quant=float/evals/qat",
+        None,
+        _asr_metrics(
+            "float", {"synth": 9.0, "fsdd": 19.0}, command="python evaluate.py sweep_dir=x", checkpoint=str(float_ckpt)
+        ),
+    )
     main(["--outputs", str(tmp_path)])
     reports = tmp_path / "reports"
-    rows = {(r["settings"], r["set"]): r for r in _csv(reports / "accuracy.csv") if r["command"].startswith("python train.py")}
+    rows = {
+        (r["settings"], r["set"]): r
+        for r in _csv(reports / "accuracy.csv")
+        if r["command"].startswith("python train.py")
+    }
     assert float(rows[("weight_bits=8", "synth")]["change"]) == pytest.approx(1.5)
     assert rows[("weight_bits=8", "synth")]["change_unit"] == "points"
     assert "| +1.50 pts (vs 10.00) |" in (reports / "accuracy.md").read_text()
@@ -165,9 +258,18 @@ def test_a_missing_or_corrupt_metrics_json_is_skipped_with_a_warning_naming_it(t
 
 
 def _lm_metrics(command: str, test_ppl: float, **fields) -> dict:
-    return {"command": command, "task": "lm", "quant": "irnn", "model": "small", "data": "ptb", "engine": "qat",
-            "val_ppl": test_ppl + 2, "test_ppl": test_ppl,
-            "integer": {"float_param_bytes": 1000, "integer_param_bytes": 250, "integer_size_ratio": 0.25}, **fields}  # fmt: skip
+    return {
+        "command": command,
+        "task": "lm",
+        "quant": "irnn",
+        "model": "small",
+        "data": "ptb",
+        "engine": "qat",
+        "val_ppl": test_ppl + 2,
+        "test_ppl": test_ppl,
+        "integer": {"float_param_bytes": 1000, "integer_param_bytes": 250, "integer_size_ratio": 0.25},
+        **fields,
+    }
 
 
 def _table_rows(markdown: str) -> list[str]:
@@ -187,8 +289,15 @@ def test_one_row_per_distinct_run_with_commands_free_of_machine_paths(tmp_path: 
     os.utime(older / "metrics.json", (1_000, 1_000))
     os.utime(newer / "metrics.json", (2_000, 2_000))
     elsewhere = {**config, "paths": {"output_root": str(tmp_path / "gout")}}  # paths.output_root=<repo>/gout
-    _fake_run(outputs, "runs/lm/irnn-gpu/t3", elsewhere,
-              _lm_metrics(f"python train.py quant=irnn paths.output_root={tmp_path}/gout quant.init_from=/opt/ckpts/x/best.ckpt", 105.0))  # fmt: skip
+    _fake_run(
+        outputs,
+        "runs/lm/irnn-gpu/t3",
+        elsewhere,
+        _lm_metrics(
+            f"python train.py quant=irnn paths.output_root={tmp_path}/gout quant.init_from=/opt/ckpts/x/best.ckpt",
+            105.0,
+        ),
+    )
     repository_results = Path(__file__).resolve().parents[1] / "docs" / "results.md"
     before = repository_results.read_text()
     main(["--outputs", str(outputs), "--no-plots"])
@@ -200,7 +309,9 @@ def test_one_row_per_distinct_run_with_commands_free_of_machine_paths(tmp_path: 
     assert "paths.output_root=gout quant.init_from=.../x/best.ckpt" in accuracy
     assert str(tmp_path) not in accuracy and "/opt/" not in accuracy
     size_rows = _table_rows((reports / "size.md").read_text())
-    assert len(size_rows) == 2 and "| 2 | `python train.py quant=irnn paths.output_root=gout" in size_rows[1]  # 2 runs, latest
+    assert (
+        len(size_rows) == 2 and "| 2 | `python train.py quant=irnn paths.output_root=gout" in size_rows[1]
+    )  # 2 runs, latest
     results = (reports / "results.md").read_text()
     rows = _table_rows(results)
     assert len(rows) == len(set(rows)), "a row appears twice in results.md"
@@ -210,51 +321,111 @@ def test_one_row_per_distinct_run_with_commands_free_of_machine_paths(tmp_path: 
 def test_relative_command_keeps_relative_paths_and_shortens_paths_outside_the_repository() -> None:
     bases = [Path("/srv/repo")]
     assert relative_command("python evaluate.py sweep_dir=outputs/sweeps/cpu beam_size=10", bases) == (
-        "python evaluate.py sweep_dir=outputs/sweeps/cpu beam_size=10")
+        "python evaluate.py sweep_dir=outputs/sweeps/cpu beam_size=10"
+    )
     assert relative_command("python train.py a=/srv/repo/.devdata/f.ckpt b=/srv/repo", bases) == (
-        "python train.py a=.devdata/f.ckpt b=.")
+        "python train.py a=.devdata/f.ckpt b=."
+    )
     assert relative_command("python evaluate.py '+data.test={synth: /data/c/synth/test.jsonl}'", bases) == (
-        "python evaluate.py '+data.test={synth: .../synth/test.jsonl}'")
+        "python evaluate.py '+data.test={synth: .../synth/test.jsonl}'"
+    )
 
 
 PEERS_BENCH = {
     "machine": "Test CPU, 2 threads",
-    "rows": [{"system": "PocketSphinx 5.x (en-US default model)", "set": "pocketsphinx", "wer": 21.875, "words": 96,
-              "utterances": 11, "real_speech": True, "speech": "real"},
-             {"system": "PocketSphinx 5.x (en-US default model)", "set": "yesno", "wer": 89.5833, "words": 480,
-              "real_speech": False}],
-    "real_speech": {"system": "PocketSphinx 5.x (en-US default model)", "wer": 21.875, "errors": 21, "words": 96,
-                    "sets": ["pocketsphinx"]},
-}  # fmt: skip
+    "rows": [
+        {
+            "system": "PocketSphinx 5.x (en-US default model)",
+            "set": "pocketsphinx",
+            "wer": 21.875,
+            "words": 96,
+            "utterances": 11,
+            "real_speech": True,
+            "speech": "real",
+        },
+        {
+            "system": "PocketSphinx 5.x (en-US default model)",
+            "set": "yesno",
+            "wer": 89.5833,
+            "words": 480,
+            "real_speech": False,
+        },
+    ],
+    "real_speech": {
+        "system": "PocketSphinx 5.x (en-US default model)",
+        "wer": 21.875,
+        "errors": 21,
+        "words": 96,
+        "sets": ["pocketsphinx"],
+    },
+}
 # app.bench engine|asr today: 1 and 2 threads per method, speed-ups against the best float row of any runtime
 ENGINE_BENCH_THREADS = {
     "machine": "Test CPU",
     "rows": [
-        {"size": "small", "hidden": 200, "batch": 1, "method": method, "threads": threads, "latency_ms_per_token": ms,
-         "speedup_vs_best_float": 2.0 / ms, "speedup_vs_float": 2.0 / ms, "speedup_vs_ort_int8": 1.0 / ms}
-        for method, threads, ms in (("torch float nn.LSTM", 1, 3.0), ("torch float nn.LSTM", 2, 2.0),
-                                    ("ONNX Runtime int8", 2, 1.0), ("integer engine", 1, 0.8),
-                                    ("integer engine", 2, 0.5), ("DenseShift packed 3-bit", 2, 0.4))
+        {
+            "size": "small",
+            "hidden": 200,
+            "batch": 1,
+            "method": method,
+            "threads": threads,
+            "latency_ms_per_token": ms,
+            "speedup_vs_best_float": 2.0 / ms,
+            "speedup_vs_float": 2.0 / ms,
+            "speedup_vs_ort_int8": 1.0 / ms,
+        }
+        for method, threads, ms in (
+            ("torch float nn.LSTM", 1, 3.0),
+            ("torch float nn.LSTM", 2, 2.0),
+            ("ONNX Runtime int8", 2, 1.0),
+            ("integer engine", 1, 0.8),
+            ("integer engine", 2, 0.5),
+            ("DenseShift packed 3-bit", 2, 0.4),
+        )
     ],
-}  # fmt: skip
-ASR_BENCH = {"machine": "Test CPU", "rows": [
-    {"method": "torch float nn.LSTM (oneDNN on)", "threads": 2, "latency_ms": 40.0, "real_time_factor": 0.02,
-     "speedup_vs_best_float": 1.0, "speedup_vs_float": 1.0},
-    {"method": "integer engine", "threads": 2, "latency_ms": 10.0, "real_time_factor": 0.005,
-     "speedup_vs_best_float": 4.0, "speedup_vs_float": 4.0}]}  # fmt: skip
+}
+ASR_BENCH = {
+    "machine": "Test CPU",
+    "rows": [
+        {
+            "method": "torch float nn.LSTM (oneDNN on)",
+            "threads": 2,
+            "latency_ms": 40.0,
+            "real_time_factor": 0.02,
+            "speedup_vs_best_float": 1.0,
+            "speedup_vs_float": 1.0,
+        },
+        {
+            "method": "integer engine",
+            "threads": 2,
+            "latency_ms": 10.0,
+            "real_time_factor": 0.005,
+            "speedup_vs_best_float": 4.0,
+            "speedup_vs_float": 4.0,
+        },
+    ],
+}
 
 
-def test_peer_rows_and_threaded_benchmarks_fill_their_blocks_and_measured_tables_without_rows_are_kept(tmp_path: Path) -> None:
+def test_peer_rows_and_threaded_benchmarks_fill_their_blocks_and_measured_tables_without_rows_are_kept(
+    tmp_path: Path,
+) -> None:
     outputs = tmp_path / "outputs"
     (outputs / "bench").mkdir(parents=True)
     for name, content in (("peers", PEERS_BENCH), ("engine", ENGINE_BENCH_THREADS), ("asr", ASR_BENCH)):
         (outputs / "bench" / f"{name}.json").write_text(json.dumps(content))
     results_md, readme = tmp_path / "results.md", tmp_path / "README.md"
     measured = "| measured earlier | 101.53 |"
-    results_md.write_text("".join(f"{s}\n{measured if n == 'accuracy' else 'old'}\n{e}\n"
-                                  for n, (s, e) in ((n, block_markers(n)) for n in ("accuracy", "peers", "speed"))))  # fmt: skip
-    readme.write_text(f"| irnn | <!--speed:irnn-->pending<!--/speed--> |\n| float | <!--speed:float-->pending<!--/speed--> |\n"
-                      f"{SPEED_START}\nold\n{SPEED_END}\n")  # fmt: skip
+    results_md.write_text(
+        "".join(
+            f"{s}\n{measured if n == 'accuracy' else 'old'}\n{e}\n"
+            for n, (s, e) in ((n, block_markers(n)) for n in ("accuracy", "peers", "speed"))
+        )
+    )
+    readme.write_text(
+        f"| irnn | <!--speed:irnn-->pending<!--/speed--> |\n| float | <!--speed:float-->pending<!--/speed--> |\n"
+        f"{SPEED_START}\nold\n{SPEED_END}\n"
+    )
     main(["--outputs", str(outputs), "--no-plots", "--results", str(results_md), "--readme", str(readme)])
 
     text = results_md.read_text()
@@ -272,4 +443,7 @@ def test_peer_rows_and_threaded_benchmarks_fill_their_blocks_and_measured_tables
     assert "<!--speed:irnn-->0.50 ms/token, 4.00x<!--/speed-->" in readme_text  # the faster thread count
     assert "<!--speed:float-->2.00 ms/token, 1.00x<!--/speed-->" in readme_text
     summary = readme_text.split(SPEED_START)[1]
-    assert "| integer engine | 0.50 (4.00x, 2 threads) |  |" in summary and "| integer engine | 10.0 (4.00x, 2 threads) |" in summary
+    assert (
+        "| integer engine | 0.50 (4.00x, 2 threads) |  |" in summary
+        and "| integer engine | 10.0 (4.00x, 2 threads) |" in summary
+    )

@@ -48,7 +48,9 @@ def test_resume_continues_the_interrupted_run_in_its_own_directory(
 ) -> None:
     run_dir = shutil.copytree(trained_run[0], tmp_path / "run")
     overrides = [*ptb_overrides, "task.max_epochs=2", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]
-    before = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]["ElapsedTime"]["elapsed_s"]
+    before = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]["ElapsedTime"][
+        "elapsed_s"
+    ]
     assert 0 < before < trained_run[1]["wall_time_s"]  # the checkpoint was written before the test evaluation
     started = time.perf_counter()
     metrics = train(compose_config("train", overrides))  # no run dir given: resuming picks the checkpoint's
@@ -61,12 +63,16 @@ def test_resume_continues_the_interrupted_run_in_its_own_directory(
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
 
 
-def test_last_checkpoint_is_written_after_an_epoch_that_did_not_improve(ptb_overrides: list[str], tmp_path: Path) -> None:
+def test_last_checkpoint_is_written_after_an_epoch_that_did_not_improve(
+    ptb_overrides: list[str], tmp_path: Path
+) -> None:
     # lr 0: epoch 1 repeats epoch 0's validation perplexity, so best.ckpt stays epoch 0's
     overrides = [*ptb_overrides, "task.max_epochs=2", "task.module.optimizer.lr=0"]
     train(compose_config("train", overrides, tmp_path))
     assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)["epoch"] == 0
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1  # a resume goes on from here
+    assert (
+        torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    )  # a resume goes on from here
 
 
 def test_resume_with_another_model_config_names_the_differing_key_and_changes_nothing(
@@ -74,8 +80,12 @@ def test_resume_with_another_model_config_names_the_differing_key_and_changes_no
 ) -> None:
     run_dir = shutil.copytree(trained_run[0], tmp_path / "run")
     before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
-    overrides = [*ptb_overrides, "model.lm.embed_dim=48", "model.lm.hidden_dim=48",
-                 f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]  # fmt: skip
+    overrides = [
+        *ptb_overrides,
+        "model.lm.embed_dim=48",
+        "model.lm.hidden_dim=48",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+    ]
     with pytest.raises(UserInputError, match=r"trained with model.lm.embed_dim=32, this run has model.lm.embed_dim=48"):
         train(compose_config("train", overrides))
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
@@ -99,7 +109,9 @@ def test_a_missing_checkpoint_is_reported_before_anything_runs(ptb_overrides: li
         train(compose_config("train", [*ptb_overrides, f"ckpt_path={tmp_path / 'missing.ckpt'}"], tmp_path))
 
 
-def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupted_checkpoint_write_keeps_the_previous_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "checkpoints" / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"epoch": 1}, path)
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk full")))

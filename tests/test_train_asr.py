@@ -1,4 +1,5 @@
 """task=asr end to end on real recordings: train, beam-decode every test set, integer export, evaluate.py."""
+
 import json
 from pathlib import Path
 
@@ -53,7 +54,9 @@ def test_float_asr_trains_and_reports_wer_per_test_set(asr_root, tmp_path):
     assert list(summary["not_aggregated"]) == ["yesno"] and "Hebrew" in summary["not_aggregated"]["yesno"]
     real = summary["real_speech"]
     assert real["words"] == summary["words"]["fsdd"] + summary["words"]["pocketsphinx"]
-    assert real["wer"] == pytest.approx(sum(metrics["test_wer"][s] * summary["words"][s] for s in real["sets"]) / real["words"])
+    assert real["wer"] == pytest.approx(
+        sum(metrics["test_wer"][s] * summary["words"][s] for s in real["sets"]) / real["words"]
+    )
     epoch = json.loads((tmp_path / "epochs.jsonl").read_text().splitlines()[0])
     assert epoch["train_loss"] > 0 and set(epoch["val_wer_sets"]) == {"synth", "fsdd"}
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
@@ -75,26 +78,42 @@ def test_irnn_asr_integer_engine_decodes_the_same_words_as_qat(irnn_asr_run):
             assert rows and all(Path(row["audio"]).is_file() and row["speaker"] for row in rows)
             assert 100.0 * sum(r["errors"] for r in rows) / sum(r["words"] for r in rows) == pytest.approx(wer)
             assert corpus_wer([r["ref"] for r in rows], [r["hyp"] for r in rows])[0] == pytest.approx(wer)
-    assert (run_dir / "decoded" / "synth.jsonl").read_text() == (run_dir / "decoded_integer" / "synth.jsonl").read_text()
+    assert (run_dir / "decoded" / "synth.jsonl").read_text() == (
+        run_dir / "decoded_integer" / "synth.jsonl"
+    ).read_text()
 
 
 def test_evaluate_reruns_the_checkpoint_and_the_integer_checkpoint(irnn_asr_run, asr_root, tmp_path):
     run_dir, metrics = irnn_asr_run
-    common = [o for o in _overrides(asr_root) if not o.startswith(("model=", "trainer.limit_train", "trainer.max_epochs", "task.module"))]
-    qat = evaluate(compose_config("evaluate", [*common, f"ckpt={metrics['checkpoint']}", "beam_size=2"], tmp_path / "q"))
+    common = [
+        o
+        for o in _overrides(asr_root)
+        if not o.startswith(("model=", "trainer.limit_train", "trainer.max_epochs", "task.module"))
+    ]
+    qat = evaluate(
+        compose_config("evaluate", [*common, f"ckpt={metrics['checkpoint']}", "beam_size=2"], tmp_path / "q")
+    )
     assert qat["test_wer"] == metrics["test_wer"] and qat["engine"] == "qat"
     integer = evaluate(
-        compose_config("evaluate", [*common, f"ckpt={run_dir / 'model.int.safetensors'}", "engine=integer"], tmp_path / "i")
+        compose_config(
+            "evaluate", [*common, f"ckpt={run_dir / 'model.int.safetensors'}", "engine=integer"], tmp_path / "i"
+        )
     )
     assert integer["engine"] == "integer" and integer["test_wer"] == metrics["test_wer"]
     assert integer["test_wer_summary"] == metrics["test_wer_summary"] == qat["test_wer_summary"]
     assert (tmp_path / "i" / "decoded" / "fsdd.jsonl").read_text() == (run_dir / "decoded" / "fsdd.jsonl").read_text()
     # decoding options tuned at evaluation time reach both engines' searches alike
     tuned = ["beam_size=3", "length_norm=0.0", "ctc_weight=0.2"]
-    qat_tuned = evaluate(compose_config("evaluate", [*common, f"ckpt={metrics['checkpoint']}", *tuned], tmp_path / "qt"))
-    integer_tuned = evaluate(compose_config(
-        "evaluate", [*common, f"ckpt={run_dir / 'model.int.safetensors'}", "engine=integer", *tuned], tmp_path / "it"
-    ))
+    qat_tuned = evaluate(
+        compose_config("evaluate", [*common, f"ckpt={metrics['checkpoint']}", *tuned], tmp_path / "qt")
+    )
+    integer_tuned = evaluate(
+        compose_config(
+            "evaluate",
+            [*common, f"ckpt={run_dir / 'model.int.safetensors'}", "engine=integer", *tuned],
+            tmp_path / "it",
+        )
+    )
     assert integer_tuned["integer"]["length_norm"] == 0.0 and integer_tuned["integer"]["beam_size"] == 3
     assert integer_tuned["test_wer"] == qat_tuned["test_wer"]
     for set_name in metrics["test_wer"]:
@@ -105,7 +124,11 @@ def test_evaluate_reruns_the_checkpoint_and_the_integer_checkpoint(irnn_asr_run,
         evaluate(compose_config("evaluate", [f"ckpt={metrics['checkpoint']}"], tmp_path / "lm"))
     for engine, ckpt in (("qat", metrics["checkpoint"]), ("integer", run_dir / "model.int.safetensors")):
         with pytest.raises(UserInputError, match="ctc_weight=1.5: must be in"):
-            evaluate(compose_config("evaluate", [*common, f"ckpt={ckpt}", f"engine={engine}", "ctc_weight=1.5"], tmp_path / "w"))
+            evaluate(
+                compose_config(
+                    "evaluate", [*common, f"ckpt={ckpt}", f"engine={engine}", "ctc_weight=1.5"], tmp_path / "w"
+                )
+            )
 
 
 def test_bad_asr_settings_fail_with_one_clear_line(asr_root, tmp_path):
@@ -114,7 +137,11 @@ def test_bad_asr_settings_fail_with_one_clear_line(asr_root, tmp_path):
     with pytest.raises(UserInputError, match="model.asr.ctc=true"):
         train(compose_config("train", _overrides(asr_root, "model.asr.ctc=false"), tmp_path / "b"))
     with pytest.raises(UserInputError, match="decode_ctc_weight=0.3 needs a CTC layer"):  # joint decoding needs it too
-        train(compose_config("train", _overrides(asr_root, "model.asr.ctc=false", "task.module.ctc_weight=0"), tmp_path / "b2"))
+        train(
+            compose_config(
+                "train", _overrides(asr_root, "model.asr.ctc=false", "task.module.ctc_weight=0"), tmp_path / "b2"
+            )
+        )
     with pytest.raises(UserInputError, match="data.bos_eos=true"):
         train(compose_config("train", _overrides(asr_root, "data.bos_eos=false"), tmp_path / "c"))
     with pytest.raises(UserInputError, match="cannot train on data=asr_synth"):
@@ -140,27 +167,51 @@ def test_denseshift_asr_trains_and_irnn_denseshift_exports_packed_codes(asr_root
         assert metrics["integer"] is None and any(key.startswith("freeze/") for key in metrics["quant_metrics"])
 
 
-def test_lm_fusion_with_an_lm_trained_on_the_asr_pieces_decodes_the_same_words_on_both_engines(irnn_asr_run, asr_root, tmp_path):
+def test_lm_fusion_with_an_lm_trained_on_the_asr_pieces_decodes_the_same_words_on_both_engines(
+    irnn_asr_run, asr_root, tmp_path
+):
     run_dir, metrics = irnn_asr_run
     cache = asr_root / "cache"
     done = run_script("data_scripts/prepare_asr_lm.py", "--out", str(asr_root), "--cache-dir", str(cache))
     assert done.returncode == 0, done.stderr
     lines = (asr_root / "lm" / "train.txt").read_text(encoding="utf-8").splitlines()
-    assert lines and all(piece.startswith("▁") for piece in lines[0].split()[:1])  # tokenizer pieces, word starts marked
+    assert lines and all(
+        piece.startswith("▁") for piece in lines[0].split()[:1]
+    )  # tokenizer pieces, word starts marked
     lm_overrides = [
-        "experiment=asr_lm", "model=tiny", f"+paths.asr_root={asr_root}", f"paths.cache_dir={cache}", "task.max_epochs=1",
-        "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-        "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0",
-    ]  # fmt: skip
+        "experiment=asr_lm",
+        "model=tiny",
+        f"+paths.asr_root={asr_root}",
+        f"paths.cache_dir={cache}",
+        "task.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.num_sanity_val_steps=0",
+    ]
     train(compose_config("train", lm_overrides, tmp_path / "lm"))
     lm = tmp_path / "lm" / "model.int.safetensors"
-    common = [o for o in _overrides(asr_root) if not o.startswith(("model=", "trainer.limit_train", "trainer.max_epochs", "task.module"))]
+    common = [
+        o
+        for o in _overrides(asr_root)
+        if not o.startswith(("model=", "trainer.limit_train", "trainer.max_epochs", "task.module"))
+    ]
     fused = [f"lm={lm}", "lm_weight=2.0", "beam_size=2"]
     qat = evaluate(compose_config("evaluate", [*common, f"ckpt={metrics['checkpoint']}", *fused], tmp_path / "q"))
     integer = evaluate(
-        compose_config("evaluate", [*common, f"ckpt={run_dir / 'model.int.safetensors'}", "engine=integer", *fused], tmp_path / "i")
+        compose_config(
+            "evaluate", [*common, f"ckpt={run_dir / 'model.int.safetensors'}", "engine=integer", *fused], tmp_path / "i"
+        )
     )
-    assert integer["test_wer"] == pytest.approx(qat["test_wer"], abs=1e-4)  # the same LM (integer) and the same search on both engines
-    for wrong, message in ((metrics["checkpoint"], "integer LM checkpoint"), (run_dir / "model.int.safetensors", "not a language model")):
+    assert integer["test_wer"] == pytest.approx(
+        qat["test_wer"], abs=1e-4
+    )  # the same LM (integer) and the same search on both engines
+    for wrong, message in (
+        (metrics["checkpoint"], "integer LM checkpoint"),
+        (run_dir / "model.int.safetensors", "not a language model"),
+    ):
         with pytest.raises(UserInputError, match=message):
-            evaluate(compose_config("evaluate", [*common, f"ckpt={metrics['checkpoint']}", f"lm={wrong}"], tmp_path / "w"))
+            evaluate(
+                compose_config("evaluate", [*common, f"ckpt={metrics['checkpoint']}", f"lm={wrong}"], tmp_path / "w")
+            )

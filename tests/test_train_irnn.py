@@ -1,4 +1,5 @@
 """quant=irnn end to end: QAT training, integer checkpoint export, integer-engine evaluation, parity."""
+
 import json
 import math
 from pathlib import Path

@@ -372,9 +372,13 @@ class ASRDataModule(L.LightningDataModule):
         }
 
     def _loader(
-        self, dataset: Dataset, durations: list[float], batch_duration_s: float, shuffle: bool,
+        self,
+        dataset: Dataset,
+        durations: list[float],
+        batch_duration_s: float,
+        shuffle: bool,
         shard: tuple[int, int] | None = None,
-    ) -> DataLoader:  # fmt: skip
+    ) -> DataLoader:
         rank, world_size = shard or self.shard
         sampler = BucketBatchSampler(
             durations, batch_duration_s, self.max_batch_size, shuffle, self.seed, rank, world_size, drop_uneven=shuffle
@@ -440,7 +444,9 @@ def _vtlp_range(vtlp: Sequence[float] | None, feature_kind: str) -> tuple[float,
         return None
     values = tuple(float(v) for v in vtlp)
     if len(values) != 2 or not 0 < values[0] <= values[1]:
-        raise UserInputError(f"data.vtlp={list(vtlp)} must be [low, high] warp factors, 0 < low <= high, e.g. [0.9, 1.1]")
+        raise UserInputError(
+            f"data.vtlp={list(vtlp)} must be [low, high] warp factors, 0 < low <= high, e.g. [0.9, 1.1]"
+        )
     if feature_kind != "fbank":
         raise UserInputError(f"data.vtlp needs data.features.kind=fbank (not {feature_kind!r}), or data.vtlp=null")
     return values

@@ -76,9 +76,7 @@ def prepare_lm_corpus(
     vocab = sorted(counts, key=lambda token: (-counts[token], token))
     vocab_set = set(vocab)
     tokens = {split: sum(len(line.split()) + 1 for line in split_lines) for split, split_lines in lines.items()}
-    oov = {
-        split: sum(token not in vocab_set for line in lines[split] for token in line.split()) for split in SPLITS
-    }
+    oov = {split: sum(token not in vocab_set for line in lines[split] for token in line.split()) for split in SPLITS}
     if any(oov.values()) and UNK not in vocab_set:
         raise UserInputError(
             f"{name}: valid/test contain {oov} tokens not seen in train and the vocabulary has no {UNK}; "
@@ -154,9 +152,7 @@ def _find_unique(root: Path, file_name: str, source: str) -> Path:
     matches = sorted(path for path in root.rglob(file_name) if path.is_file())
     if len(matches) != 1:
         found = "no file" if not matches else f"{len(matches)} files"
-        raise UserInputError(
-            f"{source} has {found} named {file_name}: set data.files to the names of its split files"
-        )
+        raise UserInputError(f"{source} has {found} named {file_name}: set data.files to the names of its split files")
     return matches[0]
 
 

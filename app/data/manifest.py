@@ -165,8 +165,13 @@ def read_manifest(
     for rate, count in sorted(resampled.items()):
         log.warning(
             "%s: %d of %d files are %d Hz, resampled to %d Hz (e.g. %s)",
-            set_name, count, len(utterances), rate, sample_rate, example[rate],
-        )  # fmt: skip
+            set_name,
+            count,
+            len(utterances),
+            rate,
+            sample_rate,
+            example[rate],
+        )
     if not utterances:
         raise UserInputError(f"{set_name}: no usable utterance in {source} (see the warnings above): fix the data")
     return utterances

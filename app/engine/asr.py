@@ -13,6 +13,7 @@ side). From there every op is integer:
 The search (greedy argmax, or beam search ranking hypotheses by log-softmax of these logits) runs on the
 host, as the LM's softmax does: ``app.asr_search``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,8 +56,10 @@ class IntEncoderMemory:
     mask: Tensor  # (B, T) bool
     lengths: Tensor  # (B,) int64
 
-    def select(self, index: Tensor) -> "IntEncoderMemory":
-        return IntEncoderMemory(*(t.index_select(0, index) for t in (self.keys, self.keys_proj, self.mask, self.lengths)))
+    def select(self, index: Tensor) -> IntEncoderMemory:
+        return IntEncoderMemory(
+            *(t.index_select(0, index) for t in (self.keys, self.keys_proj, self.mask, self.lengths))
+        )
 
 
 @dataclass
@@ -105,7 +108,10 @@ class IntegerASRModel:
     def init_state(self, batch_size: int) -> list[tuple[Tensor, Tensor]]:
         hidden = self.decoder[0].layers[0][0].hidden_size
         return [
-            (torch.zeros(1, batch_size, hidden, dtype=torch.int8), torch.zeros(1, batch_size, hidden, dtype=torch.int16))
+            (
+                torch.zeros(1, batch_size, hidden, dtype=torch.int8),
+                torch.zeros(1, batch_size, hidden, dtype=torch.int16),
+            )
             for _ in self.decoder
         ]
 
@@ -126,7 +132,10 @@ class IntegerASRModel:
         context, _ = self.attention(query, memory.keys, memory.keys_proj, memory.mask)
         key_frac = self.encoder_fracs[-1]
         joined = torch.cat(
-            [regrid(query, frac, self.out_frac, self.act_bits), regrid(context, key_frac, self.out_frac, self.act_bits)],
+            [
+                regrid(query, frac, self.out_frac, self.act_bits),
+                regrid(context, key_frac, self.out_frac, self.act_bits),
+            ],
             dim=-1,
         ).to(torch.int8)
         return self.output(joined).to(torch.int32), new_state

@@ -8,6 +8,7 @@
     context  = round(sum_t p_t * keys_t / 2^15)              keys' grid, int8
 Each probability is rounded once, so a row sums to 2^15 within T/2 LSB.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from app.engine.fixed_point import INT16_MAX, INT16_MIN, INT8_MAX, INT8_MIN, rounding_right_shift
+from app.engine.fixed_point import INT8_MAX, INT8_MIN, INT16_MAX, INT16_MIN, rounding_right_shift
 from app.engine.layers import IntLinear
 from app.engine.pwl import LookupActivation, PWLTable
 

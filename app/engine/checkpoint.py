@@ -15,6 +15,7 @@ that names the file and the fix, never another exception or a silent load (tests
 tests/test_integer_checkpoint.py fuzz it). Version 1 files (no digests) are refused too: unverified, a flipped
 version digit would switch every check off. Writes are atomic (temporary file, then rename).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,7 +44,9 @@ METADATA_KEY = "qrnn_speech"
 DIGESTS_KEY = "sha256"
 METADATA_DIGEST = "__metadata__"
 INTEGER_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "bool"}
-EXPORT_HINT = "export it again from its QAT run (train.py quant=irnn or quant=irnn_denseshift writes <run>/model.int.safetensors)"
+EXPORT_HINT = (
+    "export it again from its QAT run (train.py quant=irnn or quant=irnn_denseshift writes <run>/model.int.safetensors)"
+)
 # there is no standalone export command: train.py exports at the end of a run, through these functions
 REEXPORT_FUNCTIONS = "app.tasks.lm_integer.export_integer_lm / app.tasks.asr_integer.export_integer_asr"
 _CLASSES = {
@@ -204,7 +207,9 @@ def save_integer_checkpoint(path: str | Path, model: Any, kind: str, vocab: list
         model = dataclasses.replace(model, vocab=[])  # the vocabulary is stored once, under "vocab"
     tree = _pack(model, "model", tensors)
     meta = {"format": FORMAT, "version": VERSION, "kind": kind, "model": tree, "vocab": vocab, "info": info}
-    meta[DIGESTS_KEY] = {name: _tensor_digest(t) for name, t in tensors.items()} | {METADATA_DIGEST: metadata_digest(meta)}
+    meta[DIGESTS_KEY] = {name: _tensor_digest(t) for name, t in tensors.items()} | {
+        METADATA_DIGEST: metadata_digest(meta)
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -235,7 +240,9 @@ def read_metadata(path: str | Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(METADATA_KEY)
     except Exception as exc:  # safetensors raises several types on damaged headers; the file is refused either way
-        raise _fail(path, f"not an integer checkpoint: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+        raise _fail(
+            path, f"not an integer checkpoint: not a readable safetensors file ({type(exc).__name__}: {exc})"
+        ) from None
     if raw is None:
         raise _fail(path, f"a safetensors file without {FORMAT} metadata: not an integer checkpoint")
     try:

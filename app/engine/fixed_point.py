@@ -6,6 +6,7 @@ Conventions (docs/methods.md section 1):
   number ``m0 * 2^-exp`` with ``m0`` in [2^14, 2^15) (per-channel weight scales);
 - rounding is round-half-up: ``(x + 2^(s-1)) >> s`` with an arithmetic shift, everywhere.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ class Requantizer:
     hi: int
 
     @classmethod
-    def build(cls, m0: Tensor, shift: Tensor, lo: int, hi: int) -> "Requantizer":
+    def build(cls, m0: Tensor, shift: Tensor, lo: int, hi: int) -> Requantizer:
         if bool((shift < 1).any()):
             raise ValueError("requantize needs right shifts >= 1: the output grid is too coarse for this scale")
         return cls(m0, shift, torch.bitwise_left_shift(torch.ones_like(shift), shift - 1), lo, hi)

@@ -11,6 +11,7 @@ What stays out of its sight is C code (tests/test_native.py checks the C sources
 floating point), ``int(tensor)`` (Python turns what ``__int__`` returns into a plain int) and float arithmetic on
 Python numbers that never came out of a tensor.
 """
+
 from __future__ import annotations
 
 import operator
@@ -28,7 +29,9 @@ class FloatOperationError(RuntimeError):
 
 def _refuse_float(name: str, value: Any) -> None:
     if isinstance(value, (float, complex)):
-        raise FloatOperationError(f"{value!r} mixed into an integer taken out of a tensor ({name}): the engine must not use floats")
+        raise FloatOperationError(
+            f"{value!r} mixed into an integer taken out of a tensor ({name}): the engine must not use floats"
+        )
 
 
 class GuardedInt(int):
@@ -36,16 +39,22 @@ class GuardedInt(int):
     that would give a float (a float operand, true division, a negative power, ``float()``) raises."""
 
     def __float__(self) -> float:
-        raise FloatOperationError(f"float() of the integer {int(self)} taken out of a tensor: the engine must not use floats")
+        raise FloatOperationError(
+            f"float() of the integer {int(self)} taken out of a tensor: the engine must not use floats"
+        )
 
     def __complex__(self) -> complex:
         raise FloatOperationError(f"complex() of the integer {int(self)} taken out of a tensor")
 
     def __truediv__(self, other: Any) -> Any:
-        raise FloatOperationError(f"{int(self)} / {other!r}: true division of an integer taken out of a tensor gives a float")
+        raise FloatOperationError(
+            f"{int(self)} / {other!r}: true division of an integer taken out of a tensor gives a float"
+        )
 
     def __rtruediv__(self, other: Any) -> Any:
-        raise FloatOperationError(f"{other!r} / {int(self)}: true division by an integer taken out of a tensor gives a float")
+        raise FloatOperationError(
+            f"{other!r} / {int(self)}: true division by an integer taken out of a tensor gives a float"
+        )
 
 
 def _guarded_binary(name: str):
@@ -62,6 +71,8 @@ def _guarded_binary(name: str):
 for _name in ("add", "sub", "mul", "floordiv", "mod", "pow", "lshift", "rshift", "and", "or", "xor"):
     for _side in ("", "r"):
         setattr(GuardedInt, f"__{_side}{_name}__", _guarded_binary(f"__{_side}{_name}__"))
+
+
 def _guarded_unary(op):
     return lambda self: GuardedInt(op(int(self)))
 
@@ -87,7 +98,9 @@ class _PythonNumberGuard(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in self.REFUSED:
-            raise FloatOperationError(f"{func.__name__} takes values out of the integer engine's sight (float or numpy math)")
+            raise FloatOperationError(
+                f"{func.__name__} takes values out of the integer engine's sight (float or numpy math)"
+            )
         result = func(*args, **(kwargs or {}))
         return _guarded(result) if func in self.GUARDED else result
 
@@ -155,4 +168,6 @@ class IntegerOnlyGuard(TorchDispatchMode):
         if isinstance(leaf, torch.dtype) and (leaf.is_floating_point or leaf.is_complex):
             raise FloatOperationError(f"{func} was asked for dtype {leaf}: the integer engine must not use floats")
         if isinstance(leaf, (float, complex)):
-            raise FloatOperationError(f"{func} was given the Python number {leaf!r}: the integer engine must not use floats")
+            raise FloatOperationError(
+                f"{func} was given the Python number {leaf!r}: the integer engine must not use floats"
+            )

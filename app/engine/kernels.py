@@ -6,6 +6,7 @@ guards still see an op with integer inputs and outputs) and ``csrc/int_lstm.c``.
 native runtime's library (``app.engine.native``). Without a C compiler the engine falls back to torch ops
 (same integers, slower) and says so.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -15,6 +16,7 @@ from functools import lru_cache
 
 import torch
 from torch import Tensor
+
 
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
@@ -108,8 +110,19 @@ def int8_gemm_nt(x: Tensor, w: Tensor) -> Tensor:
 
 
 def lstm_direction(
-    x_proj: Tensor, w_hh: TiledWeight, m0: Tensor, shift: Tensor, req_range: tuple[int, int], luts: tuple[Tensor, Tensor, Tensor],
-    lut_min: int, ig_shift: int, h_shift: int, h_range: tuple[int, int], h0: Tensor, c0: Tensor, lengths: Tensor | None,
+    x_proj: Tensor,
+    w_hh: TiledWeight,
+    m0: Tensor,
+    shift: Tensor,
+    req_range: tuple[int, int],
+    luts: tuple[Tensor, Tensor, Tensor],
+    lut_min: int,
+    ig_shift: int,
+    h_shift: int,
+    h_range: tuple[int, int],
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``csrc/int_lstm.c``: a whole direction of the integer LSTM without layer norm (see its header).
 
@@ -125,9 +138,27 @@ def lstm_direction(
     out = torch.empty(batch, steps, hidden, dtype=torch.int64)
     lens = None if lengths is None else lengths.to(torch.int64).contiguous()
     status = _library().qrnn_lstm_direction(
-        x_proj.data_ptr(), w_hh.handle, m0.data_ptr(), shift.data_ptr(), req_range[0], req_range[1],
-        luts[0].data_ptr(), luts[1].data_ptr(), luts[2].data_ptr(), lut_min, ig_shift, h_shift, h_range[0], h_range[1],
-        None if lens is None else lens.data_ptr(), h.data_ptr(), c.data_ptr(), out.data_ptr(), batch, steps, hidden,
+        x_proj.data_ptr(),
+        w_hh.handle,
+        m0.data_ptr(),
+        shift.data_ptr(),
+        req_range[0],
+        req_range[1],
+        luts[0].data_ptr(),
+        luts[1].data_ptr(),
+        luts[2].data_ptr(),
+        lut_min,
+        ig_shift,
+        h_shift,
+        h_range[0],
+        h_range[1],
+        None if lens is None else lens.data_ptr(),
+        h.data_ptr(),
+        c.data_ptr(),
+        out.data_ptr(),
+        batch,
+        steps,
+        hidden,
     )
     if status != 0:
         raise MemoryError("qrnn_lstm_direction could not allocate its work buffers")

@@ -12,6 +12,7 @@ The P extra bits keep the mean and the square root precise when the spread is on
 ``eps_s`` is the float epsilon on this grid: round(eps * 2^(2*in_frac + 2P)).
 Intermediates stay below 2^63 for int16 inputs and N < 2^14.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,9 +29,7 @@ def rounded_div(num: Tensor, den: Tensor) -> Tensor:
     return torch.div(2 * num + den, 2 * den, rounding_mode="floor")
 
 
-def layer_norm_int(
-    x: Tensor, gamma_q: Tensor, beta_q: Tensor, in_frac: int, out_frac: int, eps_s: int
-) -> Tensor:
+def layer_norm_int(x: Tensor, gamma_q: Tensor, beta_q: Tensor, in_frac: int, out_frac: int, eps_s: int) -> Tensor:
     """Normalise int64 ``x`` (..., N) over its last dim; gamma_q (N,) Q3.12, beta_q (N,) at out_frac."""
     n = x.shape[-1]
     total = x.sum(dim=-1, keepdim=True)

@@ -1,4 +1,5 @@
 """Integer embedding, linear and residual layers."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

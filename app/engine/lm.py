@@ -1,4 +1,5 @@
 """Integer-only LSTM language model: token ids in, int32 logits out (softmax stays outside)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ class IntegerLanguageModel:
             torch.zeros(layers, batch_size, hidden, dtype=torch.int16),
         )
 
-    def __call__(self, tokens: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def __call__(
+        self, tokens: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """tokens (B, T) int64 -> (logits (B, T, V) int32 at 2^-logit_frac, (h int8, c int16) each (L, B, H))."""
         if tokens.is_floating_point():
             raise TypeError("IntegerLanguageModel takes integer token ids")

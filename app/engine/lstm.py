@@ -13,6 +13,7 @@ One step (PyTorch gate order i, f, g, o):
     h'        = sat(round(o * tanh_pwl(c' or LN(c')) / 2^(30 - h_frac)))
 The QAT simulation (app/quant/lstm.py) calls these same functions, so the two agree bit for bit.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -204,9 +205,19 @@ def run_direction(
         hidden = h0.shape[-1]
         lut_min = acts.luts["sigmoid"].offset
         return kernels.lstm_direction(
-            x_proj, kernels.tiled_weight(d, "w_hh"), requant_h.m0.expand(4 * hidden), requant_h.shift.expand(4 * hidden),
-            (requant_h.lo, requant_h.hi), tuple(acts.luts[name].lut for name in ("sigmoid", "tanh_gate", "tanh_cell")),
-            lut_min, 2 * PWL_OUT_FRAC - fmt.cell_frac, 2 * PWL_OUT_FRAC - fmt.h_frac, qrange(fmt.h_bits), h0, c0, lengths,
+            x_proj,
+            kernels.tiled_weight(d, "w_hh"),
+            requant_h.m0.expand(4 * hidden),
+            requant_h.shift.expand(4 * hidden),
+            (requant_h.lo, requant_h.hi),
+            tuple(acts.luts[name].lut for name in ("sigmoid", "tanh_gate", "tanh_cell")),
+            lut_min,
+            2 * PWL_OUT_FRAC - fmt.cell_frac,
+            2 * PWL_OUT_FRAC - fmt.h_frac,
+            qrange(fmt.h_bits),
+            h0,
+            c0,
+            lengths,
         )
     h, c = h0, c0
     outputs = []

@@ -10,6 +10,7 @@ Here the library is compiled on first use with the system C compiler into a per-
 sources, the compiler and this CPU's features, and loaded with ctypes. Tensors cross the boundary as
 integer torch tensors (int64 tokens in, int32 logits out).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -27,8 +28,15 @@ from torch import Tensor
 CSRC = Path(__file__).with_name("csrc")
 # the runtime and the two kernels of the torch-op engine (app/engine/kernels.py): one library
 SOURCES = (
-    "qrnn_kernels.c", "qrnn_pool.c", "qrnn_file.c", "qrnn_load.c", "qrnn_lstm.c", "qrnn_model.c", "qrnn_asr.c",
-    "int8_gemm.c", "int_lstm.c",
+    "qrnn_kernels.c",
+    "qrnn_pool.c",
+    "qrnn_file.c",
+    "qrnn_load.c",
+    "qrnn_lstm.c",
+    "qrnn_model.c",
+    "qrnn_asr.c",
+    "int8_gemm.c",
+    "int_lstm.c",
 )
 HEADERS = ("qrnn.h", "qrnn_asr.h", "qrnn_internal.h")
 CFLAGS = ("-O3", "-std=c11", "-fPIC", "-pthread", "-Wall")  # no -march: kernels pick their ISA at run time
@@ -233,7 +241,9 @@ class NativeLanguageModel(_NativeModel):
         shape = (self.num_layers, batch_size, self.hidden_size)
         return torch.zeros(shape, dtype=torch.int8), torch.zeros(shape, dtype=torch.int16)
 
-    def __call__(self, tokens: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def __call__(
+        self, tokens: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """tokens (B, T) int64 -> (logits (B, T, V) int32 at 2^-logit_frac, (h int8, c int16) each (L, B, H))."""
         if tokens.dtype != torch.int64 or tokens.dim() != 2:
             raise TypeError(f"tokens must be a (B, T) int64 tensor, got {tuple(tokens.shape)} {tokens.dtype}")
@@ -293,7 +303,9 @@ class NativeASRModel(_NativeModel):
         """feats (1, T, F) int8 (or (T, F)); lengths, if given, (1,) == T -> the utterance's memory."""
         if feats_q.dim() == 3:
             if feats_q.shape[0] != 1:
-                raise ValueError(f"the native recognizer encodes one utterance at a time, got a batch of {feats_q.shape[0]}")
+                raise ValueError(
+                    f"the native recognizer encodes one utterance at a time, got a batch of {feats_q.shape[0]}"
+                )
             feats_q = feats_q[0]
         if lengths is not None:
             feats_q = feats_q[: int(lengths.reshape(-1)[0])]
@@ -320,7 +332,10 @@ class NativeASRModel(_NativeModel):
 
     def init_state(self, batch_size: int) -> list[tuple[Tensor, Tensor]]:
         shape = (1, batch_size, self.decoder_hidden)
-        return [(torch.zeros(shape, dtype=torch.int8), torch.zeros(shape, dtype=torch.int16)) for _ in range(self.decoder_layers)]
+        return [
+            (torch.zeros(shape, dtype=torch.int8), torch.zeros(shape, dtype=torch.int16))
+            for _ in range(self.decoder_layers)
+        ]
 
     def decode_step(
         self, tokens: Tensor, state: list[tuple[Tensor, Tensor]], memory: NativeMemory
@@ -331,8 +346,9 @@ class NativeASRModel(_NativeModel):
         c = torch.cat([layer[1].to(torch.int16) for layer in state]).contiguous()
         tokens = tokens.to(torch.int64).contiguous()
         logits = torch.empty(n, self.vocab_size, dtype=torch.int32)
-        if self._lib.qrnn_asr_decode_step(self._handle, memory.handle, n, tokens.data_ptr(), h.data_ptr(), c.data_ptr(),
-                                          logits.data_ptr()):
+        if self._lib.qrnn_asr_decode_step(
+            self._handle, memory.handle, n, tokens.data_ptr(), h.data_ptr(), c.data_ptr(), logits.data_ptr()
+        ):
             raise _error(self._lib)
         return logits, [(h[i : i + 1], c[i : i + 1]) for i in range(self.decoder_layers)]
 

@@ -16,6 +16,7 @@ The last group is padded with zero codes, so ``count`` codes take ``ceil(count /
 ``ShiftCodes`` is one packed weight as the integer checkpoint stores it; engine layers given one decode it
 once to int8 (``decode_weight_fields``) and keep the codes for saving and for the shift kernel.
 """
+
 from __future__ import annotations
 
 import math
@@ -129,7 +130,7 @@ class ShiftCodes:
         check_packed(self.packed, self.bits, math.prod(self.shape))
 
     @classmethod
-    def pack(cls, sign_bit: Tensor, exponent: Tensor, bits: int) -> "ShiftCodes":
+    def pack(cls, sign_bit: Tensor, exponent: Tensor, bits: int) -> ShiftCodes:
         return cls(pack_codes(sign_bit, exponent, bits), bits, list(sign_bit.shape))
 
     @cached_property

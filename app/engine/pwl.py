@@ -6,6 +6,7 @@ segment ``j`` covers ``boundaries[j-1] <= x < boundaries[j]`` and computes
 For int16-or-narrower inputs the engine expands the table once into a lookup table over the whole
 input range (``PWLTable.lookup``): the same function, one gather per call.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ class PWLTable:
         }
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor], prefix: str, meta: dict[str, int]) -> "PWLTable":
+    def from_tensors(cls, tensors: dict[str, Tensor], prefix: str, meta: dict[str, int]) -> PWLTable:
         return cls(
             boundaries=tensors[f"{prefix}.boundaries"].to(torch.int64),
             slopes=tensors[f"{prefix}.slopes"].to(torch.int64),

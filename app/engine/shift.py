@@ -17,6 +17,7 @@ Engine layers (``IntLinear``, ``IntLSTMDirection``) run their weights through ``
 GEMM on the decoded weight by default, the shift kernel on the codes (with their plan, built on first
 use) after ``use_shift_kernel(model)``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,7 +65,7 @@ class ShiftPlan:
     shape: tuple[int, int]
 
     @classmethod
-    def from_codes(cls, sign_bit: Tensor, exponent: Tensor) -> "ShiftPlan":
+    def from_codes(cls, sign_bit: Tensor, exponent: Tensor) -> ShiftPlan:
         """sign_bit (N, K) uint8/bool, exponent (N, K) int >= 0."""
         rows, k = exponent.shape
         exponent = exponent.to(torch.int64)

@@ -16,6 +16,7 @@ is told; the forward values are the integer engine's, bit for bit.
 Training runs the decoder on the whole teacher-forced sequence at once (no input feeding, so the
 decoder LSTM does not wait for the attention); decoding runs the same layers one step at a time.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -48,9 +49,14 @@ def select_memory(memory: AttentionMemory, index: Tensor) -> AttentionMemory:
     """The attention memory of the utterances ``index`` (repeats allowed: beam search)."""
     pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
     return AttentionMemory(
-        keys=pick(memory.keys), key_frac=memory.key_frac, mask=pick(memory.mask), keys_proj=pick(memory.keys_proj),
-        engine=memory.engine, keys_int=pick(memory.keys_int), keys_proj_int=pick(memory.keys_proj_int),
-    )  # fmt: skip
+        keys=pick(memory.keys),
+        key_frac=memory.key_frac,
+        mask=pick(memory.mask),
+        keys_proj=pick(memory.keys_proj),
+        engine=memory.engine,
+        keys_int=pick(memory.keys_int),
+        keys_proj_int=pick(memory.keys_proj_int),
+    )
 
 
 class AttentionASR(nn.Module):
@@ -75,7 +81,9 @@ class AttentionASR(nn.Module):
         self.quant = q = QuantConfig.from_dict(quant)
         self.vocab_size = vocab_size
         self.residual = residual
-        self.feat_observer = PowerOfTwoObserver(8, q.observer_momentum, q.observer_quantile) if q.integer_activations else None
+        self.feat_observer = (
+            PowerOfTwoObserver(8, q.observer_momentum, q.observer_quantile) if q.integer_activations else None
+        )
         hidden = dict(out_frac=None, out_bits=q.act_bits)
         if conv_layers < 1:
             raise ValueError(f"model.asr.conv_layers={conv_layers}: the front end needs at least one convolution")
@@ -89,7 +97,8 @@ class AttentionASR(nn.Module):
         )
         self.embedding = QuantEmbedding(vocab_size, decoder_embed, quant=q)
         self.decoder = nn.ModuleList(
-            QuantLSTM(decoder_embed if i == 0 else decoder_hidden, decoder_hidden, quant=q) for i in range(decoder_layers)
+            QuantLSTM(decoder_embed if i == 0 else decoder_hidden, decoder_hidden, quant=q)
+            for i in range(decoder_layers)
         )
         self.attention = QuantAdditiveAttention(decoder_hidden, 2 * encoder_hidden, attention_dim, quant=q)
         self.output = QuantLinear(
@@ -185,12 +194,12 @@ class AttentionASR(nn.Module):
     def _decoder_out(self, tokens: Tensor, memory: AttentionMemory, state: DecoderState | None):
         integer = self.quant.integer_activations
         x = self.drop(self.embedding(tokens))
-        x, frac, new_state = self._stack(
-            self.decoder, x, self.embedding.out_frac if integer else None, None, state
-        )
+        x, frac, new_state = self._stack(self.decoder, x, self.embedding.out_frac if integer else None, None, state)
         context, _ = self.attention(x, memory, frac) if integer else self.attention(x, memory)
         if integer:
-            joined = torch.cat([snap(x, self.out_frac, self.quant.act_bits), snap(context, self.out_frac, self.quant.act_bits)], -1)
+            joined = torch.cat(
+                [snap(x, self.out_frac, self.quant.act_bits), snap(context, self.out_frac, self.quant.act_bits)], -1
+            )
             return self.output(self.drop(joined), in_frac=self.out_frac), new_state
         return self.output(self.drop(torch.cat([x, context], -1))), new_state
 
@@ -214,7 +223,9 @@ class AttentionASR(nn.Module):
     def init_state(self, batch_size: int) -> DecoderState | None:
         return None
 
-    def decode_step(self, tokens: Tensor, state: DecoderState | None, memory: AttentionMemory) -> tuple[Tensor, DecoderState]:
+    def decode_step(
+        self, tokens: Tensor, state: DecoderState | None, memory: AttentionMemory
+    ) -> tuple[Tensor, DecoderState]:
         """Previous tokens (N,) -> (logits (N, V), new state); ``state=None`` starts from zeros."""
         logits, new_state = self._decoder_out(tokens.unsqueeze(1), memory, state)
         return logits[:, 0], new_state
@@ -261,7 +272,9 @@ class AttentionASR(nn.Module):
         )
 
 
-def build_asr(model_cfg: Mapping[str, Any], quant_cfg: Mapping[str, Any] | None, feature_dim: int, vocab_size: int) -> AttentionASR:
+def build_asr(
+    model_cfg: Mapping[str, Any], quant_cfg: Mapping[str, Any] | None, feature_dim: int, vocab_size: int
+) -> AttentionASR:
     """Build from a ``model`` preset's ``asr:`` section (conf/model/*.yaml) and the ``quant`` config."""
     if "asr" not in model_cfg:
         raise ValueError(

@@ -1,4 +1,5 @@
 """PWL activations for QAT: the engine's integer tables plus the slope each segment gives as gradient."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,4 +69,11 @@ def attention_activations(segments: int) -> tuple[PWLTable, PWLTable, PWLGradien
     return tanh, exp, PWLGradient(tanh, GATE_FRAC, PWL_OUT_FRAC)
 
 
-__all__ = ["PWLGradient", "pwl_apply", "QATCellActivations", "lstm_activations", "attention_activations", "LookupActivation"]
+__all__ = [
+    "PWLGradient",
+    "pwl_apply",
+    "QATCellActivations",
+    "lstm_activations",
+    "attention_activations",
+    "LookupActivation",
+]

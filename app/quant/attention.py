@@ -6,6 +6,7 @@ irnn: the forward values (probabilities and context) are the integer engine's
 Usage per utterance: ``memory = attn.precompute(keys, key_frac, mask)``, then per decoder step
 ``context, probs = attn(query, memory, query_frac)``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -62,7 +63,9 @@ class QuantAdditiveAttention(nn.Module):
 
     def precompute(self, keys: Tensor, key_frac: int | None = None, mask: Tensor | None = None) -> AttentionMemory:
         w_k, _, _ = self._float_weights()
-        memory = AttentionMemory(keys=keys, key_frac=key_frac, mask=mask, keys_proj=F.linear(keys, w_k, self.key_proj.bias))
+        memory = AttentionMemory(
+            keys=keys, key_frac=key_frac, mask=mask, keys_proj=F.linear(keys, w_k, self.key_proj.bias)
+        )
         if self.quant.integer_activations:
             if key_frac is None:
                 raise ValueError("attention in irnn mode needs the keys' grid: precompute(keys, key_frac=...)")
@@ -84,7 +87,9 @@ class QuantAdditiveAttention(nn.Module):
         context = torch.bmm(probs, memory.keys)
         if self.quant.integer_activations:
             if query_frac is None:
-                raise ValueError("attention in irnn mode needs the query's grid: forward(query, memory, query_frac=...)")
+                raise ValueError(
+                    "attention in irnn mode needs the query's grid: forward(query, memory, query_frac=...)"
+                )
             with torch.no_grad():
                 if memory.engine is None:
                     memory.engine = self.export(query_frac, memory.key_frac)

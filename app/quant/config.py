@@ -1,4 +1,5 @@
 """The ``quant`` config group as a typed, validated dataclass (Hydra structured config)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -38,7 +39,7 @@ class QuantConfig:
         """Weights are DenseShift codes (``shift_<name>`` latents) instead of float weights."""
         return self.mode in ("denseshift", "irnn_denseshift")
 
-    def validate(self) -> "QuantConfig":
+    def validate(self) -> QuantConfig:
         if self.mode not in MODES:
             raise ValueError(f"quant.mode={self.mode!r} is unknown; choose one of {', '.join(MODES)}")
         if self.mode == "irnn" and not 4 <= self.weight_bits <= 8:
@@ -85,7 +86,7 @@ class QuantConfig:
         return self
 
     @classmethod
-    def from_dict(cls, cfg: Any) -> "QuantConfig":
+    def from_dict(cls, cfg: Any) -> QuantConfig:
         """Build from a DictConfig / dict; unknown keys are an error that names them."""
         if cfg is None:
             return cls()

@@ -23,6 +23,7 @@ against): one float latent ``w`` per weight, in weight units, quantized directly
 the engine's 16-bit fixed point, so ``forward() == fixed_point_value(m0, exp)[c] * s * 2^p`` exactly, and at
 export alpha folds into the requantization multiplier.
 """
+
 from __future__ import annotations
 
 import math
@@ -102,7 +103,7 @@ class ShiftWeight(nn.Module, ABC):
         return alpha.reshape(-1, *([1] * (dim - 1)))
 
     @classmethod
-    def from_float(cls, weight: Tensor, bits: int, init: str = "low_variance") -> "ShiftWeight":
+    def from_float(cls, weight: Tensor, bits: int, init: str = "low_variance") -> ShiftWeight:
         """A weight of this parametrization standing for the float ``weight`` (C, ...) (``quant.init``; each
         subclass's ``_init_latents`` says what init does)."""
         check_bits(bits)
@@ -118,7 +119,7 @@ class ShiftWeight(nn.Module, ABC):
         """Set every latent and alpha from the float ``weight`` (C, ...), ``channel`` = weight as (C, -1)."""
 
     @torch.no_grad()
-    def init_from_float(self, weight: Tensor, init: str = "low_variance") -> "ShiftWeight":
+    def init_from_float(self, weight: Tensor, init: str = "low_variance") -> ShiftWeight:
         """Re-derive every latent from the float ``weight`` as ``from_float`` does, in place: a tied layer
         and an optimizer keep pointing at these parameters."""
         if tuple(weight.shape) != self.weight_shape:
@@ -130,7 +131,7 @@ class ShiftWeight(nn.Module, ABC):
         return self
 
     @classmethod
-    def from_shape(cls, shape: tuple[int, ...] | torch.Size, bits: int, init: str = "low_variance") -> "ShiftWeight":
+    def from_shape(cls, shape: tuple[int, ...] | torch.Size, bits: int, init: str = "low_variance") -> ShiftWeight:
         """For training from scratch: ``from_float`` of a weight with nn.Linear's default init,
         U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5)), which sets alpha."""
         check_bits(bits)

@@ -9,6 +9,7 @@ is computed by the integer engine's own functions from the integers the weight q
 latents (QAT). With float activations (``float``, ``denseshift``) the layer runs its float op on the
 float or effective DenseShift weight.
 """
+
 from __future__ import annotations
 
 import torch
@@ -72,7 +73,9 @@ class QuantEmbedding(nn.Embedding):
         if self.quant.denseshift:
             use_shift_weights(self, ["weight"])
         if self.quant.integer_activations:
-            self.observer = PowerOfTwoObserver(self.quant.act_bits, self.quant.observer_momentum, self.quant.observer_quantile)
+            self.observer = PowerOfTwoObserver(
+                self.quant.act_bits, self.quant.observer_momentum, self.quant.observer_quantile
+            )
 
     @property
     def out_frac(self) -> int:

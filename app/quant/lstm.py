@@ -7,11 +7,12 @@ effective DenseShift weights (``shift_weight_ih_l0``, ... stand for ``weight_ih_
 requantization, PWL segment slopes for the activations. What does not depend on the recurrence (the
 input projection of every time step) is computed in one matmul per layer and direction.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, _VF, nn
+from torch import _VF, Tensor, nn
 
 from app.engine.fixed_point import INT16_MAX, INT16_MIN
 from app.engine.layernorm import STD_EXTRA_BITS
@@ -60,7 +61,9 @@ class QuantLSTM(nn.LSTM):
         )
         self.quant = quant or QuantConfig()
         if self.quant.layer_norm and not self.quant.integer_activations:
-            raise ValueError("quant.layer_norm=true needs integer activations (quant=irnn); the float model has no LN-LSTM")
+            raise ValueError(
+                "quant.layer_norm=true needs integer activations (quant=irnn); the float model has no LN-LSTM"
+            )
         if self.quant.denseshift:
             use_shift_weights(self, [name for name in self._flat_weights_names if name.startswith("weight_")])
             self._init_flat_weights()  # nn.LSTM's list of weights drops the removed float ones
@@ -78,7 +81,9 @@ class QuantLSTM(nn.LSTM):
     def formats(self, in_frac: int) -> list[LSTMFormat]:
         q = self.quant
         return [
-            LSTMFormat(in_frac=in_frac if layer == 0 else q.h_frac, h_frac=q.h_frac, h_bits=q.act_bits, cell_frac=q.cell_frac)
+            LSTMFormat(
+                in_frac=in_frac if layer == 0 else q.h_frac, h_frac=q.h_frac, h_bits=q.act_bits, cell_frac=q.cell_frac
+            )
             for layer in range(self.num_layers)
         ]
 
@@ -103,7 +108,9 @@ class QuantLSTM(nn.LSTM):
                 ln[f"ln_{key}"] = IntLayerNormParams(_q12(gamma), zeros, GATE_FRAC, GATE_FRAC, gate_eps)
             gamma, beta = getattr(self, f"ln_cell_weight{name}"), getattr(self, f"ln_cell_bias{name}")
             surrogate["ln_cell"] = (gamma, beta)
-            ln["ln_cell"] = IntLayerNormParams(_q12(gamma), _q12(beta), q.cell_frac, GATE_FRAC, ln_eps_on_grid(q.cell_frac))
+            ln["ln_cell"] = IntLayerNormParams(
+                _q12(gamma), _q12(beta), q.cell_frac, GATE_FRAC, ln_eps_on_grid(q.cell_frac)
+            )
         direction = IntLSTMDirection(
             w_ih=wq_ih.engine_weight() if export else wq_ih.q_int8,
             w_ih_m0=wq_ih.m0,
@@ -231,7 +238,7 @@ class QuantLSTM(nn.LSTM):
             x_proj_int = input_projection_from_acc(d, fmt, acc).reshape(batch, steps, -1)
         if layer_norm:
             raw = F.linear(xs, surrogate["w_ih"]).reshape(batch, steps, 4, hidden)
-            x_proj = (F.layer_norm(raw, (hidden,), eps=LN_EPS).reshape(batch, steps, -1) * surrogate["ln_ih"])
+            x_proj = F.layer_norm(raw, (hidden,), eps=LN_EPS).reshape(batch, steps, -1) * surrogate["ln_ih"]
         else:
             x_proj = F.linear(xs, surrogate["w_ih"], surrogate["bias"])
         h = snap(h0, fmt.h_frac)
@@ -269,7 +276,9 @@ class QuantLSTM(nn.LSTM):
         i, f, g, o = act.chunk(4, dim=1)
         c_new = ste(f * c + i * g, c_new_int.to(gates.dtype) * 2.0**-fmt.cell_frac)
         gamma, beta = surrogate["ln_cell"]
-        tanh_in = ste(F.layer_norm(c_new, (hidden,), gamma, beta, LN_EPS), mid["tanh_in"].to(gates.dtype) * 2.0**-GATE_FRAC)
+        tanh_in = ste(
+            F.layer_norm(c_new, (hidden,), gamma, beta, LN_EPS), mid["tanh_in"].to(gates.dtype) * 2.0**-GATE_FRAC
+        )
         t = ste(tanh_in * acts.tanh_cell_grad.slope(mid["tanh_in"]), mid["t"].to(gates.dtype) * 2.0**-PWL_OUT_FRAC)
         h_new = ste(o * t, h_new_int.to(gates.dtype) * 2.0**-fmt.h_frac)
         return h_new, c_new
@@ -318,4 +327,3 @@ class _IntegerCellFunction(torch.autograd.Function):
         grad_c_total = grad_c + grad_h * o * t_slope
         grad_act = torch.cat([grad_c_total * g, grad_c_total * c_prev, grad_c_total * i, grad_h * t], 1)
         return grad_act * slopes, grad_c_total * f, None, None, None, None, None, None
-

@@ -1,4 +1,5 @@
 """Quantization bookkeeping shared by every task: per-epoch statistics, freezing, fine-tune init."""
+
 from __future__ import annotations
 
 import math
@@ -81,7 +82,9 @@ def load_init_weights(
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         state = checkpoint["state_dict"]
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        raise ValueError(f"quant.init_from={path} is not a readable train.py checkpoint ({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"quant.init_from={path} is not a readable train.py checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
     state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     derived = {}
     for name, module in shift_weights(model).items():
@@ -120,6 +123,6 @@ def load_init_weights(
 
 
 def _shift_name(float_name: str) -> str:
-    """"lstm.weight_ih_l0" -> "lstm.shift_weight_ih_l0": the DenseShift module standing for a float weight."""
+    """ "lstm.weight_ih_l0" -> "lstm.shift_weight_ih_l0": the DenseShift module standing for a float weight."""
     owner, _, attr = float_name.rpartition(".")
     return f"{owner}.{SHIFT_PREFIX}{attr}" if owner else SHIFT_PREFIX + attr

@@ -8,6 +8,7 @@ then slope and intercept are rounded to fixed point, and **errors are measured a
 rounding**, on every integer input, against the exact function (in output LSB).
 Sigmoid and tanh are fitted on x >= 0 and mirrored (sigmoid(-x) = 1 - sigmoid(x), tanh odd).
 """
+
 from __future__ import annotations
 
 import math
@@ -129,7 +130,6 @@ def _mirror(half: PWLTable, kind: str, out_frac: int) -> PWLTable:
     neg_slopes = half.slopes.flip(0)
     neg_intercepts = -half.intercepts.flip(0) if kind == "tanh" else one - half.intercepts.flip(0)
     # a half segment [lo, hi) mirrors to (-hi, -lo], i.e. it starts at -hi + 1
-    pos_starts = torch.cat([torch.zeros(1, dtype=torch.int64), half.boundaries])
     pos_ends = torch.cat([half.boundaries, torch.tensor([half.in_max + 1])])
     neg_starts = (-pos_ends + 1).flip(0)
     boundaries = torch.cat([neg_starts[1:], torch.zeros(1, dtype=torch.int64), half.boundaries])

@@ -5,6 +5,7 @@
 - activations: per-tensor power-of-two scales ``2^-frac`` picked from an EMA of |max| (can be frozen);
 - gradients: straight-through (``ste``), the forward value is the exact integer result.
 """
+
 from __future__ import annotations
 
 import math

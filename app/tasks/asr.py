@@ -13,6 +13,7 @@ together) picks the best checkpoint. Each set's ``data.speech`` label (real / sy
 gives ``<stage>/real_speech_wer`` and ``<stage>/synthetic_wer``: the words of the real English sets, and of
 the synthetic ones, pooled (speech_wer_summary; metrics.json's ``test_wer_summary``).
 """
+
 from __future__ import annotations
 
 import json
@@ -216,9 +217,11 @@ class SpeechRecognitionTask(L.LightningModule):
         logits = self.model.decode_sequence(tokens_in, encoded)
         targets = tokens[:, 1:]
         ce = F.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD_ID,
+            logits.flatten(0, 1).float(),
+            targets.flatten(),
+            ignore_index=PAD_ID,
             label_smoothing=self.hparams.label_smoothing,
-        )  # fmt: skip
+        )
         loss = ce
         if self.hparams.ctc_weight > 0:
             log_probs = F.log_softmax(self.model.ctc_logits(encoded).float(), dim=-1).transpose(0, 1)
@@ -261,8 +264,17 @@ class SpeechRecognitionTask(L.LightningModule):
             hyps = greedy_search(decoder, encoded.memory, batch_size, max_lengths, BOS_ID, EOS_ID)
         else:
             hyps = beam_search(
-                decoder, encoded.memory, batch_size, max_lengths, BOS_ID, EOS_ID, beam_size, self.hparams.length_norm,
-                ctc_weight=self.hparams.decode_ctc_weight, blank=PAD_ID, lm=self.lm_fusion,
+                decoder,
+                encoded.memory,
+                batch_size,
+                max_lengths,
+                BOS_ID,
+                EOS_ID,
+                beam_size,
+                self.hparams.length_norm,
+                ctc_weight=self.hparams.decode_ctc_weight,
+                blank=PAD_ID,
+                lm=self.lm_fusion,
             )
         tokenizer = self.trainer.datamodule.tokenizer
         return [tokenizer.decode(h) for h in hyps]
@@ -304,15 +316,21 @@ class SpeechRecognitionTask(L.LightningModule):
             if summary[key] is not None:
                 metrics[f"{stage}/{key}_wer"] = summary[key]["wer"]
         metrics[f"{stage}/loss"] = loss / max(utterances, 1)
-        metrics[f"{stage}/utterances_per_s"] = utterances / max(time.perf_counter() - self._stage[stage]["started"], 1e-9)
+        metrics[f"{stage}/utterances_per_s"] = utterances / max(
+            time.perf_counter() - self._stage[stage]["started"], 1e-9
+        )
         for name, value in metrics.items():
             self.log(name, value, prog_bar=name == f"{stage}/wer", add_dataloader_idx=False)
         if self.trainer.is_global_zero:
-            lines = [f"{stage} WER " + " | ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in metrics.items() if "/wer/" in k),
-                     f"{stage} WER {wer_summary_text(summary)}"]  # fmt: skip
+            lines = [
+                f"{stage} WER " + " | ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in metrics.items() if "/wer/" in k),
+                f"{stage} WER {wer_summary_text(summary)}",
+            ]
             for set_name, record in list(sets.items())[:2]:
                 for ref, hyp in list(zip(record["refs"], record["hyps"]))[:EXAMPLES_PER_VALIDATION]:
-                    lines.append(f"  [{set_name}] ref: {normalize_text(ref)}\n  [{set_name}] hyp: {normalize_text(hyp)}")
+                    lines.append(
+                        f"  [{set_name}] ref: {normalize_text(ref)}\n  [{set_name}] hyp: {normalize_text(hyp)}"
+                    )
             self.print("\n".join(lines))
             if stage == "test":
                 for set_name, record in sets.items():

@@ -9,6 +9,7 @@ log-softmax of the logits, the CTC prefix scores and the LM-fusion term. Greedy 
 of the int32 logits. ``transcribe_integer(..., guard=IntegerOnlyGuard())`` proves it: everything from the int8
 features on runs under the guard (greedy: the whole search; beam: every engine call, the fused LM's too).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,7 +57,9 @@ def load_integer_asr(path: str, vocab_sha256: str) -> tuple[IntegerASRModel, dic
     if meta.get("kind") != "asr" or not isinstance(engine, IntegerASRModel):
         raise UserInputError(f"ckpt={path} holds an integer {meta.get('kind')!r} model, not a speech recognizer")
     if meta.get("info", {}).get("vocab_sha256") not in (None, vocab_sha256):
-        raise UserInputError(f"ckpt={path} was trained with another tokenizer: evaluate it on the data it was trained on")
+        raise UserInputError(
+            f"ckpt={path} was trained with another tokenizer: evaluate it on the data it was trained on"
+        )
     return engine, meta
 
 
@@ -86,7 +89,9 @@ def load_lm_fusion(path: str, tokenizer, weight: float) -> LanguageModelFusion:
 def integer_greedy_decoder(engine: IntegerASRModel) -> Decoder:
     """Greedy search's decoder on the int32 logits themselves: an argmax needs no softmax. (Log-softmax of the
     float32 logits picks the same token: it keeps distinct int32 logits apart and in order below 2^24.)"""
-    return Decoder(engine.decode_step, engine.select_state, lambda memory, index: memory.select(index), engine.init_state)
+    return Decoder(
+        engine.decode_step, engine.select_state, lambda memory, index: memory.select(index), engine.init_state
+    )
 
 
 class GuardedEngine:
@@ -113,9 +118,17 @@ class GuardedEngine:
 
 
 @torch.inference_mode()
-def transcribe_integer(engine: IntegerASRModel, batch: dict[str, Any], tokenizer, beam_size: int,
-                       length_norm: float, max_len_ratio: float, ctc_weight: float = 0.0,
-                       lm: LanguageModelFusion | None = None, guard: IntegerOnlyGuard | None = None) -> list[str]:  # fmt: skip
+def transcribe_integer(
+    engine: IntegerASRModel,
+    batch: dict[str, Any],
+    tokenizer,
+    beam_size: int,
+    length_norm: float,
+    max_len_ratio: float,
+    ctc_weight: float = 0.0,
+    lm: LanguageModelFusion | None = None,
+    guard: IntegerOnlyGuard | None = None,
+) -> list[str]:
     """The words of ``batch`` (its float features rounded to int8 here) decoded by ``engine``.
 
     guard: run everything from the int8 features on under it (a FloatOperationError on any float there):
@@ -133,8 +146,19 @@ def transcribe_integer(engine: IntegerASRModel, batch: dict[str, Any], tokenizer
             lm = None if lm is None else dataclasses.replace(lm, engine=GuardedEngine(lm.engine, guard))
         memory = engine.encode(feats_q, batch["feat_lens"])
         max_lengths = max_decode_length(memory.lengths, max_len_ratio)
-        hyps = beam_search(integer_decoder(engine), memory, size, max_lengths, BOS_ID, EOS_ID, beam_size, length_norm,
-                           ctc_weight=ctc_weight, blank=PAD_ID, lm=lm)  # fmt: skip
+        hyps = beam_search(
+            integer_decoder(engine),
+            memory,
+            size,
+            max_lengths,
+            BOS_ID,
+            EOS_ID,
+            beam_size,
+            length_norm,
+            ctc_weight=ctc_weight,
+            blank=PAD_ID,
+            lm=lm,
+        )
     return [tokenizer.decode([int(token) for token in h]) for h in hyps]
 
 
@@ -145,9 +169,18 @@ def limited_batches(limit: int | float | None, batches: int) -> int:
     return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
 
 
-def integer_wer(engine: IntegerASRModel, datamodule: Any, split: str, beam_size: int, length_norm: float,
-                max_len_ratio: float, limit: int | float | None = None, ctc_weight: float = 0.0,
-                lm: LanguageModelFusion | None = None, decoded_dir: Path | None = None) -> dict[str, Any]:  # fmt: skip
+def integer_wer(
+    engine: IntegerASRModel,
+    datamodule: Any,
+    split: str,
+    beam_size: int,
+    length_norm: float,
+    max_len_ratio: float,
+    limit: int | float | None = None,
+    ctc_weight: float = 0.0,
+    lm: LanguageModelFusion | None = None,
+    decoded_dir: Path | None = None,
+) -> dict[str, Any]:
     """WER (%) per set of ``split`` ("val" / "test") decoded by the integer engine.
     limit: the trainer's ``limit_{val,test}_batches`` as Lightning applies it to each loader (a number of
     batches, or a fraction of them; None: all). decoded_dir: where each set's utterances, references and
@@ -163,8 +196,9 @@ def integer_wer(engine: IntegerASRModel, datamodule: Any, split: str, beam_size:
         for set_name, loader in datamodule.eval_loaders(split, (rank, world_size)).items():
             record = records.setdefault(set_name, new_record())
             for batch in itertools.islice(loader, limited_batches(limit, len(loader))):
-                hyps = transcribe_integer(engine, batch, datamodule.tokenizer, beam_size, length_norm, max_len_ratio,
-                                          ctc_weight, lm)  # fmt: skip
+                hyps = transcribe_integer(
+                    engine, batch, datamodule.tokenizer, beam_size, length_norm, max_len_ratio, ctc_weight, lm
+                )
                 add_batch(record, batch, hyps)
     for set_name, record in records.items():
         if record["refs"]:
@@ -173,4 +207,3 @@ def integer_wer(engine: IntegerASRModel, datamodule: Any, split: str, beam_size:
             if decoded_dir is not None:
                 write_test_record(decoded_dir, set_name, record)
     return {"wer": result, "utterances_per_s": utterances / max(time.perf_counter() - started, 1e-9)}
-

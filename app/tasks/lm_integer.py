@@ -3,6 +3,7 @@
 As in the iRNN paper, the integer model ends at the logits; log-softmax and the NLL are
 post-processing (float) outside the engine.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,5 +93,7 @@ def load_integer_lm(path: str, vocab: list[str]) -> tuple[IntegerLanguageModel, 
     if meta.get("kind") != "lm" or not isinstance(engine, IntegerLanguageModel):
         raise UserInputError(f"ckpt={path} holds an integer {meta.get('kind')!r} model, not a language model")
     if meta.get("vocab") != list(vocab):
-        raise UserInputError(f"ckpt={path} was trained with another vocabulary: evaluate it on the data it was trained on")
+        raise UserInputError(
+            f"ckpt={path} was trained with another vocabulary: evaluate it on the data it was trained on"
+        )
     return engine, meta

@@ -1,4 +1,5 @@
 """Optimizer and LR schedule of a task, from its ``task.module.optimizer`` / ``lr_scheduler`` configs."""
+
 from __future__ import annotations
 
 import functools

@@ -71,12 +71,27 @@ class _Tree:
         return self.arrays[node["tensor"]]
 
     def pwl(self, node: dict) -> PWL:
-        return PWL(self.tensor(node["boundaries"]), self.tensor(node["slopes"]), self.tensor(node["intercepts"]),
-                   node["slope_frac_bits"], node["in_min"], node["in_max"], node["out_min"], node["out_max"])  # fmt: skip
+        return PWL(
+            self.tensor(node["boundaries"]),
+            self.tensor(node["slopes"]),
+            self.tensor(node["intercepts"]),
+            node["slope_frac_bits"],
+            node["in_min"],
+            node["in_max"],
+            node["out_min"],
+            node["out_max"],
+        )
 
     def linear(self, node: dict) -> Linear:
-        return Linear(self.tensor(node["w_q"]), self.tensor(node["m0"]), self.tensor(node["exp"]), self.tensor(node["bias_acc"]),
-                      node["in_frac"], node["out_frac"], node["out_bits"])  # fmt: skip
+        return Linear(
+            self.tensor(node["w_q"]),
+            self.tensor(node["m0"]),
+            self.tensor(node["exp"]),
+            self.tensor(node["bias_acc"]),
+            node["in_frac"],
+            node["out_frac"],
+            node["out_bits"],
+        )
 
     def embedding(self, node: dict) -> Embedding:
         return Embedding(
@@ -182,9 +197,12 @@ class ReferenceASR:
         query = x[:, 0]
         context, probs = self.attention(query, memory.keys, memory.keys_proj, memory.mask)
         joined = np.concatenate(
-            [saturate(rescale(query, frac - self.out_frac), self.act_bits),
-             saturate(rescale(context, self.encoder_fracs[-1] - self.out_frac), self.act_bits)], axis=-1,
-        )  # fmt: skip
+            [
+                saturate(rescale(query, frac - self.out_frac), self.act_bits),
+                saturate(rescale(context, self.encoder_fracs[-1] - self.out_frac), self.act_bits),
+            ],
+            axis=-1,
+        )
         return self.output(joined), new_state, probs
 
     def ctc_logits(self, memory: Memory) -> Array:
@@ -213,7 +231,7 @@ def load_reference(path: str | Path) -> ReferenceLM | ReferenceASR:
             tree.linear(attention["score_proj"]),
             tree.pwl(attention["tanh"]),
             tree.pwl(attention["exp"]),
-        ),  # fmt: skip
+        ),
         out_frac=model["out_frac"],
         output=tree.linear(model["output"]),
         act_bits=model["act_bits"],
