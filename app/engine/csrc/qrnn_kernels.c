@@ -223,30 +223,47 @@ QRNN_AVX2 static inline __m256i shift_half_avx2(const uint8_t *tile, int half) {
     return _mm256_sub_epi8(_mm256_xor_si256(mag, neg), neg);
 }
 
+/* one half tile (8 rows) against MI activation rows; MI is a constant in each copy (accumulators in registers) */
+#define AVX2_GROUP(MI)                                                                                            \
+    QRNN_AVX2 static void avx2_group##MI(const qrnn_weight *w, int64_t tile0, int64_t steps, int half,          \
+                                         const int8_t *x, int64_t ldx, int32_t *acc, int64_t ldacc) {            \
+        const __m256i ones = _mm256_set1_epi16(1);                                                               \
+        __m256i s[MI];                                                                                           \
+        for (int i = 0; i < MI; ++i) s[i] = _mm256_setzero_si256();                                              \
+        for (int64_t kk = 0; kk < steps; ++kk) {                                                                 \
+            __m256i wv = w->kind == QRNN_W_SHIFT                                                                 \
+                             ? shift_half_avx2(w->planes + (tile0 + kk) * QRNN_SHIFT_TILE_BYTES, half)           \
+                             : _mm256_load_si256((const __m256i *)(w->q + (tile0 + kk) * 64 + 32 * half));       \
+            for (int i = 0; i < MI; ++i) {                                                                       \
+                int32_t four;                                                                                    \
+                memcpy(&four, x + i * ldx + TILE_COLS * kk, 4);                                                  \
+                __m256i xv = _mm256_set1_epi32(four);                                                            \
+                __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv));             \
+                s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(pairs, ones));                                   \
+            }                                                                                                    \
+        }                                                                                                        \
+        for (int i = 0; i < MI; ++i) _mm256_storeu_si256((__m256i *)(acc + i * ldacc), s[i]);                     \
+    }
+AVX2_GROUP(1)
+AVX2_GROUP(2)
+AVX2_GROUP(3)
+AVX2_GROUP(4)
+AVX2_GROUP(5)
+AVX2_GROUP(6)
+AVX2_GROUP(7)
+AVX2_GROUP(8)
+typedef void (*avx2_group_fn)(const qrnn_weight *, int64_t, int64_t, int, const int8_t *, int64_t, int32_t *, int64_t);
+static const avx2_group_fn AVX2_GROUPS[MAX_ROWS_AT_ONCE + 1] = {
+    NULL, avx2_group1, avx2_group2, avx2_group3, avx2_group4, avx2_group5, avx2_group6, avx2_group7, avx2_group8};
+
 QRNN_AVX2 static void avx2_rows(const qrnn_weight *w, const int8_t *x, int64_t ldx, int m, int r0, int r1,
                                 int32_t *acc, int64_t ldacc) {
     const int64_t steps = w->kp / TILE_COLS;
-    const __m256i ones = _mm256_set1_epi16(1);
     for (int r = r0; r < r1; r += 8) { /* half tiles: 8 rows, every activation row against each while in L1 */
         const int64_t tile0 = (int64_t)(r / TILE_ROWS) * steps;
-        const int half = (r % TILE_ROWS) / 8;
         for (int i0 = 0; i0 < m; i0 += MAX_ROWS_AT_ONCE) {
             const int mi = m - i0 < MAX_ROWS_AT_ONCE ? m - i0 : MAX_ROWS_AT_ONCE;
-            __m256i s[MAX_ROWS_AT_ONCE];
-            for (int i = 0; i < mi; ++i) s[i] = _mm256_setzero_si256();
-            for (int64_t kk = 0; kk < steps; ++kk) {
-                __m256i wv = w->kind == QRNN_W_SHIFT
-                                 ? shift_half_avx2(w->planes + (tile0 + kk) * QRNN_SHIFT_TILE_BYTES, half)
-                                 : _mm256_load_si256((const __m256i *)(w->q + (tile0 + kk) * 64 + 32 * half));
-                for (int i = 0; i < mi; ++i) {
-                    int32_t four;
-                    memcpy(&four, x + (i0 + i) * ldx + TILE_COLS * kk, 4);
-                    __m256i xv = _mm256_set1_epi32(four);
-                    __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv));
-                    s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(pairs, ones));
-                }
-            }
-            for (int i = 0; i < mi; ++i) _mm256_storeu_si256((__m256i *)(acc + (i0 + i) * ldacc + r), s[i]);
+            AVX2_GROUPS[mi](w, tile0, steps, (r % TILE_ROWS) / 8, x + i0 * ldx, ldx, acc + i0 * ldacc + r, ldacc);
         }
     }
 }
@@ -315,6 +332,36 @@ QRNN_VNNI static void vnni_row(const qrnn_weight *w, const int8_t *x, int r0, in
     }
 }
 
+/* one row tile against MI activation rows; MI is a constant in each copy, so the accumulators stay in registers */
+#define VNNI_GROUP(MI)                                                                                           \
+    QRNN_VNNI static void vnni_group##MI(const qrnn_weight *w, int64_t tile0, int64_t steps, const int8_t *x,    \
+                                         int64_t ldx, const int32_t *x_sum, int32_t *acc, int64_t ldacc) {       \
+        __m512i s[MI];                                                                                           \
+        for (int i = 0; i < MI; ++i) s[i] = _mm512_setzero_si512();                                              \
+        for (int64_t kk = 0; kk < steps; ++kk) {                                                                 \
+            __m512i wu = vnni_tile(w, tile0 + kk);                                                               \
+            for (int i = 0; i < MI; ++i) {                                                                       \
+                int32_t four;                                                                                    \
+                memcpy(&four, x + i * ldx + TILE_COLS * kk, 4);                                                  \
+                s[i] = _mm512_dpbusd_epi32(s[i], wu, _mm512_set1_epi32(four));                                   \
+            }                                                                                                    \
+        }                                                                                                        \
+        for (int i = 0; i < MI; ++i)                                                                             \
+            _mm512_storeu_si512(acc + i * ldacc, _mm512_sub_epi32(s[i], _mm512_set1_epi32(x_sum[i])));          \
+    }
+VNNI_GROUP(1)
+VNNI_GROUP(2)
+VNNI_GROUP(3)
+VNNI_GROUP(4)
+VNNI_GROUP(5)
+VNNI_GROUP(6)
+VNNI_GROUP(7)
+VNNI_GROUP(8)
+typedef void (*vnni_group_fn)(const qrnn_weight *, int64_t, int64_t, const int8_t *, int64_t, const int32_t *, int32_t *,
+                              int64_t);
+static const vnni_group_fn VNNI_GROUPS[MAX_ROWS_AT_ONCE + 1] = {
+    NULL, vnni_group1, vnni_group2, vnni_group3, vnni_group4, vnni_group5, vnni_group6, vnni_group7, vnni_group8};
+
 QRNN_VNNI static void vnni_rows(const qrnn_weight *w, const int8_t *x, int64_t ldx, int m, int r0, int r1,
                                 int32_t *acc, int64_t ldacc) {
     const int64_t steps = w->kp / TILE_COLS;
@@ -337,18 +384,7 @@ QRNN_VNNI static void vnni_rows(const qrnn_weight *w, const int8_t *x, int64_t l
         const int64_t tile0 = (int64_t)(r / TILE_ROWS) * steps;
         for (int i0 = 0; i0 < m; i0 += MAX_ROWS_AT_ONCE) {
             const int mi = m - i0 < MAX_ROWS_AT_ONCE ? m - i0 : MAX_ROWS_AT_ONCE;
-            __m512i s[MAX_ROWS_AT_ONCE];
-            for (int i = 0; i < mi; ++i) s[i] = _mm512_setzero_si512();
-            for (int64_t kk = 0; kk < steps; ++kk) {
-                __m512i wu = vnni_tile(w, tile0 + kk);
-                for (int i = 0; i < mi; ++i) {
-                    int32_t four;
-                    memcpy(&four, x + (i0 + i) * ldx + TILE_COLS * kk, 4);
-                    s[i] = _mm512_dpbusd_epi32(s[i], wu, _mm512_set1_epi32(four));
-                }
-            }
-            for (int i = 0; i < mi; ++i)
-                _mm512_storeu_si512(acc + (i0 + i) * ldacc + r, _mm512_sub_epi32(s[i], _mm512_set1_epi32(x_sum[i0 + i])));
+            VNNI_GROUPS[mi](w, tile0, steps, x + i0 * ldx, ldx, x_sum + i0, acc + i0 * ldacc + r, ldacc);
         }
     }
     if (x_sum != stack_sums) free(x_sum);
