@@ -23,7 +23,7 @@ int qrnn_lstm_direction(const int64_t *x_proj, const qrnn_weight *w, const int64
                         const int64_t *lut_tanh_cell, int64_t lut_min, int64_t ig_shift, int64_t h_shift,
                         int64_t h_lo, int64_t h_hi, const int64_t *lengths, int64_t *h, int64_t *c, int64_t *out,
                         int64_t B, int64_t T, int64_t H) {
-    const int64_t G = 4 * H, ld = (H + QRNN_KBLOCK - 1) / QRNN_KBLOCK * QRNN_KBLOCK;
+    const int64_t G = 4 * H, ld = qrnn_pad64(H);
     int8_t *h8 = qrnn_scratch(1, (size_t)(B * ld));
     int32_t *acc = qrnn_scratch(2, (size_t)(B * w->np) * sizeof(int32_t));
     if (h8 == NULL || acc == NULL) return 1;

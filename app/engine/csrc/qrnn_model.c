@@ -160,7 +160,7 @@ int qrnn_lm_token_id(const qrnn_model *m, const char *token) {
     return -1;
 }
 
-static int hidden_ld(const qrnn_model *m) { return (m->hidden + QRNN_KBLOCK - 1) / QRNN_KBLOCK * QRNN_KBLOCK; }
+static int hidden_ld(const qrnn_model *m) { return (int)qrnn_pad64(m->hidden); }
 
 void qrnn_session_free(qrnn_session *s) {
     if (!s) return;
