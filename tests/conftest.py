@@ -131,6 +131,9 @@ def real_asr_manifests(root: Path) -> None:
     write_manifest(root / "fsdd" / "train.jsonl", fsdd["train"][1::40])
     write_manifest(root / "fsdd" / "valid.jsonl", fsdd["valid"][1::60])
     write_manifest(root / "fsdd" / "test.jsonl", fsdd["test"][::60])
+    write_manifest(root / "piper" / "train.jsonl", fsdd["train"][2::80])  # stand-ins for conf/data/asr_voices.yaml's
+    write_manifest(root / "asterisk" / "train.jsonl", fsdd["train"][3::80])  # Piper and Asterisk sets
+    write_manifest(root / "asterisk" / "dev.jsonl", fsdd["valid"][2::60])
     write_manifest(root / "yesno" / "test.jsonl", yesno_utterances(DATA_ROOT / "yesno")[:3])
     write_manifest(
         root / "pocketsphinx" / "test.jsonl",

@@ -170,3 +170,30 @@ def test_held_out_splits_do_not_move_with_the_train_voices_or_shares():
     train_names = {item.speaker.name for item in large if item.split == "train"}
     assert {"flite:slt@125Hz", "flite:slt"} <= train_names  # a flite voice at its own and a second pitch
     assert "flite:rms" in {item.speaker.name for item in small if item.split == "test"}
+
+
+def test_the_piper_voice_synthesizes_offline_into_train_pseudo_speakers(tmp_path):
+    """The Piper voice (pip extra `voices`) runs in-process, offline: 16 kHz files, pitch-shifted pseudo-speakers."""
+    out = tmp_path / "piper"
+    args = ["--engines", "piper", "--shares", "piper=1", "--held-out-shares", "piper=1", "--train", "6"]
+    args += ["--valid", "0", "--test", "0", "--text", str(DATA_ROOT / "wikitext-2" / "valid.txt"), "--out", str(out)]
+    output = _run_script("synthesize_corpus.py", *args, "--word-vocab", "2000", "--digit-share", "0.2")
+    assert "piper: 6 utterances" in output
+    rows = _rows(out, "train")
+    assert len(rows) == 6 and {row["engine"] for row in rows} == {"piper"}
+    assert all(row["speaker"].startswith("piper:joe") for row in rows)
+    for row in rows:
+        info = sf.info(str(out / row["audio"]))
+        assert info.samplerate == 16000 and 0.3 < info.frames / 16000 < 15
+    pitched = [row for row in rows if not row["speaker"].startswith("piper:joe+0c")]
+    assert all(row["augment"].startswith("pitch ") for row in pitched)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["tools"]["piper"].startswith("piper-tts 1.8")
+
+
+def test_a_piper_voice_file_that_does_not_match_its_checksum_is_refused(monkeypatch):
+    corpus = _synthesize_corpus_module()
+    monkeypatch.setitem(corpus.PIPER_VOICE_FILES, "en_US-joe-medium.onnx.json", "0" * 64)
+    with pytest.raises(SystemExit) as err:
+        corpus.piper_voice_files()
+    assert "en_US-joe-medium.onnx.json: SHA-256 differs" in str(err.value) and "reinstall" in str(err.value)

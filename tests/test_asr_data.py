@@ -247,7 +247,27 @@ def test_asr_synth_config_builds_train_val_and_test_loaders(asr_root):
     assert all(dataset.vtlp is None for split in ("val", "test") for dataset in datamodule.datasets[split].values())
 
 
-@pytest.mark.parametrize("data", ["asr_synth", "asr_librispeech"])
+def test_the_default_asr_data_adds_piper_asterisk_and_waveform_effects_to_training_only(asr_root):
+    cfg = compose_config(
+        "train", ["task=asr", f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}"]
+    )
+    assert cfg.data.name == "asr_voices"
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    assert list(datamodule.sources["train"]) == ["synth", "fsdd", "piper", "asterisk"]
+    assert datamodule.val_names == ["synth", "fsdd", "asterisk"] and datamodule.speech["asterisk"] == "real"
+    assert datamodule.test_names == ["synth", "fsdd", "yesno", "pocketsphinx", "asterisk"]
+    effects = {name: dataset.wave_augment for name, dataset in datamodule.datasets["train"].items()}
+    assert all(config is not None and config.telephone_prob == 0.15 for config in effects.values())
+    assert all(d.wave_augment is None for split in ("val", "test") for d in datamodule.datasets[split].values())
+    augmented = datamodule.datasets["train"]["piper"]
+    torch.manual_seed(0)
+    first = augmented[0]["feats"]
+    torch.manual_seed(1)
+    assert not torch.equal(first, augmented[0]["feats"])  # a new draw every time the item is read
+
+
+@pytest.mark.parametrize("data", ["asr_synth", "asr_librispeech", "asr_voices"])
 def test_every_asr_eval_set_is_labelled_real_or_synthetic_and_yesno_is_not_english(asr_root, data):
     cfg = _compose(data, [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}"])
     datamodule = instantiate(cfg.data)
@@ -452,3 +472,20 @@ def test_asterisk_prompt_transcripts_keep_the_spoken_words_only():
         "spy-iax2": "iax",
         "dictate/forhelp": "press star to toggle pause press pound to enter a new dictation filename",
     }
+
+
+def test_asterisk_recordings_that_are_silent_corrupt_or_too_short_for_their_text_are_named(tmp_path):
+    spec = importlib.util.spec_from_file_location("prepare_asterisk", ROOT / "data_scripts" / "prepare_asterisk.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    real = sorted(FSDD.glob("*.wav"))[0]  # a real one-word recording, about 0.4 s
+    silent, corrupt = tmp_path / "silent.wav", tmp_path / "corrupt.wav"
+    sf.write(silent, np.zeros(8000, dtype=np.int16), 8000)
+    corrupt.write_bytes(b"RIFF....WAVEfmt garbage")
+    assert script.check_recording(real, "seven") is None
+    assert script.check_recording(silent, "seven") == "silent"
+    assert script.check_recording(corrupt, "seven").startswith("unreadable (corrupt audio")
+    long_text = " ".join(["word"] * 40)  # 40 words cannot fit in under half a second
+    assert script.check_recording(real, long_text) == "length does not fit the transcript"
+    assert {script.split_of(f"digits/{n}", 0.15) for n in range(100)} == {"train", "dev"}
+    assert script.split_of("digits/7", 0.15) == script.split_of("digits/7", 0.15)

@@ -49,6 +49,7 @@ from app.data.audio import (
     utterance_cmvn,
     vtlp_warp,
 )
+from app.data.augment import WaveAugmentConfig, augment_waveform
 from app.data.manifest import SPEECH_KINDS, Utterance, read_manifest
 from app.data.text import Tokenizer
 from app.errors import UserInputError
@@ -69,12 +70,15 @@ class UtteranceDataset(Dataset):
         spec_augment: SpecAugmentConfig | None,
         seed: int,
         vtlp: tuple[float, float] | None = None,
+        wave_augment: WaveAugmentConfig | None = None,
     ) -> None:
         """spec_augment: None for evaluation; then the dither is seeded per item, so features are reproducible.
-        vtlp: (low, high) range of a random vocal tract length warp per item (training only), None: none."""
+        vtlp: (low, high) range of a random vocal tract length warp per item (training only), None: none.
+        wave_augment: speed / coloration / reverb / noise / telephone effects on the waveform (training only)."""
         self.utterances, self.token_ids = utterances, token_ids
         self.features, self.cmvn, self.cmvn_stats = features, cmvn, cmvn_stats
         self.spec_augment, self.seed, self.vtlp = spec_augment, seed, vtlp
+        self.wave_augment = wave_augment
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -82,6 +86,8 @@ class UtteranceDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         utterance = self.utterances[index]
         wave = load_waveform(utterance.audio, self.features.sample_rate)
+        if self.wave_augment is not None:
+            wave = augment_waveform(wave, self.features.sample_rate, self.wave_augment)
         generator = None if self.spec_augment else torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         warp = vtlp_warp(*self.vtlp) if self.vtlp else 1.0
         feats = compute_features(wave, self.features, generator, warp)
@@ -212,6 +218,7 @@ class ASRDataModule(L.LightningDataModule):
         cmvn: str = "utterance",
         spec_augment: Mapping[str, Any] | None = None,
         vtlp: Sequence[float] | None = None,
+        wave_augment: Mapping[str, Any] | None = None,
         max_duration_s: float = 20.0,
         batch_duration_s: float = 200.0,
         max_batch_size: int = 64,
@@ -233,6 +240,8 @@ class ASRDataModule(L.LightningDataModule):
         spec_augment: SpecAugmentConfig fields, applied to training batches only; None turns it off.
         vtlp: [low, high] warp factors of vocal tract length perturbation (training only; fbank features),
             e.g. [0.9, 1.1]; None turns it off.
+        wave_augment: WaveAugmentConfig fields (app/data/augment.py): on-the-fly speed, microphone coloration,
+            reverberation, noise and telephone effects on training waveforms; None turns them off.
         max_duration_s: longer utterances are skipped with a warning.
         batch_duration_s / eval_batch_duration_s: padded seconds of audio per train / eval batch, at most
             max_batch_size utterances (an utterance longer than the budget is a batch of its own).
@@ -256,6 +265,7 @@ class ASRDataModule(L.LightningDataModule):
             None if spec_augment is None else _config(SpecAugmentConfig, spec_augment, "data.spec_augment")
         )
         self.vtlp = _vtlp_range(vtlp, self.features.kind)
+        self.wave_augment = None if wave_augment is None else WaveAugmentConfig.from_mapping(wave_augment)
         self.max_duration_s = max_duration_s
         self.batch_duration_s, self.eval_batch_duration_s = batch_duration_s, eval_batch_duration_s
         self.max_batch_size = max_batch_size
@@ -316,7 +326,8 @@ class ASRDataModule(L.LightningDataModule):
         if self.cmvn == "global":
             self.cmvn_stats = self._global_cmvn_stats()
         for split, sets in self.utterances.items():
-            augment, vtlp = (self.spec_augment, self.vtlp) if split == "train" else (None, None)
+            train = split == "train"
+            augment, vtlp = (self.spec_augment, self.vtlp) if train else (None, None)
             self.datasets[split] = {
                 set_name: UtteranceDataset(
                     utterances,
@@ -327,6 +338,7 @@ class ASRDataModule(L.LightningDataModule):
                     augment,
                     self.seed,
                     vtlp,
+                    self.wave_augment if train else None,
                 )
                 for set_name, utterances in sets.items()
             }
