@@ -23,9 +23,9 @@ Licence and provenance: data_scripts/README_asterisk.md. Use the dev set as an e
 
 import argparse
 import gzip
-import math
 import hashlib
 import io
+import math
 import re
 import shutil
 import subprocess
@@ -116,7 +116,7 @@ def read_transcripts(lines: Sequence[str]) -> dict[str, str]:
 
 
 def split_of(name: str, dev_share: float) -> str:
-    """"dev" for about dev_share of the prompt names (a stable hash), else "train"."""
+    """ "dev" for about dev_share of the prompt names (a stable hash), else "train"."""
     bucket = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return "dev" if bucket < dev_share else "train"
 

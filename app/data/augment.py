@@ -66,7 +66,9 @@ class WaveAugmentConfig:
             raise UserInputError(f"data.wave_augment has unknown keys {unknown}: use {sorted(known)}")
         ranges = {"speed", "rt60_s", "snr_db"}
         try:
-            return cls(**{key: tuple(float(v) for v in value) if key in ranges else value for key, value in values.items()})
+            return cls(
+                **{key: tuple(float(v) for v in value) if key in ranges else value for key, value in values.items()}
+            )
         except (TypeError, ValueError) as err:
             raise UserInputError(f"data.wave_augment: {err} (ranges are [low, high] lists of numbers)") from err
 
