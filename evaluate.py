@@ -3,6 +3,7 @@
 Writes metrics.json (the same fields as train.py's) into outputs/evals/<data>/<time>/.
 """
 
+import dataclasses
 import math
 import sys
 import time
@@ -15,15 +16,18 @@ from lightning import seed_everything
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
-from app.averaging import tested_checkpoint
 from app.config import build, register_resolvers
+from app.decode.options import DecodingOptions
+from app.decode.wer import decoded_counts, speech_wer_summary
 from app.engine.checkpoint import IntegerCheckpointError, read_metadata, tensor_bytes
 from app.errors import UserInputError
-from app.runs import METRICS_FILE, command_line, evaluate_splits, machine_text, read_checkpoint, run_dir, write_metrics
-from app.tasks.asr import DECODED_DIR, SpeechRecognitionTask, check_ctc_weight, decoded_counts, speech_wer_summary
-from app.tasks.asr_integer import integer_wer, load_integer_asr, load_lm_fusion
+from app.export.asr import integer_wer, load_integer_asr, load_lm_fusion
+from app.export.lm import INTEGER_CHECKPOINT, integer_split_metrics, load_integer_lm
+from app.runs.averaging import tested_checkpoint
+from app.runs.directory import command_line, evaluate_splits, machine_text, read_checkpoint, run_dir
+from app.runs.metrics import METRICS_FILE, RunMetrics, write_metrics
+from app.tasks.asr import DECODED_DIR, SpeechRecognitionTask, check_ctc_weight
 from app.tasks.lm import LanguageModelTask
-from app.tasks.lm_integer import INTEGER_CHECKPOINT, integer_split_metrics, load_integer_lm
 
 register_resolvers()
 
@@ -146,6 +150,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.ctc_weight is not None:
         check_ctc_weight("ctc_weight", float(cfg.ctc_weight), task.model.ctc is not None)
         task.hparams.decode_ctc_weight = float(cfg.ctc_weight)
+    if checkpoint["task"] == "asr":  # the search as beam_size / length_norm / ctc_weight changed it: checked now
+        hp = task.hparams
+        decoding_options(
+            beam_size=hp.beam_size,
+            length_norm=hp.length_norm,
+            max_len_ratio=hp.max_len_ratio,
+            ctc_weight=hp.decode_ctc_weight,
+        )
     datamodule = build(cfg.data)
     datamodule.prepare_data()
     if cfg.lm is not None:
@@ -162,27 +174,25 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     directory = output_dir(cfg)
     trainer = build(cfg.trainer, default_root_dir=directory, logger=False, enable_checkpointing=False)
     hparams = checkpoint["hyper_parameters"]
-    metrics = {
-        "command": command_line("evaluate.py"),
-        "task": checkpoint["task"],
-        "quant": hparams["quant_cfg"]["name"],
-        "model": hparams["model_cfg"]["name"],
-        "data": cfg.data.name,
-        "checkpoint": str(cfg.ckpt),
-        "averaged_epochs": checkpoint.get("averaged_epochs"),
+    metrics = RunMetrics(
+        command=command_line("evaluate.py"),
+        task=checkpoint["task"],
+        quant=hparams["quant_cfg"]["name"],
+        model=hparams["model_cfg"]["name"],
+        data=cfg.data.name,
+        checkpoint=str(cfg.ckpt),
+        averaged_epochs=checkpoint.get("averaged_epochs"),
         **evaluate_splits(trainer, task, datamodule, ckpt_path=None),
-        "params": sum(parameter.numel() for parameter in task.parameters()),
-        "epochs": checkpoint["epoch"] + 1,
-        "wall_time_s": time.perf_counter() - started,
-        "train_tokens_per_s": None,
-        "quant_metrics": task.quant_epoch_metrics(),
-        "engine": "qat" if task.model.quant.quantized else "float",
-        "integer": None,
-        "hardware": machine_text(trainer.strategy.root_device),
-    }
+        params=sum(parameter.numel() for parameter in task.parameters()),
+        epochs=checkpoint["epoch"] + 1,
+        wall_time_s=time.perf_counter() - started,
+        quant_metrics=task.quant_epoch_metrics(),
+        engine="qat" if task.model.quant.quantized else "float",
+        hardware=machine_text(trainer.strategy.root_device),
+    )
     if trainer.is_global_zero:
         write_metrics(directory, metrics)
-    return metrics
+    return metrics.to_dict()
 
 
 def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
@@ -211,35 +221,29 @@ def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
         for split, prefix in (("valid", "val"), ("test", "test"))
     }
     info = meta.get("info", {})
-    metrics = {
-        "command": command_line("evaluate.py"),
-        "task": meta["kind"],
-        "quant": info.get("quant", {}).get("name"),
-        "model": info.get("model"),
-        "data": cfg.data.name,
-        "checkpoint": str(cfg.ckpt),
-        "averaged_epochs": info.get("averaged_epochs"),  # of the checkpoint it was exported from
-        "val_ppl": split_metrics["valid"]["ppl"],
-        "val_loss": split_metrics["valid"]["loss"],
-        "val_tokens": split_metrics["valid"]["tokens"],
-        "test_ppl": split_metrics["test"]["ppl"],
-        "test_loss": split_metrics["test"]["loss"],
-        "test_tokens": split_metrics["test"]["tokens"],
-        "val_wer": None,
-        "test_wer": None,
-        "test_wer_summary": None,
-        "params": None,
-        "epochs": None,
-        "wall_time_s": time.perf_counter() - started,
-        "train_tokens_per_s": None,
-        "eval_tokens_per_s": split_metrics["test"]["tokens_per_s"],
-        "quant_metrics": {},
-        "engine": "integer",
-        "integer": {"integer_param_bytes": tensor_bytes(str(cfg.ckpt)), "format_version": meta["version"]},
-        "hardware": machine_text("cpu"),
-    }
+    metrics = RunMetrics(
+        command=command_line("evaluate.py"),
+        task=meta["kind"],
+        quant=info.get("quant", {}).get("name"),
+        model=info.get("model"),
+        data=cfg.data.name,
+        checkpoint=str(cfg.ckpt),
+        averaged_epochs=info.get("averaged_epochs"),  # of the checkpoint it was exported from
+        val_ppl=split_metrics["valid"]["ppl"],
+        val_loss=split_metrics["valid"]["loss"],
+        val_tokens=split_metrics["valid"]["tokens"],
+        test_ppl=split_metrics["test"]["ppl"],
+        test_loss=split_metrics["test"]["loss"],
+        test_tokens=split_metrics["test"]["tokens"],
+        wall_time_s=time.perf_counter() - started,
+        eval_tokens_per_s=split_metrics["test"]["tokens_per_s"],
+        quant_metrics={},
+        engine="integer",
+        integer={"integer_param_bytes": tensor_bytes(str(cfg.ckpt)), "format_version": meta["version"]},
+        hardware=machine_text("cpu"),
+    )
     write_metrics(output_dir(cfg), metrics)
-    return metrics
+    return metrics.to_dict()
 
 
 def integer_batch_limits(cfg: DictConfig) -> dict[str, int | float]:
@@ -256,66 +260,63 @@ def integer_batch_limits(cfg: DictConfig) -> dict[str, int | float]:
     return limits
 
 
+def decoding_options(**settings: Any) -> DecodingOptions:
+    """DecodingOptions from evaluate.yaml's keys (and an integer checkpoint's ``decoding``), refused in one line."""
+    try:
+        return DecodingOptions(**settings)
+    except ValueError as err:
+        raise UserInputError(str(err)) from None
+
+
 def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[str, Any]:
     """WER per set of an integer ASR checkpoint on the integer-only engine: validation greedy, test by beam search."""
     engine, meta = load_integer_asr(str(cfg.ckpt), datamodule.vocab_sha256)
     info = meta.get("info", {})
-    decoding = info.get("decoding", {})
-    beam = int(cfg.beam_size) if cfg.beam_size is not None else decoding.get("beam_size", 5)
-    norm = float(cfg.length_norm) if cfg.length_norm is not None else decoding.get("length_norm", 1.0)
-    ratio = decoding.get("max_len_ratio", 1.0)
-    ctc_weight = float(cfg.ctc_weight) if cfg.ctc_weight is not None else decoding.get("ctc_weight", 0.0)
-    check_ctc_weight("ctc_weight", ctc_weight, engine.ctc is not None)
+    decoding = info.get("decoding", {})  # what the checkpoint's run decoded with; evaluate.yaml's keys override it
+    overrides = {
+        key: kind(cfg[key])
+        for key, kind in (("beam_size", int), ("length_norm", float), ("ctc_weight", float))
+        if cfg[key] is not None
+    }
+    options = decoding_options(**{**decoding, **overrides})
+    check_ctc_weight("ctc_weight", options.ctc_weight, engine.ctc is not None)
     limits = {split: None if limit == math.inf else limit for split, limit in integer_batch_limits(cfg).items()}
-    lm = None if cfg.lm is None else load_lm_fusion(str(cfg.lm), datamodule.tokenizer, float(cfg.lm_weight))
-    val = integer_wer(engine, datamodule, "val", 1, norm, ratio, limits["val"])
-    test = integer_wer(
-        engine,
-        datamodule,
-        "test",
-        beam,
-        norm,
-        ratio,
-        limits["test"],
-        ctc_weight,
-        lm,
-        decoded_dir=output_dir(cfg) / DECODED_DIR,
-    )
-    metrics = {
-        "command": command_line("evaluate.py"),
-        "task": "asr",
-        "quant": info.get("quant", {}).get("name"),
-        "model": info.get("model"),
-        "data": cfg.data.name,
-        "checkpoint": str(cfg.ckpt),
-        "averaged_epochs": info.get("averaged_epochs"),  # of the checkpoint it was exported from
-        **{key: None for key in ("val_ppl", "val_loss", "val_tokens", "test_ppl", "test_loss", "test_tokens")},
-        "val_wer": val["wer"] or None,
-        "test_wer": test["wer"] or None,
-        "test_wer_summary": speech_wer_summary(
+    if cfg.lm is not None:
+        options = dataclasses.replace(
+            options, lm=load_lm_fusion(str(cfg.lm), datamodule.tokenizer, float(cfg.lm_weight))
+        )
+    val = integer_wer(engine, datamodule, "val", options.with_beam(1), limits["val"])
+    test = integer_wer(engine, datamodule, "test", options, limits["test"], decoded_dir=output_dir(cfg) / DECODED_DIR)
+    metrics = RunMetrics(
+        command=command_line("evaluate.py"),
+        task="asr",
+        quant=info.get("quant", {}).get("name"),
+        model=info.get("model"),
+        data=cfg.data.name,
+        checkpoint=str(cfg.ckpt),
+        averaged_epochs=info.get("averaged_epochs"),  # of the checkpoint it was exported from
+        val_wer=val["wer"] or None,
+        test_wer=test["wer"] or None,
+        test_wer_summary=speech_wer_summary(
             decoded_counts(output_dir(cfg) / DECODED_DIR, list(test["wer"])), datamodule.speech
         )
         if test["wer"]
         else None,
-        "params": None,
-        "epochs": None,
-        "wall_time_s": time.perf_counter() - started,
-        "train_tokens_per_s": None,
-        "eval_tokens_per_s": None,
-        "quant_metrics": {},
-        "engine": "integer",
-        "integer": {
+        wall_time_s=time.perf_counter() - started,
+        quant_metrics={},
+        engine="integer",
+        integer={
             "integer_param_bytes": tensor_bytes(str(cfg.ckpt)),
             "format_version": meta["version"],
             "eval_utterances_per_s": test["utterances_per_s"],
-            "beam_size": beam,
-            "length_norm": norm,
-            "ctc_weight": ctc_weight,
+            "beam_size": options.beam_size,
+            "length_norm": options.length_norm,
+            "ctc_weight": options.ctc_weight,
         },
-        "hardware": machine_text("cpu"),
-    }
+        hardware=machine_text("cpu"),
+    )
     write_metrics(output_dir(cfg), metrics)
-    return metrics
+    return metrics.to_dict()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

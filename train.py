@@ -1,9 +1,10 @@
 """Train a model: `python train.py task=lm quant=float model=small data=ptb` (docs/training.md).
 
-Writes a run directory (app/runs.py): config.yaml, checkpoints/{best,last}.ckpt, epochs.jsonl,
+Writes a run directory (app/runs/directory.py): config.yaml, checkpoints/{best,last}.ckpt, epochs.jsonl,
 tensorboard/, metrics.json. `ckpt_path=<run>/checkpoints/last.ckpt` resumes that run in place.
 """
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
-from app.averaging import AVERAGED_CHECKPOINT, BestEpochs, write_averaged
 from app.config import build, register_resolvers
 from app.errors import UserInputError
-from app.runs import (
+from app.export.asr import export_integer_asr, integer_wer
+from app.export.lm import export_integer_lm, integer_split_metrics
+from app.runs.averaging import AVERAGED_CHECKPOINT, BestEpochs, write_averaged
+from app.runs.directory import (
     AtomicCheckpointIO,
     ElapsedTime,
     check_resumable,
@@ -27,13 +30,11 @@ from app.runs import (
     machine_text,
     read_checkpoint,
     run_dir,
-    write_metrics,
     write_run_config,
 )
-from app.sweeps import finished_run
+from app.runs.metrics import RunMetrics, write_metrics
+from app.runs.sweeps import finished_run
 from app.tasks.asr import DECODED_INTEGER_DIR
-from app.tasks.asr_integer import export_integer_asr, integer_wer
-from app.tasks.lm_integer import export_integer_lm, integer_split_metrics
 
 register_resolvers()
 
@@ -61,7 +62,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if average_best < 0:
         raise UserInputError(f"task.average_best={average_best}: give the number of best epochs to average (0: none)")
     if (finished := finished_run(run_dir(), cfg)) is not None:
-        return finished  # a sweep run again: this point already finished with this config (app/sweeps.py)
+        return finished  # a sweep run again: this point already finished with this config (app/runs/sweeps.py)
     last = run_dir() / "checkpoints" / "last.ckpt"
     if not cfg.ckpt_path and last.is_file():  # a sweep point stopped mid-training (same config: checked above)
         print(f"resuming: {run_dir()} from {last}")
@@ -115,29 +116,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     averaged_epochs = None
     if best and best_epochs and len(best_epochs.best_k_models) > 1:
         best, averaged_epochs = average_best_epochs(trainer, best_epochs, Path(best))
-    metrics = {
-        "command": command_line("train.py"),
-        "task": cfg.task.name,
-        "quant": cfg.quant.name,
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        "checkpoint": best,
-        "averaged_epochs": averaged_epochs,  # task.average_best: the epochs (from 0) whose weights `checkpoint` averages
+    metrics = RunMetrics(
+        command=command_line("train.py"),
+        task=cfg.task.name,
+        quant=cfg.quant.name,
+        model=cfg.model.name,
+        data=cfg.data.name,
+        checkpoint=best,
+        averaged_epochs=averaged_epochs,
         **evaluate_splits(trainer, task, datamodule, best),
-        "params": sum(parameter.numel() for parameter in task.parameters()),
-        "epochs": trainer.current_epoch,
-        "wall_time_s": elapsed.total,
-        "train_tokens_per_s": None if train_tokens_per_s is None else float(train_tokens_per_s),
-        "quant_metrics": task.quant_epoch_metrics(),
-        "engine": "qat" if task.model.quant.quantized else "float",
-        "integer": None,
-        "hardware": machine_text(trainer.strategy.root_device),
-    }
+        params=sum(parameter.numel() for parameter in task.parameters()),
+        epochs=trainer.current_epoch,
+        wall_time_s=elapsed.total,
+        train_tokens_per_s=None if train_tokens_per_s is None else float(train_tokens_per_s),
+        quant_metrics=task.quant_epoch_metrics(),
+        engine="qat" if task.model.quant.quantized else "float",
+        integer=None,
+        hardware=machine_text(trainer.strategy.root_device),
+    )
     if trainer.is_global_zero and task.model.quant.integer_activations:
-        metrics["integer"] = export_and_check_integer(task, datamodule, directory, metrics, cfg, trainer)
+        integer = export_and_check_integer(task, datamodule, directory, metrics, cfg, trainer)
+        metrics = dataclasses.replace(metrics, integer=integer)
     if trainer.is_global_zero:
         write_metrics(directory, metrics)
-    return metrics
+    return metrics.to_dict()
 
 
 def average_best_epochs(trainer, best_epochs: BestEpochs, best: Path) -> tuple[str, list[int]]:
@@ -156,7 +158,7 @@ def average_best_epochs(trainer, best_epochs: BestEpochs, best: Path) -> tuple[s
 
 
 def export_and_check_integer(
-    task, datamodule, directory, metrics: dict[str, Any], cfg: DictConfig, trainer
+    task, datamodule, directory, metrics: RunMetrics, cfg: DictConfig, trainer
 ) -> dict[str, Any]:
     """Write the integer checkpoint of the best weights and evaluate it with the integer-only engine on the
     batches the QAT evaluation saw (the trainer's batch limits)."""
@@ -164,8 +166,8 @@ def export_and_check_integer(
         "quant": OmegaConf.to_container(cfg.quant, resolve=True),
         "model": cfg.model.name,
         "data": cfg.data.name,
-        "source_checkpoint": metrics["checkpoint"],
-        "averaged_epochs": metrics["averaged_epochs"],
+        "source_checkpoint": metrics.checkpoint,
+        "averaged_epochs": metrics.averaged_epochs,
         "vocab_sha256": datamodule.vocab_sha256,
     }
     if cfg.task.name == "asr":
@@ -174,11 +176,12 @@ def export_and_check_integer(
     result = dict(sizes)
     limits = {"valid": trainer.num_val_batches[0], "test": trainer.num_test_batches[0]}  # LM: one loader each
     for split, prefix in (("valid", "val"), ("test", "test")):
-        if metrics[f"{prefix}_ppl"] is None:
+        qat_ppl = getattr(metrics, f"{prefix}_ppl")
+        if qat_ppl is None:
             continue
         split_metrics = integer_split_metrics(engine, datamodule, split, limits[split])
         result[f"{prefix}_ppl"] = split_metrics["ppl"]
-        result[f"{prefix}_ppl_rel_diff_vs_qat"] = split_metrics["ppl"] / metrics[f"{prefix}_ppl"] - 1
+        result[f"{prefix}_ppl_rel_diff_vs_qat"] = split_metrics["ppl"] / qat_ppl - 1
         result["eval_tokens_per_s"] = split_metrics["tokens_per_s"]
     print(
         f"integer checkpoint {sizes['integer_checkpoint']}: {sizes['integer_param_bytes']:,} bytes "
@@ -188,31 +191,17 @@ def export_and_check_integer(
     return result
 
 
-def export_and_check_integer_asr(task, datamodule, directory, metrics, info, limit) -> dict[str, Any]:
+def export_and_check_integer_asr(task, datamodule, directory, metrics: RunMetrics, info, limit) -> dict[str, Any]:
     """ASR: the integer checkpoint, and the WER of each test set decoded by the integer engine (same search)."""
-    hp = task.hparams
-    info["decoding"] = {
-        "beam_size": hp.beam_size,
-        "length_norm": hp.length_norm,
-        "max_len_ratio": hp.max_len_ratio,
-        "ctc_weight": hp.decode_ctc_weight,
-    }
+    info["decoding"] = task.decoding.to_info()
     sizes, engine = export_integer_asr(task.model, directory, info)
     result = dict(sizes)
-    if metrics["test_wer"] is not None:
+    if metrics.test_wer is not None:
         decoded = integer_wer(
-            engine,
-            datamodule,
-            "test",
-            hp.beam_size,
-            hp.length_norm,
-            hp.max_len_ratio,
-            limit,
-            info["decoding"]["ctc_weight"],
-            decoded_dir=directory / DECODED_INTEGER_DIR,
+            engine, datamodule, "test", task.decoding, limit, decoded_dir=directory / DECODED_INTEGER_DIR
         )
         result["test_wer"] = decoded["wer"]
-        result["test_wer_abs_diff_vs_qat"] = {k: v - metrics["test_wer"][k] for k, v in decoded["wer"].items()}
+        result["test_wer_abs_diff_vs_qat"] = {k: v - metrics.test_wer[k] for k, v in decoded["wer"].items()}
         result["eval_utterances_per_s"] = decoded["utterances_per_s"]
     print(
         f"integer checkpoint {sizes['integer_checkpoint']}: {sizes['integer_param_bytes']:,} bytes "

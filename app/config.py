@@ -1,5 +1,8 @@
-"""OmegaConf resolvers used by `conf/` (registered by the entry points and the tests before composing), and `build`."""
+"""OmegaConf resolvers used by `conf/` (registered by the entry points and the tests before composing), `build`,
+and `flatten` (a config tree as dotted keys).
+"""
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +42,14 @@ def build(config: Any, **kwargs: Any) -> Any:
         if cause is None:
             raise
         raise cause from None
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"quant": {"name": "irnn"}} -> {"quant.name": "irnn"} (lists and empty mappings are values)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -10,8 +10,8 @@ import hydra
 from omegaconf import DictConfig
 
 import app  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
-from app.runs import run_dir
-from app.sweeps import finished_run
+from app.runs.directory import run_dir
+from app.runs.sweeps import finished_run
 from train import train
 
 

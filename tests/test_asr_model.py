@@ -4,14 +4,16 @@ import jiwer
 import pytest
 import torch
 
-from app.asr_search import beam_search, greedy_search, integer_decoder, max_decode_length, qat_decoder
 from app.data.text import BOS_ID, EOS_ID, PAD_ID, normalize_text
+from app.decode.options import DecodingOptions
+from app.decode.search import beam_search, greedy_search, integer_decoder, max_decode_length, qat_decoder
+from app.decode.wer import corpus_wer
 from app.engine.checkpoint import load_integer_checkpoint, save_integer_checkpoint
 from app.engine.guard import IntegerOnlyGuard
 from app.errors import UserInputError
+from app.export.asr import quantize_features
 from app.models.asr import build_asr
-from app.tasks.asr import SpeechRecognitionTask, corpus_wer
-from app.tasks.asr_integer import quantize_features
+from app.tasks.asr import SpeechRecognitionTask
 from tests.conftest import compose_config
 
 TINY = {"name": "tiny", "asr": compose_config("train", ["model=tiny"]).model.asr}
@@ -101,20 +103,19 @@ def test_greedy_search_and_beam_search_decode_the_same_words_on_both_engines(fsd
         encoded = model.encode(batch["feats"], batch["feat_lens"])
         lengths = max_decode_length(encoded.lengths, 0.3)
         greedy = greedy_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID)
-        beam1 = beam_search(
-            qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, beam_size=1, length_norm=0.0
+        one, three, joint_options = (
+            DecodingOptions(beam_size=1, length_norm=0.0),
+            DecodingOptions(beam_size=3),
+            DecodingOptions(beam_size=3, ctc_weight=0.5),
         )
-        beam3 = beam_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, beam_size=3)
-        joint = beam_search(
-            qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, beam_size=3, ctc_weight=0.5, blank=PAD_ID
-        )
+        beam1 = beam_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, one)
+        beam3 = beam_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, three)
+        joint = beam_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, joint_options, PAD_ID)
     memory = engine.encode(quantize_features(batch["feats"], engine.feat_frac), batch["feat_lens"])
     assert greedy == beam1  # a beam of one is greedy search
     assert greedy == greedy_search(integer_decoder(engine), memory, size, lengths, BOS_ID, EOS_ID)
-    assert beam3 == beam_search(integer_decoder(engine), memory, size, lengths, BOS_ID, EOS_ID, beam_size=3)
-    assert joint == beam_search(
-        integer_decoder(engine), memory, size, lengths, BOS_ID, EOS_ID, beam_size=3, ctc_weight=0.5, blank=PAD_ID
-    )
+    assert beam3 == beam_search(integer_decoder(engine), memory, size, lengths, BOS_ID, EOS_ID, three)
+    assert joint == beam_search(integer_decoder(engine), memory, size, lengths, BOS_ID, EOS_ID, joint_options, PAD_ID)
     assert all(len(h) <= n for h, n in zip(greedy + beam3, lengths))
     assert all(EOS_ID not in h and BOS_ID not in h for h in greedy + beam3)
 

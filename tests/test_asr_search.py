@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from app.asr_search import CTCPrefixScorer, LanguageModelFusion
+from app.decode.search import CTCPrefixScorer, LanguageModelFusion
 
 BLANK, EOS = 0, 3
 

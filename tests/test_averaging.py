@@ -1,4 +1,4 @@
-"""Checkpoint averaging (task.average_best, app/averaging.py): the run keeps its N best epochs, tests the
+"""Checkpoint averaging (task.average_best, app/runs/averaging.py): the run keeps its N best epochs, tests the
 mean of their weights, and resumes with them."""
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.averaging import average_state_dicts
+from app.runs.averaging import average_state_dicts
 from tests.conftest import compose_config, eval_overrides, run_script
 from train import train
 

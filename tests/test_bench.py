@@ -4,7 +4,7 @@ layout app.report reads, speed-ups against the best float row (no timing claims:
 import json
 import time
 
-import app.bench as bench
+import app.reporting.bench as bench
 
 LM_METHODS = [
     "torch float nn.LSTM",

@@ -214,7 +214,7 @@ def test_tiny_lm_run_with_decomposition_false_logs_weight_freezing(ptb_overrides
 
 def test_a_checkpoint_from_before_quant_decomposition_existed_resumes_with_the_default():
     from app.errors import UserInputError
-    from app.runs import check_resumable
+    from app.runs.directory import check_resumable
 
     old_quant = {
         "name": "denseshift",

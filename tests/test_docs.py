@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.report import block_markers, main
+from app.reporting.report import block_markers, main
 
 ROOT = Path(__file__).resolve().parents[1]
 # Absolute paths of somebody's machine: /work/..., /tmp/<name>, /root/..., /home/...

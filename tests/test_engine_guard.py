@@ -202,13 +202,14 @@ def test_the_whole_integer_asr_decode_runs_under_the_guard_from_int8_features_on
     QAT model too); a float slipped into the engine stops the decode."""
     import pytest
 
-    from app.asr_search import LanguageModelFusion, greedy_search, max_decode_length, qat_decoder
     from app.data.text import BOS_ID, EOS_ID
+    from app.decode.options import DecodingOptions
+    from app.decode.search import LanguageModelFusion, greedy_search, max_decode_length, qat_decoder
     from app.engine import attention
     from app.engine.guard import FloatOperationError, IntegerOnlyGuard
+    from app.export.asr import transcribe_integer
     from app.models.asr import build_asr
     from app.models.lm import LSTMLanguageModel
-    from app.tasks.asr_integer import transcribe_integer
     from tests.conftest import compose_config
 
     batch, datamodule = fsdd_batch
@@ -226,7 +227,7 @@ def test_the_whole_integer_asr_decode_runs_under_the_guard_from_int8_features_on
         lm_model.train()(torch.randint(0, len(pieces) + 2, (2, 6)))
     lm_vocab = [*pieces, "<eos>", "<unk>"]
     lm = LanguageModelFusion.build(lm_model.eval().export_integer(lm_vocab), pieces, BOS_ID, EOS_ID, 0.3)
-    options = (tokenizer, 1, 1.0, 1.0)
+    options = (tokenizer, DecodingOptions(beam_size=1))
 
     guard = IntegerOnlyGuard()  # entered by transcribe_integer after the host's feature rounding
     greedy = transcribe_integer(engine, batch, *options, guard=guard)
@@ -238,7 +239,7 @@ def test_the_whole_integer_asr_decode_runs_under_the_guard_from_int8_features_on
         qat = greedy_search(qat_decoder(model), encoded.memory, len(batch["texts"]), max_lengths, BOS_ID, EOS_ID)
     assert greedy == [tokenizer.decode(h) for h in qat]
 
-    beam = (tokenizer, 3, 1.0, 1.0, 0.3, lm)
+    beam = (tokenizer, DecodingOptions(beam_size=3, ctc_weight=0.3, lm=lm))
     beam_guard = IntegerOnlyGuard()
     assert transcribe_integer(engine, batch, *beam, guard=beam_guard) == transcribe_integer(engine, batch, *beam)
     assert beam_guard.ops > 1000
@@ -247,6 +248,5 @@ def test_the_whole_integer_asr_decode_runs_under_the_guard_from_int8_features_on
     monkeypatch.setattr(attention, "softmax_int", lambda s, m, e: (real_softmax(s, m, e) * 1.0).long())
     for size in (1, 3):
         with pytest.raises(FloatOperationError):
-            transcribe_integer(
-                engine, batch, tokenizer, size, 1.0, 1.0, 0.3 if size > 1 else 0.0, lm, guard=IntegerOnlyGuard()
-            )
+            options = DecodingOptions(beam_size=size, ctc_weight=0.3 if size > 1 else 0.0, lm=lm)
+            transcribe_integer(engine, batch, tokenizer, options, guard=IntegerOnlyGuard())

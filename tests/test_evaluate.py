@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import UserInputError
-from app.runs import METRIC_FIELDS
+from app.runs.metrics import METRIC_FIELDS
 from evaluate import evaluate
 from tests.conftest import compose_config, eval_overrides
 

@@ -12,8 +12,8 @@ import torch
 from app.data.text import BOS_ID, EOS_ID
 from app.engine.checkpoint import load_integer_checkpoint, save_integer_checkpoint
 from app.engine.native import CSRC, NativeASRModel, NativeRuntimeError, isa_supported
+from app.export.asr import quantize_features
 from app.models.asr import build_asr
-from app.tasks.asr_integer import quantize_features
 from tests.conftest import compose_config
 
 ISAS = [isa for isa in ("scalar", "avx2", "avx512vnni") if isa_supported(isa)]

@@ -1,4 +1,4 @@
-"""app.onnx_peers: the LM as a hand-written ONNX graph equals the torch float model step by step,
+"""app.reporting.onnx_peers: the LM as a hand-written ONNX graph equals the torch float model step by step,
 quantize_dynamic turns it into ONNX Runtime's int8 LSTM and MatMul, and the float ASR model exported as two
 graphs (encoder, decoder step) equals AttentionASR (the peers of python -m app.bench)."""
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from app import onnx_peers
-from app.bench import PlainLM
 from app.models.asr import build_asr
 from app.models.lm import LSTMLanguageModel
+from app.reporting import onnx_peers
+from app.reporting.bench import PlainLM
 
 VOCAB, HIDDEN = 50, 16
 

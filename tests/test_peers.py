@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-import app.peers as peers
+import app.reporting.peers as peers
 from app.data.manifest import fsdd_utterances, pocketsphinx_utterances
+from app.decode.wer import corpus_wer
 from app.errors import UserInputError
-from app.tasks.asr import corpus_wer
 from tests.conftest import DATA_ROOT, run_script
 
 
@@ -31,7 +31,9 @@ def test_pocketsphinx_on_real_read_speech_is_scored_like_our_models(tmp_path):
 
 def test_cli_writes_the_rows_the_report_reads_and_pools_the_real_english_sets(tmp_path):
     out = tmp_path / "bench" / "peers.json"
-    done = run_script("-m", "app.peers", "--sets", "fsdd", "yesno", "--limit", "1", "--out", str(out), "--no-progress")
+    done = run_script(
+        "-m", "app.reporting.peers", "--sets", "fsdd", "yesno", "--limit", "1", "--out", str(out), "--no-progress"
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     version = peers.pocketsphinx_version()

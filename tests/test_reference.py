@@ -25,12 +25,12 @@ from app.engine.layers import residual_add
 from app.engine.packing import ShiftCodes, pack_codes
 from app.engine.pwl import LookupActivation
 from app.engine.shift import shift_matmul, use_shift_kernel
+from app.export.asr import quantize_features
 from app.models.asr import build_asr
 from app.models.lm import LSTMLanguageModel
 from app.quant.activations import attention_activations
 from app.quant.lstm import QuantLSTM
 from app.quant.pwl import fit_pwl
-from app.tasks.asr_integer import quantize_features
 from tests.conftest import PTB_DIR, compose_config
 from tests.reference import arithmetic as ref
 from tests.reference.models import load_reference

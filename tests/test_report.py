@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app import plots
-from app.report import SPEED_END, SPEED_START, block_markers, main, relative_command
+from app.reporting import plots
+from app.reporting.report import SPEED_END, SPEED_START, block_markers, main, relative_command
 from evaluate import evaluate
 from tests.conftest import compose_config, eval_overrides
 from train import train

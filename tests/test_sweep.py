@@ -1,5 +1,5 @@
 """Sweep presets (conf/sweep/, conf/mode/): every grid point composes and builds, and a sweep run again
-skips the points it finished (app/sweeps.py)."""
+skips the points it finished (app/runs/sweeps.py)."""
 
 import itertools
 import json
@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from app.errors import UserInputError
-from app.sweeps import finished_run
+from app.runs.sweeps import finished_run
 from tests.conftest import CONF_DIR, ROOT, compose_config, eval_overrides, run_script
 
 PRESETS = sorted(path.stem for path in (CONF_DIR / "sweep").glob("*.yaml"))

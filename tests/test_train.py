@@ -12,7 +12,8 @@ import torch
 
 from app.errors import UserInputError
 from app.files import write_bytes_atomic
-from app.runs import METRIC_FIELDS, AtomicCheckpointIO
+from app.runs.directory import AtomicCheckpointIO
+from app.runs.metrics import METRIC_FIELDS
 from tests.conftest import compose_config, run_script
 from train import train
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from app.decode.wer import corpus_wer
 from app.errors import UserInputError
-from app.tasks.asr import corpus_wer
 from evaluate import evaluate
 from tests.conftest import compose_config, run_script
 from train import train

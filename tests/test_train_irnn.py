@@ -10,7 +10,7 @@ import torch
 from app.engine.checkpoint import load_integer_checkpoint
 from app.engine.guard import IntegerOnlyGuard
 from app.errors import UserInputError
-from app.tasks.lm_integer import integer_split_metrics, nll_from_int_logits
+from app.export.lm import integer_split_metrics, nll_from_int_logits
 from evaluate import evaluate
 from tests.conftest import compose_config, eval_overrides
 from train import train

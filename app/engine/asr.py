@@ -11,7 +11,7 @@ side). From there every op is integer:
                      -> int32 logits at 2^-logit_frac
     CTC (optional)   IntLinear on the encoder output -> int32 logits per frame at 2^-logit_frac
 The search (greedy argmax, or beam search ranking hypotheses by log-softmax of these logits) runs on the
-host, as the LM's softmax does: ``app.asr_search``.
+host, as the LM's softmax does: ``app.decode.search``.
 """
 
 from __future__ import annotations

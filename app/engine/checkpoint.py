@@ -48,7 +48,7 @@ EXPORT_HINT = (
     "export it again from its QAT run (train.py quant=irnn or quant=irnn_denseshift writes <run>/model.int.safetensors)"
 )
 # there is no standalone export command: train.py exports at the end of a run, through these functions
-REEXPORT_FUNCTIONS = "app.tasks.lm_integer.export_integer_lm / app.tasks.asr_integer.export_integer_asr"
+REEXPORT_FUNCTIONS = "app.export.lm.export_integer_lm / app.export.asr.export_integer_asr"
 _CLASSES = {
     cls.__name__: cls
     for cls in (

@@ -22,122 +22,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jiwer
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from app.asr_search import beam_search, greedy_search, max_decode_length, qat_decoder
-from app.data.manifest import SPEECH_KINDS
 from app.data.text import BOS_ID, EOS_ID, PAD_ID, normalize_text
+from app.decode.options import DecodingOptions
+from app.decode.search import beam_search, greedy_search, max_decode_length, qat_decoder
+from app.decode.wer import add_batch, corpus_wer, new_record, speech_wer_summary, write_test_record
 from app.errors import UserInputError
-from app.files import write_text_atomic
 from app.models.asr import build_asr
 from app.quant import monitor
 from app.quant.denseshift import FreezingTracker
-from app.runs import wer_summary_text
+from app.runs.metrics import wer_summary_text
 from app.tasks.lm import EPOCHS_FILE
 from app.tasks.optim import check_optimization, configure_optimization
 
 EXAMPLES_PER_VALIDATION = 3
 DECODED_DIR = "decoded"  # <run>/decoded/<test set>.jsonl: every test utterance's reference and hypothesis
 DECODED_INTEGER_DIR = "decoded_integer"  # the same from the integer engine, in a quant=irnn train.py run
-
-
-def corpus_wer(references: list[str], hypotheses: list[str]) -> tuple[float, int, int]:
-    """(WER %, word errors, reference words) with jiwer on normalized text; an empty hypothesis is all deletions."""
-    refs = [normalize_text(r) for r in references]
-    hyps = [normalize_text(h) for h in hypotheses]
-    keep = [i for i, r in enumerate(refs) if r]
-    if not keep:
-        return 0.0, 0, 0
-    out = jiwer.process_words([refs[i] for i in keep], [hyps[i] for i in keep])
-    errors = out.substitutions + out.deletions + out.insertions
-    words = out.substitutions + out.deletions + out.hits
-    return 100.0 * errors / words, errors, words
-
-
-def speech_wer_summary(counts: Mapping[str, tuple[int, int]], speech: Mapping[str, str]) -> dict[str, Any]:
-    """WER (%) of the real English sets' words pooled, and of the synthetic sets' words pooled.
-
-    counts: set name -> (word errors, reference words); speech: set name -> SPEECH_KINDS label. A
-    real_non_english or unlabelled set is in neither pool and named under not_aggregated with why.
-    metrics.json's test_wer_summary:
-        {"real_speech": {"wer", "errors", "words", "sets"} or None, "synthetic": (the same),
-         "not_aggregated": {set: why}, "speech": {set: label}, "words": {set: reference words}}
-    """
-    summary: dict[str, Any] = {"real_speech": None, "synthetic": None, "not_aggregated": {}, "speech": {}, "words": {}}
-    pools: dict[str, list[str]] = {"real": [], "synthetic": []}
-    for set_name, (_, words) in counts.items():
-        kind = speech.get(set_name)
-        summary["speech"][set_name], summary["words"][set_name] = kind, words
-        if kind in pools:
-            pools[kind].append(set_name)
-        else:
-            summary["not_aggregated"][set_name] = SPEECH_KINDS.get(kind, "no data.speech label")
-    for key, kind in (("real_speech", "real"), ("synthetic", "synthetic")):
-        errors, words = (sum(counts[name][i] for name in pools[kind]) for i in (0, 1))
-        summary[key] = (
-            {"wer": 100.0 * errors / words, "errors": errors, "words": words, "sets": pools[kind]} if words else None
-        )
-    return summary
-
-
-def new_record() -> dict[str, Any]:
-    """What an evaluation collects per set: references, hypotheses, speakers, audio paths, summed loss."""
-    return {"refs": [], "hyps": [], "speakers": [], "audio": [], "loss": 0.0, "utterances": 0}
-
-
-def add_batch(record: dict[str, Any], batch: Mapping[str, Any], hyps: list[str]) -> None:
-    """Append one decoded batch's utterances to `record` (new_record)."""
-    record["refs"].extend(batch["texts"])
-    record["hyps"].extend(hyps)
-    record["speakers"].extend(batch["speakers"])
-    record["audio"].extend(batch["audio"])
-
-
-def utterance_errors(record: Mapping[str, Any]) -> list[tuple[int, int]]:
-    """(word errors, reference words) of each utterance of `record`; their sums give corpus_wer's counts."""
-    return [corpus_wer([ref], [hyp])[1:] for ref, hyp in zip(record["refs"], record["hyps"])]
-
-
-def speaker_summary(record: Mapping[str, Any], counts: list[tuple[int, int]]) -> str:
-    """'spk 12.50 (3/24) | ...': WER % per speaker from the utterances' `counts`, worst first."""
-    by_speaker: dict[str, list[int]] = {}
-    for speaker, (errors, words) in zip(record["speakers"], counts):
-        total = by_speaker.setdefault(speaker, [0, 0])
-        total[0], total[1] = total[0] + errors, total[1] + words
-    ranked = sorted(by_speaker.items(), key=lambda item: -item[1][0] / max(item[1][1], 1))
-    return " | ".join(f"{speaker} {100.0 * e / max(w, 1):.2f} ({e}/{w})" for speaker, (e, w) in ranked)
-
-
-def write_decoded(path: Path, record: Mapping[str, Any], counts: list[tuple[int, int]]) -> None:
-    """One json line per utterance (audio, speaker, normalized reference and hypothesis, and its `counts`:
-    word errors, words), written atomically: what the WER of a test set was computed from."""
-    rows = []
-    for audio, speaker, ref, hyp, (errors, words) in zip(
-        record["audio"], record["speakers"], record["refs"], record["hyps"], counts
-    ):
-        row = {"audio": audio, "speaker": speaker, "ref": normalize_text(ref), "hyp": normalize_text(hyp)}
-        rows.append(json.dumps({**row, "errors": errors, "words": words}, ensure_ascii=False))
-    write_text_atomic(path, "".join(line + "\n" for line in rows))
-
-
-def write_test_record(directory: Path, set_name: str, record: Mapping[str, Any]) -> str:
-    """``<directory>/<set_name>.jsonl`` (write_decoded); returns the set's per-speaker WER line."""
-    counts = utterance_errors(record)
-    write_decoded(directory / f"{set_name}.jsonl", record, counts)
-    return speaker_summary(record, counts)
-
-
-def decoded_counts(directory: Path, set_names: list[str]) -> dict[str, tuple[int, int]]:
-    """(word errors, reference words) of each set, summed from its ``<directory>/<set>.jsonl`` (write_decoded)."""
-    counts = {}
-    for set_name in set_names:
-        rows = [json.loads(line) for line in (directory / f"{set_name}.jsonl").read_text(encoding="utf-8").splitlines()]
-        counts[set_name] = (sum(row["errors"] for row in rows), sum(row["words"] for row in rows))
-    return counts
 
 
 def check_ctc_weight(key: str, weight: float, has_ctc: bool) -> None:
@@ -186,8 +90,10 @@ class SpeechRecognitionTask(L.LightningModule):
         """
         super().__init__()
         check_optimization(optimizer, lr_scheduler)
-        if beam_size < 1:
-            raise UserInputError(f"task.module.beam_size={beam_size}: must be >= 1")
+        try:  # checked now; `decoding` builds them at each use (evaluate.py may change the hyper-parameters)
+            DecodingOptions(beam_size, length_norm, max_len_ratio)
+        except ValueError as err:
+            raise UserInputError(f"task.module.{err}") from None
         if not 0.0 <= sampling_prob <= 1.0:
             raise UserInputError(f"task.module.sampling_prob={sampling_prob}: must be in [0, 1] (0 turns it off)")
         self.save_hyperparameters()
@@ -199,7 +105,7 @@ class SpeechRecognitionTask(L.LightningModule):
             raise UserInputError(str(err)) from None
         for key, weight in (("ctc_weight", ctc_weight), ("decode_ctc_weight", decode_ctc_weight)):
             check_ctc_weight(f"task.module.{key}", weight, self.model.ctc is not None)
-        self.lm_fusion = None  # an app.asr_search.LanguageModelFusion for the test beam search (evaluate.py lm=...)
+        self.lm_fusion = None  # an app.decode.search.LanguageModelFusion for the test beam search (evaluate.py lm=...)
         self._freezing = FreezingTracker()
         self._freezing_metrics: dict[str, float] = {}
         self._stage: dict[str, Any] = {}
@@ -253,29 +159,23 @@ class SpeechRecognitionTask(L.LightningModule):
 
     # ---- decoding --------------------------------------------------------------------------------
 
-    def transcribe(self, batch: Mapping[str, Any], beam_size: int | None = None, encoded: Any = None) -> list[str]:
-        """Decoded text of a batch: greedy (beam_size None or 1) or beam search, with the model in eval mode."""
+    @property
+    def decoding(self) -> DecodingOptions:
+        """The test search: beam_size, length_norm, max_len_ratio, decode_ctc_weight and the fused LM."""
+        hp = self.hparams
+        return DecodingOptions(hp.beam_size, hp.length_norm, hp.max_len_ratio, hp.decode_ctc_weight, self.lm_fusion)
+
+    def transcribe(self, batch: Mapping[str, Any], options: DecodingOptions, encoded: Any = None) -> list[str]:
+        """Decoded text of a batch: greedy (options.beam_size 1) or beam search, with the model in eval mode."""
         if encoded is None:
             encoded = self.model.encode(batch["feats"], batch["feat_lens"])
-        max_lengths = max_decode_length(encoded.lengths, self.hparams.max_len_ratio)
+        max_lengths = max_decode_length(encoded.lengths, options.max_len_ratio)
         decoder = qat_decoder(self.model)
         batch_size = len(batch["texts"])
-        if beam_size is None or beam_size == 1:
+        if options.greedy:
             hyps = greedy_search(decoder, encoded.memory, batch_size, max_lengths, BOS_ID, EOS_ID)
         else:
-            hyps = beam_search(
-                decoder,
-                encoded.memory,
-                batch_size,
-                max_lengths,
-                BOS_ID,
-                EOS_ID,
-                beam_size,
-                self.hparams.length_norm,
-                ctc_weight=self.hparams.decode_ctc_weight,
-                blank=PAD_ID,
-                lm=self.lm_fusion,
-            )
+            hyps = beam_search(decoder, encoded.memory, batch_size, max_lengths, BOS_ID, EOS_ID, options, blank=PAD_ID)
         tokenizer = self.trainer.datamodule.tokenizer
         return [tokenizer.decode(h) for h in hyps]
 
@@ -283,7 +183,7 @@ class SpeechRecognitionTask(L.LightningModule):
         names = self.trainer.datamodule.val_names if stage == "val" else self.trainer.datamodule.test_names
         set_name = names[dataloader_idx]
         loss, _, encoded = self._losses(batch)
-        hyps = self.transcribe(batch, None if stage == "val" else self.hparams.beam_size, encoded)
+        hyps = self.transcribe(batch, self.decoding.with_beam(1) if stage == "val" else self.decoding, encoded)
         record = self._stage[stage].setdefault(set_name, new_record())
         add_batch(record, batch, hyps)
         record["loss"] += float(loss) * len(batch["texts"])

@@ -22,6 +22,7 @@ from app.errors import UserInputError
 from app.models.lm import LSTMState, build_lm
 from app.quant import monitor
 from app.quant.denseshift import FreezingTracker
+from app.runs.metrics import format_number
 from app.tasks.optim import check_optimization, configure_optimization
 
 EPOCHS_FILE = "epochs.jsonl"  # one JSON line per training epoch, in the run directory
@@ -208,8 +209,9 @@ class LanguageModelTask(L.LightningModule):
         self.log("lr", record["lr"])
         if self.trainer.is_global_zero:
             self.print(
-                f"epoch {record['epoch']}: train ppl {_fmt(record['train_ppl'])} | val ppl {_fmt(record['val_ppl'])}"
-                f" | lr {record['lr']:.4g} | {_fmt(record['train_tokens_per_s'], '.0f')} tokens/s"
+                f"epoch {record['epoch']}: train ppl {format_number(record['train_ppl'], missing='n/a')}"
+                f" | val ppl {format_number(record['val_ppl'], missing='n/a')}"
+                f" | lr {record['lr']:.4g} | {format_number(record['train_tokens_per_s'], '.0f', 'n/a')} tokens/s"
                 f" | {record['train_seconds']:.0f} s" + "".join(f" | {k} {v}" for k, v in quant.items())
             )
             with open(Path(self.trainer.default_root_dir) / EPOCHS_FILE, "a") as epochs_file:
@@ -217,7 +219,3 @@ class LanguageModelTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["task"] = self.name  # evaluate.py picks the task class by this key
-
-
-def _fmt(value: float | None, spec: str = ".2f") -> str:
-    return "n/a" if value is None else format(value, spec)

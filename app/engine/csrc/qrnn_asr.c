@@ -8,7 +8,7 @@
  *            -> int32 logits (n, V)
  *   greedy   argmax of the int32 logits from <bos> until <eos> or max_len tokens (integers only)
  *   ctc      the CTC layer's int32 logits of every encoder frame
- * One utterance per encode; a step may carry n hypotheses (beam search runs on the host, app/asr_search.py).
+ * One utterance per encode; a step may carry n hypotheses (beam search runs on the host, app/decode/search.py).
  * With 2 threads or more the encoder runs its two directions at once.
  */
 #define _POSIX_C_SOURCE 200809L

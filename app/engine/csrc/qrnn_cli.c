@@ -6,7 +6,7 @@
  *            FEATURES.i8 ...
  *
  * asr: each FEATURES.i8 file holds one utterance's features as raw int8 (frames x feat_dim, row-major) on the
- * model's input grid, as app.tasks.asr_integer.quantize_features returns them (the filterbank and its rounding
+ * model's input grid, as app.export.asr.quantize_features returns them (the filterbank and its rounding
  * are host float code). For each file it prints the file name and the greedy token ids.
  *
  * Reads whitespace-separated tokens (words of the checkpoint's vocabulary, or integer ids with --ids; a word

@@ -1,7 +1,7 @@
 """Export a QAT speech recognizer to the integer engine and decode test sets with it.
 
 The engine takes int8 features on the model's input grid (``quantize_features``: the front end's last
-step, host side) and returns int32 logits; the search (``app.asr_search``) is the same code the QAT
+step, host side) and returns int32 logits; the search (``app.decode.search``) is the same code the QAT
 model decodes with, so both give the same words when their logits agree (they do, bit for bit).
 
 Host float code around the engine: the features and their rounding to int8, and in beam search the
@@ -23,15 +23,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from app.asr_search import Decoder, LanguageModelFusion, beam_search, greedy_search, integer_decoder, max_decode_length
 from app.data.text import BOS_ID, EOS_ID, PAD_ID
+from app.decode.options import DecodingOptions
+from app.decode.search import (
+    Decoder,
+    LanguageModelFusion,
+    beam_search,
+    greedy_search,
+    integer_decoder,
+    max_decode_length,
+)
+from app.decode.wer import add_batch, corpus_wer, new_record, write_test_record
 from app.engine.asr import IntegerASRModel
 from app.engine.checkpoint import IntegerCheckpointError, load_integer_checkpoint, save_integer_checkpoint
 from app.engine.guard import IntegerOnlyGuard
 from app.errors import UserInputError
+from app.export.lm import INTEGER_CHECKPOINT, size_fields
 from app.quant.monitor import float_model_bytes
-from app.tasks.asr import add_batch, corpus_wer, new_record, write_test_record
-from app.tasks.lm_integer import INTEGER_CHECKPOINT, size_fields
 
 
 def quantize_features(feats: Tensor, feat_frac: int) -> Tensor:
@@ -122,43 +130,29 @@ def transcribe_integer(
     engine: IntegerASRModel,
     batch: dict[str, Any],
     tokenizer,
-    beam_size: int,
-    length_norm: float,
-    max_len_ratio: float,
-    ctc_weight: float = 0.0,
-    lm: LanguageModelFusion | None = None,
+    options: DecodingOptions,
     guard: IntegerOnlyGuard | None = None,
 ) -> list[str]:
-    """The words of ``batch`` (its float features rounded to int8 here) decoded by ``engine``.
+    """The words of ``batch`` (its float features rounded to int8 here) decoded by ``engine`` with ``options``.
 
     guard: run everything from the int8 features on under it (a FloatOperationError on any float there):
     greedy search whole, beam search's engine calls (encoder, decoder steps, CTC layer, the fused LM)."""
     feats_q = quantize_features(batch["feats"], engine.feat_frac)
     size = len(batch["texts"])
-    if beam_size <= 1:
+    if options.greedy:
         with guard or contextlib.nullcontext():
             memory = engine.encode(feats_q, batch["feat_lens"])
-            max_lengths = max_decode_length(memory.lengths, max_len_ratio)
+            max_lengths = max_decode_length(memory.lengths, options.max_len_ratio)
             hyps = greedy_search(integer_greedy_decoder(engine), memory, size, max_lengths, BOS_ID, EOS_ID)
     else:
         if guard is not None:
             engine = GuardedEngine(engine, guard)
-            lm = None if lm is None else dataclasses.replace(lm, engine=GuardedEngine(lm.engine, guard))
+            if options.lm is not None:
+                lm = dataclasses.replace(options.lm, engine=GuardedEngine(options.lm.engine, guard))
+                options = dataclasses.replace(options, lm=lm)
         memory = engine.encode(feats_q, batch["feat_lens"])
-        max_lengths = max_decode_length(memory.lengths, max_len_ratio)
-        hyps = beam_search(
-            integer_decoder(engine),
-            memory,
-            size,
-            max_lengths,
-            BOS_ID,
-            EOS_ID,
-            beam_size,
-            length_norm,
-            ctc_weight=ctc_weight,
-            blank=PAD_ID,
-            lm=lm,
-        )
+        max_lengths = max_decode_length(memory.lengths, options.max_len_ratio)
+        hyps = beam_search(integer_decoder(engine), memory, size, max_lengths, BOS_ID, EOS_ID, options, blank=PAD_ID)
     return [tokenizer.decode([int(token) for token in h]) for h in hyps]
 
 
@@ -173,15 +167,11 @@ def integer_wer(
     engine: IntegerASRModel,
     datamodule: Any,
     split: str,
-    beam_size: int,
-    length_norm: float,
-    max_len_ratio: float,
+    options: DecodingOptions,
     limit: int | float | None = None,
-    ctc_weight: float = 0.0,
-    lm: LanguageModelFusion | None = None,
     decoded_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """WER (%) per set of ``split`` ("val" / "test") decoded by the integer engine.
+    """WER (%) per set of ``split`` ("val" / "test") decoded by the integer engine with ``options``.
     limit: the trainer's ``limit_{val,test}_batches`` as Lightning applies it to each loader (a number of
     batches, or a fraction of them; None: all). decoded_dir: where each set's utterances, references and
     hypotheses go (``<set>.jsonl``, write_test_record).
@@ -196,9 +186,7 @@ def integer_wer(
         for set_name, loader in datamodule.eval_loaders(split, (rank, world_size)).items():
             record = records.setdefault(set_name, new_record())
             for batch in itertools.islice(loader, limited_batches(limit, len(loader))):
-                hyps = transcribe_integer(
-                    engine, batch, datamodule.tokenizer, beam_size, length_norm, max_len_ratio, ctc_weight, lm
-                )
+                hyps = transcribe_integer(engine, batch, datamodule.tokenizer, options)
                 add_batch(record, batch, hyps)
     for set_name, record in records.items():
         if record["refs"]:

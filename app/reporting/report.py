@@ -9,7 +9,7 @@ and writes into ``outputs/reports/`` one markdown and one CSV table per claim of
     speed.{md,csv}       float vs integer engines, latency and throughput, and the machine (claim 3)
     ablations.{md,csv}   runs that differ in one quantization setting (PWL segments, layer norm, bits, init)
     peers.{md,csv}       an off-the-shelf recognizer on our ASR test sets (outputs/bench/peers.json, app.peers)
-    results.md           all of them, the papers' own numbers beside ours, and the plots (*.png, app/plots.py)
+    results.md           all of them, the papers' own numbers beside ours, and the plots (*.png, app/reporting/plots.py)
 
 Two runs share a *recipe* when their config.yaml files are equal outside `quant` (and outside what does
 not change a result: paths, run name, progress bar). Each distinct run is one row: of several runs of one
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -42,7 +43,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from app.sweeps import IGNORED_PREFIXES, METRICS_FILE, flatten
+from app.config import flatten
+from app.runs.metrics import METRICS_FILE, MetricsFileError, RunMetrics, format_number, read_metrics
+from app.runs.sweeps import IGNORED_PREFIXES
 
 RESULTS_FILE = Path("docs/results.md")  # what `python -m app.report` regenerates (its marked blocks)
 SPEED_START, SPEED_END = "<!-- speed:start -->", "<!-- speed:end -->"  # the README's speed summary
@@ -70,7 +73,7 @@ class Run:
     """One metrics.json and what the report needs around it."""
 
     directory: Path
-    metrics: dict[str, Any]
+    metrics: RunMetrics
     config: dict[str, Any]  # the run's config.yaml, flattened ({} for evaluate.py, which writes none)
     source: Run | None = None  # evaluate.py: the training run whose checkpoint it evaluated
 
@@ -80,19 +83,19 @@ class Run:
 
     @property
     def command(self) -> str:
-        return self.metrics.get("command") or ""
+        return self.metrics.command or ""
 
     @property
     def task(self) -> str:
-        return self.metrics.get("task") or ""
+        return self.metrics.task or ""
 
     @property
     def quant(self) -> str:
-        return self.metrics.get("quant") or ""
+        return self.metrics.quant or ""
 
     @property
     def engine(self) -> str:
-        return self.metrics.get("engine") or "float"
+        return self.metrics.engine or "float"
 
     @cached_property
     def settings(self) -> dict[str, Any]:
@@ -104,7 +107,7 @@ class Run:
             settings = {
                 key[6:]: v for key, v in self.config.items() if key.startswith("quant.") and key[6:] not in NOT_SETTINGS
             }
-        logged = self.metrics.get("quant_metrics") or {}
+        logged = self.metrics.quant_metrics or {}
         for logged_key, key in (("pwl.segments", "pwl_segments"), ("layer_norm", "layer_norm")):
             if logged.get(logged_key) is not None:
                 settings[key] = logged[logged_key]
@@ -114,8 +117,8 @@ class Run:
     def recipe(self) -> tuple:
         """What runs compared with each other must share: the config outside quant (see the module doc)."""
         if self.source is not None:  # an evaluation: its training run's recipe, if on the same data
-            same_data = self.metrics.get("data") == self.source.metrics.get("data")
-            return self.source.recipe + (() if same_data else (("evaluated on", self.metrics.get("data")),))
+            same_data = self.metrics.data == self.source.metrics.data
+            return self.source.recipe + (() if same_data else (("evaluated on", self.metrics.data),))
         if self.config:
             return tuple(sorted((k, repr(v)) for k, v in self.config.items() if not k.startswith(NOT_RECIPE)))
         ignored = ("quant=", "quant.", "+mode=", "run_name=", "trainer.enable_progress_bar=")
@@ -156,21 +159,18 @@ def load_runs(root: Path) -> list[Run]:
             warnings.warn(f"skipping {directory}: no {METRICS_FILE} (a run that has not finished, or stopped)")
             continue
         try:
-            metrics = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            warnings.warn(f"skipping {path}: unreadable {METRICS_FILE} ({err})")
-            continue
-        if not isinstance(metrics, dict) or not str(metrics.get("command", "")).startswith("python "):
-            warnings.warn(f"skipping {path}: not a {METRICS_FILE} written by train.py or evaluate.py")
+            metrics = read_metrics(path)
+        except MetricsFileError as err:
+            warnings.warn(f"skipping {err}")
             continue
         config = _read_config(directory)
-        metrics["command"] = relative_command(metrics["command"], _bases(root, config))
+        metrics = dataclasses.replace(metrics, command=relative_command(metrics.command, _bases(root, config)))
         runs.append(Run(directory, metrics, config))
     runs = latest_runs(runs)
     by_directory = {run.directory.resolve(): run for run in runs if not run.is_eval}
     for run in runs:
-        if run.is_eval and run.metrics.get("checkpoint"):
-            checkpoint = Path(run.metrics["checkpoint"]).resolve()
+        if run.is_eval and run.metrics.checkpoint:
+            checkpoint = Path(run.metrics.checkpoint).resolve()
             # <run>/checkpoints/best.ckpt or <run>/model.int.safetensors
             run.source = by_directory.get(checkpoint.parent.parent) or by_directory.get(checkpoint.parent)
     return runs
@@ -209,9 +209,9 @@ def relative_command(command: str, bases: list[Path]) -> str:
 def _identity(run: Run) -> tuple:
     """Runs with equal identities are runs of the same thing: one command, and for an evaluation one
     checkpoint and engine (`evaluate.py sweep_dir=` evaluates every point of a sweep with one command)."""
-    checkpoint = run.metrics.get("checkpoint") if run.is_eval else None
+    checkpoint = run.metrics.checkpoint if run.is_eval else None
     where = str(Path(checkpoint).resolve()) if checkpoint else None
-    return (run.command, run.engine, run.metrics.get("data"), where)
+    return (run.command, run.engine, run.metrics.data, where)
 
 
 def latest_runs(runs: list[Run]) -> list[Run]:
@@ -269,9 +269,7 @@ def settings_text(run: Run, varying: dict[str, list[str]]) -> str:
 
 def _describe(run: Run, varying: dict[str, list[str]]) -> str:
     """`<data> <model>` and the run's varying settings, e.g. `ptb small layer_norm=true`."""
-    return " ".join(
-        str(part) for part in (run.metrics.get("data"), run.metrics.get("model"), settings_text(run, varying)) if part
-    )
+    return " ".join(str(part) for part in (run.metrics.data, run.metrics.model, settings_text(run, varying)) if part)
 
 
 def _value_text(value: Any) -> str:
@@ -279,7 +277,7 @@ def _value_text(value: Any) -> str:
 
 
 def _is_asr(run: Run) -> bool:
-    return run.metrics.get("test_wer") is not None or run.metrics.get("val_wer") is not None
+    return run.metrics.test_wer is not None or run.metrics.val_wer is not None
 
 
 def _mean_wer(wer: dict[str, float] | None) -> float | None:
@@ -288,7 +286,7 @@ def _mean_wer(wer: dict[str, float] | None) -> float | None:
 
 def headline(run: Run) -> float | None:
     """The one number a run is ranked by: test perplexity, or for ASR the mean test WER over its sets."""
-    return _mean_wer(run.metrics.get("test_wer")) if _is_asr(run) else run.metrics.get("test_ppl")
+    return _mean_wer(run.metrics.test_wer) if _is_asr(run) else run.metrics.test_ppl
 
 
 def change_text(run: Run, base: Run | None) -> str:
@@ -318,12 +316,8 @@ def _markdown(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows])
 
 
-def _fmt(value: Any, spec: str = ".2f") -> str:
-    return "" if value is None else format(value, spec)
-
-
 def _wall(run: Run) -> str:
-    seconds = run.metrics.get("wall_time_s")
+    seconds = run.metrics.wall_time_s
     if seconds is None:
         return ""
     return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
@@ -331,7 +325,7 @@ def _wall(run: Run) -> str:
 
 def hardware_text(run: Run) -> str:
     """metrics.json's ``hardware``; runs from before it was recorded: GPU or CPU, read off the command."""
-    recorded = run.metrics.get("hardware")
+    recorded = run.metrics.hardware
     if recorded:
         return str(recorded)
     return "a GPU (model not recorded)" if "trainer=gpu" in run.command.split() else "the CPU (model not recorded)"
@@ -345,16 +339,16 @@ def accuracy_table(runs: list[Run]) -> Table:
         m, base = run.metrics, baseline(run, floats)
         common = {
             "task": run.task,
-            "data": m.get("data"),
-            "model": m.get("model"),
+            "data": m.data,
+            "model": m.model,
             "quant": run.quant,
             "settings": settings_text(run, varying),
             "engine": run.engine,
         }
-        integer = m.get("integer") or {}
+        integer = m.integer or {}
         if _is_asr(run):
-            val_sets, test_sets = m.get("val_wer") or {}, m.get("test_wer") or {}
-            base_sets = (base.metrics.get("test_wer") or {}) if base else {}
+            val_sets, test_sets = m.val_wer or {}, m.test_wer or {}
+            base_sets = (base.metrics.test_wer or {}) if base else {}
             for name in sorted(test_sets.keys() | val_sets.keys()):
                 test, float_test = test_sets.get(name), base_sets.get(name)
                 change = None if test is None or float_test is None else test - float_test
@@ -383,31 +377,31 @@ def accuracy_table(runs: list[Run]) -> Table:
                         common["settings"],
                         run.engine,
                         name,
-                        _fmt(val_sets.get(name)),
-                        _fmt(test),
+                        format_number(val_sets.get(name)),
+                        format_number(test),
                         "" if change is None else f"{change:+.2f} pts (vs {float_test:.2f})",
-                        _fmt(integer_test),
+                        format_number(integer_test),
                         hardware_text(run),
                         f"`{run.command}`",
                     ]
                 )
-        elif m.get("test_ppl") is not None or m.get("val_ppl") is not None:
-            float_test = base.metrics.get("test_ppl") if base else None
-            change = None if float_test is None or m.get("test_ppl") is None else 100 * (m["test_ppl"] / float_test - 1)
+        elif m.test_ppl is not None or m.val_ppl is not None:
+            float_test = base.metrics.test_ppl if base else None
+            change = None if float_test is None or m.test_ppl is None else 100 * (m.test_ppl / float_test - 1)
             records.append(
                 {
                     **common,
                     "set": "test",
                     "metric": "ppl",
-                    "val": m.get("val_ppl"),
-                    "test": m.get("test_ppl"),
+                    "val": m.val_ppl,
+                    "test": m.test_ppl,
                     "float_test": float_test,
                     "change": change,
                     "change_unit": "percent",
                     "integer_test": integer.get("test_ppl"),
-                    "epochs": m.get("epochs"),
-                    "wall_time_s": m.get("wall_time_s"),
-                    "train_tokens_per_s": m.get("train_tokens_per_s"),
+                    "epochs": m.epochs,
+                    "wall_time_s": m.wall_time_s,
+                    "train_tokens_per_s": m.train_tokens_per_s,
                     "hardware": hardware_text(run),
                     "command": run.command,
                     "directory": str(run.directory),
@@ -420,13 +414,13 @@ def accuracy_table(runs: list[Run]) -> Table:
                     run.quant,
                     common["settings"],
                     run.engine,
-                    _fmt(m.get("val_ppl")),
-                    _fmt(m.get("test_ppl")),
+                    format_number(m.val_ppl),
+                    format_number(m.test_ppl),
                     change_text(run, base),
-                    _fmt(integer.get("test_ppl")),
-                    _fmt(m.get("epochs"), "d"),
+                    format_number(integer.get("test_ppl")),
+                    format_number(m.epochs, "d"),
                     _wall(run),
-                    _fmt(m.get("train_tokens_per_s"), ".0f"),
+                    format_number(m.train_tokens_per_s, ".0f"),
                     hardware_text(run),
                     f"`{run.command}`",
                 ]
@@ -520,7 +514,7 @@ def sweep_table(runs: list[Run], outputs: Path) -> Table:
     for sweep in sorted({run.directory.resolve().parent.name for run in points}):
         members = sorted(
             (run for run in points if run.directory.resolve().parent.name == sweep),
-            key=lambda r: (r.task, r.metrics.get("data") or "", r.quant != "float", r.directory.name),
+            key=lambda r: (r.task, r.metrics.data or "", r.quant != "float", r.directory.name),
         )
         timed = [t for t in map(_train_loop_seconds, members) if t is not None]
         lines = [
@@ -533,7 +527,7 @@ def sweep_table(runs: list[Run], outputs: Path) -> Table:
             group = [run for run in members if run.task == task]
             header, rows = [], []
             for run in group:
-                floats = [o for o in group if o.quant == "float" and o.metrics.get("data") == run.metrics.get("data")]
+                floats = [o for o in group if o.quant == "float" and o.metrics.data == run.metrics.data]
                 base = floats[0] if len(floats) == 1 and floats[0] is not run else None
                 row_of = _sweep_asr_row if task == "asr" else _sweep_lm_row
                 header, row, numbers = row_of(run, names[run.directory], base, evals, varying)
@@ -543,13 +537,13 @@ def sweep_table(runs: list[Run], outputs: Path) -> Table:
                         "sweep": sweep,
                         "point": run.directory.name,
                         "task": task,
-                        "data": run.metrics.get("data"),
+                        "data": run.metrics.data,
                         "quant": run.quant,
                         "settings": settings_text(run, varying),
                         **numbers,
                         "train_loop_s": _train_loop_seconds(run),
-                        "wall_time_s": run.metrics.get("wall_time_s"),
-                        "integer_size_ratio": (run.metrics.get("integer") or {}).get("integer_size_ratio"),
+                        "wall_time_s": run.metrics.wall_time_s,
+                        "integer_size_ratio": (run.metrics.integer or {}).get("integer_size_ratio"),
                         "command": run.command,
                         "directory": str(run.directory),
                     }
@@ -576,7 +570,7 @@ def _tested(run: Run | None, evals: dict[tuple[Path, str], Run], engine: str | N
 
 
 def _size_text(run: Run) -> str:
-    integer = run.metrics.get("integer") or {}
+    integer = run.metrics.integer or {}
     return (
         f"{100 * integer['integer_param_bytes'] / integer['float_param_bytes']:.1f}%"
         if integer.get("float_param_bytes")
@@ -588,13 +582,13 @@ def _sweep_asr_row(
     run: Run, name: str, base: Run | None, evals, varying
 ) -> tuple[list[str], list[str], dict[str, Any]]:
     """ASR: WER per test set, change in points vs the float point, the integer engine's WERs ("identical")."""
-    test = _tested(run, evals).metrics.get("test_wer") or {}
-    base_test = (_tested(base, evals).metrics.get("test_wer") or {}) if base else {}
+    test = _tested(run, evals).metrics.test_wer or {}
+    base_test = (_tested(base, evals).metrics.test_wer or {}) if base else {}
     integer_run = _tested(run, evals, "integer")
-    integer_test = (integer_run.metrics if integer_run else run.metrics.get("integer") or {}).get("test_wer") or {}
+    integer_test = (integer_run.metrics.test_wer if integer_run else (run.metrics.integer or {}).get("test_wer")) or {}
     names = list(test)
     change = " / ".join(f"{test[n] - base_test[n]:+.2f}" for n in names if n in base_test)
-    engine = " / ".join(_fmt(integer_test.get(n)) for n in names) if integer_test else ""
+    engine = " / ".join(format_number(integer_test.get(n)) for n in names) if integer_test else ""
     if integer_test and _same_wer(integer_test, test):
         engine = "identical"
     header = [
@@ -610,7 +604,7 @@ def _sweep_asr_row(
     row = [
         name,
         _quant_label(run),
-        " / ".join(_fmt(test.get(n)) for n in names),
+        " / ".join(format_number(test.get(n)) for n in names),
         change,
         engine,
         _size_text(run),
@@ -627,9 +621,9 @@ def _sweep_asr_row(
 def _sweep_lm_row(run: Run, name: str, base: Run | None, evals, varying) -> tuple[list[str], list[str], dict[str, Any]]:
     """LM: test perplexity, relative change vs the float point, the integer engine's perplexity."""
     tested = _tested(run, evals)
-    test, base_test = tested.metrics.get("test_ppl"), _tested(base, evals).metrics.get("test_ppl") if base else None
+    test, base_test = tested.metrics.test_ppl, _tested(base, evals).metrics.test_ppl if base else None
     integer_run = _tested(run, evals, "integer")
-    integer_test = (integer_run.metrics if integer_run else run.metrics.get("integer") or {}).get("test_ppl")
+    integer_test = integer_run.metrics.test_ppl if integer_run else (run.metrics.integer or {}).get("test_ppl")
     change = "" if test is None or base_test is None else f"{100 * (test / base_test - 1):+.2f}%"
     header = [
         "point",
@@ -647,10 +641,10 @@ def _sweep_lm_row(run: Run, name: str, base: Run | None, evals, varying) -> tupl
         name,
         _quant_label(run),
         settings_text(run, varying),
-        _fmt(tested.metrics.get("val_ppl")),
-        _fmt(test),
+        format_number(tested.metrics.val_ppl),
+        format_number(test),
         change,
-        _fmt(integer_test),
+        format_number(integer_test),
         _size_text(run),
         _minutes(_train_loop_seconds(run)),
         f"`{run.command}`",
@@ -671,7 +665,7 @@ def size_table(runs: list[Run]) -> Table:
     run's command, and how many runs it stands for); the CSV keeps every run."""
     varying, rows, records = varying_settings(runs), {}, []
     for run in runs:
-        integer = run.metrics.get("integer") or {}
+        integer = run.metrics.integer or {}
         if run.is_eval or "float_param_bytes" not in integer or "integer_param_bytes" not in integer:
             continue
         float_bytes, integer_bytes = integer["float_param_bytes"], integer["integer_param_bytes"]
@@ -680,8 +674,8 @@ def size_table(runs: list[Run]) -> Table:
         records.append(
             {
                 "task": run.task,
-                "data": run.metrics.get("data"),
-                "model": run.metrics.get("model"),
+                "data": run.metrics.data,
+                "model": run.metrics.model,
                 "quant": run.quant,
                 "settings": settings_text(run, varying),
                 "weights_stored_as": stored,
@@ -693,8 +687,8 @@ def size_table(runs: list[Run]) -> Table:
             }
         )
         cells = (
-            run.metrics.get("data") or "",
-            run.metrics.get("model") or "",
+            run.metrics.data or "",
+            run.metrics.model or "",
             run.quant,
             settings_text(run, varying),
             stored,
@@ -811,7 +805,7 @@ class Series:
     @property
     def title(self) -> str:
         first = self.runs[0]
-        return f"{first.metrics.get('data')} {first.metrics.get('model')} {self.quant}"
+        return f"{first.metrics.data} {first.metrics.model} {self.quant}"
 
 
 def ablation_series(runs: list[Run]) -> list[Series]:
@@ -838,7 +832,7 @@ def _sort_key(value: Any) -> tuple:
 
 def _freezing_summary(run: Run) -> tuple[float | None, float | None]:
     """DenseShift: mean over weights of the last epoch's frozen-code and sign-flip fractions."""
-    quant = run.metrics.get("quant_metrics") or {}
+    quant = run.metrics.quant_metrics or {}
     frozen = [v for k, v in quant.items() if k.startswith("freeze/")]
     flips = [v for k, v in quant.items() if k.startswith("sign_flip/")]
     return (statistics.fmean(frozen) if frozen else None, statistics.fmean(flips) if flips else None)
@@ -854,14 +848,14 @@ def ablation_table(series: list[Series]) -> Table:
         rows = []
         for s in axis_series:
             for run in s.runs:
-                q = run.metrics.get("quant_metrics") or {}
+                q = run.metrics.quant_metrics or {}
                 frozen, flips = _freezing_summary(run)
                 record = {
                     "axis": f"quant.{axis}",
                     "value": run.settings[axis],
                     "series": s.title,
                     "quant": s.quant,
-                    "val": run.metrics.get("val_ppl") if not _is_asr(run) else _mean_wer(run.metrics.get("val_wer")),
+                    "val": run.metrics.val_ppl if not _is_asr(run) else _mean_wer(run.metrics.val_wer),
                     "test": headline(run),
                     "metric": "wer_percent_mean" if _is_asr(run) else "ppl",
                     "float_test": headline(s.base) if s.base else None,
@@ -878,14 +872,14 @@ def ablation_table(series: list[Series]) -> Table:
                     [
                         s.title,
                         _value_text(record["value"]),
-                        _fmt(record["val"]),
-                        _fmt(record["test"]),
+                        format_number(record["val"]),
+                        format_number(record["test"]),
                         change_text(run, s.base),
-                        _fmt(record["pwl_sigmoid_max_error_lsb"], ".1f"),
-                        _fmt(record["pwl_tanh_max_error_lsb"], ".1f"),
-                        _fmt(record["pwl_tanh_cell_max_error_lsb"], ".1f"),
-                        _fmt(None if frozen is None else 100 * frozen, ".1f"),
-                        _fmt(None if flips is None else 100 * flips, ".1f"),
+                        format_number(record["pwl_sigmoid_max_error_lsb"], ".1f"),
+                        format_number(record["pwl_tanh_max_error_lsb"], ".1f"),
+                        format_number(record["pwl_tanh_cell_max_error_lsb"], ".1f"),
+                        format_number(None if frozen is None else 100 * frozen, ".1f"),
+                        format_number(None if flips is None else 100 * flips, ".1f"),
                         f"`{run.command}`",
                     ]
                 )
@@ -1037,8 +1031,8 @@ def peers_table(benchmarks: dict[str, dict]) -> Table:
                 str(row.get("system", "")),
                 str(row.get("set", "")),
                 speech,
-                _fmt(row.get("words"), ","),
-                _fmt(row.get("wer")),
+                format_number(row.get("words"), ","),
+                format_number(row.get("wer")),
                 "`python -m app.peers`",
             ]
         )
@@ -1098,10 +1092,10 @@ def speed_summary(benchmarks: dict[str, dict]) -> str:
                     method,
                     ""
                     if one is None
-                    else f"{_fmt(one.get('latency_ms_per_token'), '.2f')} ({speedup(one):.2f}x{_threads_text(one)})",
+                    else f"{format_number(one.get('latency_ms_per_token'), '.2f')} ({speedup(one):.2f}x{_threads_text(one)})",
                     ""
                     if twenty is None
-                    else f"{_fmt(twenty.get('tokens_per_s'), '.0f')} ({speedup(twenty):.2f}x{_threads_text(twenty)})",
+                    else f"{format_number(twenty.get('tokens_per_s'), '.0f')} ({speedup(twenty):.2f}x{_threads_text(twenty)})",
                 ]
             )
         parts.append(
@@ -1117,7 +1111,7 @@ def speed_summary(benchmarks: dict[str, dict]) -> str:
             fastest_asr[method] = row
     if fastest_asr:
         rows = [
-            [method, f"{_fmt(row.get('latency_ms'), '.1f')} ({speedup(row):.2f}x{_threads_text(row)})"]
+            [method, f"{format_number(row.get('latency_ms'), '.1f')} ({speedup(row):.2f}x{_threads_text(row)})"]
             for method, row in fastest_asr.items()
         ]
         parts.append(
@@ -1132,7 +1126,7 @@ def speed_summary(benchmarks: dict[str, dict]) -> str:
 
 def make_plots(runs: list[Run], series: list[Series], out: Path) -> list[tuple[str, Path | None]]:
     """(caption, PNG path or None when there is nothing to draw) for each figure of results.md."""
-    from app import plots
+    from app.reporting import plots
 
     bits = [
         (
@@ -1152,7 +1146,7 @@ def make_plots(runs: list[Run], series: list[Series], out: Path) -> list[tuple[s
         if run.is_eval or not run.epochs:
             continue
         points = [(e["epoch"] + 1, value) for e in run.epochs if (value := _epoch_value(e)) is not None]
-        group = f"{run.metrics.get('data')} {run.metrics.get('model')} ({_recipe_name(run, runs)})"
+        group = f"{run.metrics.data} {run.metrics.model} ({_recipe_name(run, runs)})"
         label = " ".join(part for part in (run.quant, settings_text(run, varying), f"({run.name})") if part)
         groups[group].append((label, [p[0] for p in points], [p[1] for p in points]))
         per_weight = _freezing_curves(run)

@@ -43,7 +43,7 @@ try:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 except ImportError as exc:
     raise ImportError(
-        f"app.onnx_peers needs the bench extra ({exc.name} is missing): pip install -e '.[bench]'"
+        f"app.reporting.onnx_peers needs the bench extra ({exc.name} is missing): pip install -e '.[bench]'"
     ) from exc
 
 ORT_FLOAT, ORT_INT8 = "ONNX Runtime float", "ONNX Runtime int8"  # the method names of app.bench's rows
@@ -63,7 +63,7 @@ def _initializer(name: str, array: np.ndarray | Tensor) -> TensorProto:
 
 
 def lm_onnx_model(plain: nn.Module) -> ModelProto:
-    """``app.bench.PlainLM`` (nn.Embedding -> nn.LSTM batch_first -> nn.Linear) as an ONNX model.
+    """``app.reporting.bench.PlainLM`` (nn.Embedding -> nn.LSTM batch_first -> nn.Linear) as an ONNX model.
 
     Inputs: tokens (T, B) int64, h0 and c0 (L, B, H) float32. Outputs: logits (T, B, V) float32, h_n and
     c_n (L, B, H) float32. T and B are dynamic.
@@ -121,7 +121,9 @@ def lm_onnx_model(plain: nn.Module) -> ModelProto:
         ],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="app.onnx_peers")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="app.reporting.onnx_peers"
+    )
     onnx.checker.check_model(model)
     return model
 
@@ -201,7 +203,7 @@ class OrtLM:
 
 def ort_lm_methods(plain: nn.Module, threads: int, workdir: Path) -> dict[str, OrtLM]:
     """{ORT_FLOAT: ..., ORT_INT8: ...}: sessions with ``threads`` intra-op threads of ``plain``
-    (app.bench.PlainLM) as ``lm_onnx_model`` and its ``int8_onnx_model``.
+    (app.reporting.bench.PlainLM) as ``lm_onnx_model`` and its ``int8_onnx_model``.
 
     The .onnx files go to ``workdir``, named by a digest of the float graph, so that calls for several
     thread counts quantize once and a different model never reuses them.

@@ -37,7 +37,7 @@ from torch import nn
 
 from app.engine.checkpoint import save_integer_checkpoint
 from app.models.lm import LSTMLanguageModel
-from app.runs import machine_text
+from app.runs.directory import machine_text
 
 SIZES = {  # hidden = embed of the LM presets of conf/model (2 layers, tied)
     "small": 200,
@@ -118,9 +118,9 @@ def _faster_onednn(model: nn.Module, tokens: torch.Tensor) -> bool:
 
 def _models(size: str, hidden: int, threads: list[int], calibration: torch.Tensor, workdir: Path):
     """{(method, threads): callable ``model(tokens (B, 1), state) -> (logits, state)``} and notes."""
-    from app import onnx_peers
     from app.engine.checkpoint import load_integer_checkpoint
     from app.engine.native import NativeLanguageModel
+    from app.reporting import onnx_peers
 
     vocab = [str(i) for i in range(VOCAB)]
     qat = _calibrated_qat(hidden, {"mode": "irnn"}, calibration)
@@ -293,12 +293,12 @@ def bench_asr(seconds: float, threads: list[int], rounds: int, out: Path) -> dic
     from omegaconf import OmegaConf
 
     from app.engine.native import NativeASRModel
+    from app.export.asr import quantize_features
     from app.models.asr import build_asr
-    from app.tasks.asr_integer import quantize_features
 
     preset = {
         "name": "small",
-        "asr": OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf/model/small.yaml").asr),
+        "asr": OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "conf/model/small.yaml").asr),
     }
     frames = int(seconds * 100)
     feats, lengths = torch.randn(1, frames, 80), torch.tensor([frames])
@@ -356,7 +356,7 @@ def bench_asr(seconds: float, threads: list[int], rounds: int, out: Path) -> dic
 
     fns = {}
     with tempfile.TemporaryDirectory() as tmp:
-        from app import onnx_peers
+        from app.reporting import onnx_peers
 
         path = Path(tmp) / "asr.int.safetensors"
         save_integer_checkpoint(path, engine, "asr", None, {})

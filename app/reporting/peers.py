@@ -5,7 +5,7 @@
 
 PocketSphinx 5 with its default config and bundled en-US model (continuous triphone HMM, 3-gram LM, CMU
 dictionary), fed 16 kHz 16-bit mono (FSDD's 8 kHz resampled as our loader does: app.data.audio.load_waveform),
-and scored exactly like our models: normalize_text on both sides and jiwer corpus WER (app.tasks.asr.corpus_wer).
+and scored exactly like our models: normalize_text on both sides and jiwer corpus WER (app.decode.wer.corpus_wer).
 FSDD also gets a row decoded with a one-digit grammar (zero ... nine), PocketSphinx's way to know the task.
 
 The sets are the real test sets of conf/data/asr_synth.yaml, built from the corpora under --data-root by the
@@ -36,13 +36,13 @@ from tqdm import tqdm
 
 from app.data.audio import INT16_SCALE, load_waveform
 from app.data.manifest import Utterance, fsdd_utterances, pocketsphinx_utterances, yesno_utterances
+from app.decode.wer import add_batch, corpus_wer, new_record, speech_wer_summary, write_test_record
 from app.errors import UserInputError
 from app.files import write_text_atomic
-from app.runs import machine_text
-from app.tasks.asr import add_batch, corpus_wer, new_record, speech_wer_summary, write_test_record
+from app.runs.directory import machine_text
 
 SAMPLE_RATE = 16000  # the en-US model's rate
-DATA_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "data" / "asr_synth.yaml"  # its `speech:` labels
+DATA_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "data" / "asr_synth.yaml"  # its `speech:` labels
 DIGITS_GRAMMAR = (
     "#JSGF V1.0;\ngrammar digits;\n"
     "public <digit> = zero | one | two | three | four | five | six | seven | eight | nine;\n"
@@ -91,7 +91,7 @@ def transcribe(decoder: Any, audio: str | Path) -> str:
 
 
 def decode_set(decoder: Any, set_name: str, utterances: Sequence[Utterance], progress: bool = True) -> dict[str, Any]:
-    """Every utterance decoded: a record (app.tasks.asr.new_record) with references and hypotheses."""
+    """Every utterance decoded: a record (app.decode.wer.new_record) with references and hypotheses."""
     record = new_record()
     for utterance in tqdm(utterances, desc=set_name, unit="utt", disable=not progress, file=sys.stderr):
         batch = {"texts": [utterance.text], "speakers": [utterance.speaker], "audio": [utterance.audio]}

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
-from app.runs import AtomicCheckpointIO, read_checkpoint
+from app.runs.directory import AtomicCheckpointIO, read_checkpoint
 
 AVERAGED_CHECKPOINT = "averaged.ckpt"  # in <run>/checkpoints/
 

@@ -1,12 +1,11 @@
 """What train.py and evaluate.py share: the run directory's files and checks.
 
 A run directory holds `config.yaml` (resolved config), `checkpoints/{best,last}.ckpt` (written
-atomically), `epochs.jsonl` (one line per epoch), `tensorboard/` and `metrics.json` (METRIC_FIELDS).
+atomically), `epochs.jsonl` (one line per epoch), `tensorboard/` and `metrics.json` (app/runs/metrics.py).
 """
 
 import dataclasses
 import io
-import json
 import platform
 import shlex
 import sys
@@ -23,39 +22,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from app.config import flatten
 from app.errors import UserInputError
 from app.files import write_bytes_atomic, write_text_atomic
 from app.quant.config import QuantConfig
-
-METRICS_FILE = "metrics.json"
-# metrics.json has exactly these keys, from train.py and from evaluate.py (null where one does not apply).
-METRIC_FIELDS = (
-    "command",
-    "task",
-    "quant",
-    "model",
-    "data",
-    "checkpoint",
-    "averaged_epochs",
-    "val_ppl",
-    "val_loss",
-    "val_tokens",
-    "test_ppl",
-    "test_loss",
-    "test_tokens",
-    "val_wer",
-    "test_wer",
-    "test_wer_summary",
-    "params",
-    "epochs",
-    "wall_time_s",
-    "train_tokens_per_s",
-    "eval_tokens_per_s",
-    "quant_metrics",
-    "engine",
-    "integer",
-    "hardware",
-)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -122,14 +92,14 @@ def check_resumable(checkpoint: Mapping[str, Any], current: Mapping[str, Any], c
     its QuantConfig default (a checkpoint from before a key existed resumes with that key at its default).
     """
     hparams = checkpoint["hyper_parameters"]
-    saved = _flatten(
+    saved = flatten(
         {
             "model": hparams.get("model_cfg"),
             "quant": _with_quant_defaults(hparams.get("quant_cfg")),
             "vocab_sha256": hparams.get("vocab_sha256"),
         }
     )
-    wanted = _flatten({**current, "quant": _with_quant_defaults(current.get("quant"))})
+    wanted = flatten({**current, "quant": _with_quant_defaults(current.get("quant"))})
     differing = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
     if differing:
         key = differing[0]
@@ -144,16 +114,6 @@ def _with_quant_defaults(quant: Mapping[str, Any] | None) -> dict[str, Any] | No
     if quant is None:
         return None
     return {**dataclasses.asdict(QuantConfig()), **quant}
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def run_dir() -> Path:
@@ -194,21 +154,9 @@ def evaluate_splits(
         # ASR: word error rate per evaluation set ({set name: WER in %}); null for the LM
         "val_wer": _per_set(val, "val/wer/"),
         "test_wer": _per_set(test, "test/wer/"),
-        # ASR: real-speech and synthetic WER, words pooled over the sets of each kind (app.tasks.asr.speech_wer_summary)
+        # ASR: real-speech and synthetic WER, words pooled over the sets of each kind (app.decode.wer.speech_wer_summary)
         "test_wer_summary": task.wer_summary("test") if hasattr(task, "wer_summary") and test else None,
     }
-
-
-def wer_summary_text(summary: Mapping[str, Any]) -> str:
-    """One line of a speech_wer_summary: 'real speech 25.30 (fsdd + pocketsphinx: 396 words) | synthetic ... |
-    not aggregated: yesno (why)'."""
-    parts = []
-    for key, label in (("real_speech", "real speech"), ("synthetic", "synthetic")):
-        pool = summary.get(key)
-        if pool is not None:
-            parts.append(f"{label} {pool['wer']:.2f} ({' + '.join(pool['sets'])}: {pool['words']} words)")
-    parts += [f"not aggregated: {name} ({why})" for name, why in summary.get("not_aggregated", {}).items()]
-    return " | ".join(parts)
 
 
 def _per_set(logged: Mapping[str, Any], prefix: str) -> dict[str, float] | None:
@@ -234,24 +182,3 @@ def machine_text(device: torch.device | str = "cpu") -> str:
     except OSError:
         pass
     return f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
-def write_metrics(directory: Path, metrics: Mapping[str, Any]) -> None:
-    """Write metrics.json (its keys must be exactly METRIC_FIELDS) and print the headline numbers."""
-    if set(metrics) != set(METRIC_FIELDS):
-        raise ValueError(f"metrics.json fields {sorted(metrics)} differ from METRIC_FIELDS")
-    ordered = {field: metrics[field] for field in METRIC_FIELDS}
-    write_text_atomic(directory / METRICS_FILE, json.dumps(ordered, indent=2) + "\n")
-    if metrics.get("test_wer") is not None or metrics.get("val_wer") is not None:
-        sets = metrics.get("test_wer") or metrics.get("val_wer")
-        print(
-            "WER " + " | ".join(f"{name} {rate:.2f}" for name, rate in sets.items()) + f" | {directory / METRICS_FILE}"
-        )
-        if metrics.get("test_wer_summary"):
-            print(f"test WER {wer_summary_text(metrics['test_wer_summary'])}")
-        return
-    val, test = (metrics[key] for key in ("val_ppl", "test_ppl"))
-    print(
-        f"val ppl {val if val is None else f'{val:.2f}'} | test ppl {test if test is None else f'{test:.2f}'}"
-        f" | {directory / METRICS_FILE}"
-    )

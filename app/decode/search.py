@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from app.decode.options import DecodingOptions
+
 
 @dataclass
 class Decoder:
@@ -192,16 +194,15 @@ def beam_search(
     max_lengths: list[int],
     bos: int,
     eos: int,
-    beam_size: int,
-    length_norm: float = 1.0,
-    ctc_weight: float = 0.0,
+    options: DecodingOptions,
     blank: int = 0,
-    lm: LanguageModelFusion | None = None,
 ) -> list[list[int]]:
-    """Beam search per utterance; finished hypotheses are ranked by score / length^length_norm.
+    """Beam search per utterance; finished hypotheses are ranked by score / length^options.length_norm.
 
-    ctc_weight > 0: joint CTC/attention scores (module docstring; the decoder needs ``ctc_log_probs``),
-    with CTC label ``blank``. lm: shallow fusion with that LM at ``lm.weight``."""
+    options.ctc_weight > 0: joint CTC/attention scores (module docstring; the decoder needs ``ctc_log_probs``),
+    with CTC label ``blank``. options.lm: shallow fusion with that LM at ``lm.weight``. (options.max_len_ratio
+    gave ``max_lengths``.)"""
+    ctc_weight = options.ctc_weight
     if ctc_weight > 0 and decoder.ctc_log_probs is None:
         raise ValueError(f"ctc_weight={ctc_weight} needs a model with a CTC layer (model.asr.ctc=true)")
     ctc = decoder.ctc_log_probs(memory) if ctc_weight > 0 else None
@@ -209,7 +210,19 @@ def beam_search(
     for i in range(batch_size):
         scorer = None if ctc is None else CTCPrefixScorer(ctc[0][i, : int(ctc[1][i])], blank, eos)
         results.append(
-            _beam_one(decoder, memory, i, max_lengths[i], bos, eos, beam_size, length_norm, scorer, ctc_weight, lm)
+            _beam_one(
+                decoder,
+                memory,
+                i,
+                max_lengths[i],
+                bos,
+                eos,
+                options.beam_size,
+                options.length_norm,
+                scorer,
+                ctc_weight,
+                options.lm,
+            )
         )
     return results
 

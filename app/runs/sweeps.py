@@ -5,15 +5,14 @@ its overrides, `outputs/sweeps/<preset>/<override>,<override>...`, so running th
 finished point where it left it. `finished_run` is what train.py asks before training.
 """
 
-import json
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from app.config import flatten
 from app.errors import UserInputError
-
-METRICS_FILE = "metrics.json"  # as app.runs names it (not imported: app.runs loads torch and Lightning)
+from app.runs.metrics import METRICS_FILE, MetricsFileError, read_metrics
 
 # Config keys that do not change what a run computes: where files live, the progress bar, and the
 # checkpoint a run was resumed from (a resumed run is the same run).
@@ -49,24 +48,13 @@ def finished_run(directory: Path, cfg: DictConfig) -> dict[str, Any] | None:
         )
     metrics_file = directory / METRICS_FILE
     try:
-        metrics = json.loads(metrics_file.read_text())
-    except (OSError, json.JSONDecodeError):  # not written yet (an interrupted run), or damaged by hand
+        metrics = read_metrics(metrics_file)
+    except MetricsFileError:  # not written yet (an interrupted run), or damaged by hand
         return None
     print(f"skipped: {directory} already holds this config's finished run ({metrics_file})")
-    return metrics
+    return metrics.to_dict()
 
 
 def _run_config(cfg: DictConfig) -> dict[str, Any]:
     """The config as train.py writes it to config.yaml: resolved, without the `hydra` node."""
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True)
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"quant": {"name": "irnn"}} -> {"quant.name": "irnn"} (lists and empty dicts are values)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -1,0 +1,51 @@
+"""How a test set is decoded: one frozen value instead of a chain of positional arguments."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # search.py imports this module: the annotation alone names it
+    from app.decode.search import LanguageModelFusion
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """The search's settings, shared by the QAT model and the integer engine (app/decode/search.py).
+
+    Raises ValueError naming the field for a value out of range (`beam_size=0: must be >= 1`); a caller that
+    holds a config key adds its prefix (`task.module.beam_size=0: ...`).
+    """
+
+    beam_size: int = 5  # hypotheses kept per step; 1 is greedy search (an argmax of the logits)
+    length_norm: float = 1.0  # finished hypotheses ranked by log-prob / length^length_norm; 0: raw log-prob
+    max_len_ratio: float = 1.0  # longest hypothesis in tokens per encoder frame (max_decode_length)
+    ctc_weight: float = 0.0  # weight of the CTC prefix score in the beam (joint CTC/attention); 0: attention only
+    lm: LanguageModelFusion | None = None  # shallow fusion with an integer LM, at lm.weight; None: no LM
+
+    def __post_init__(self) -> None:
+        if isinstance(self.beam_size, bool) or not isinstance(self.beam_size, int) or self.beam_size < 1:
+            raise ValueError(f"beam_size={self.beam_size}: must be a whole number >= 1")
+        if not self.length_norm >= 0.0:
+            raise ValueError(f"length_norm={self.length_norm}: must be >= 0 (0: rank by log-prob alone)")
+        if not self.max_len_ratio > 0.0:
+            raise ValueError(f"max_len_ratio={self.max_len_ratio}: must be above 0 (tokens per encoder frame)")
+        if not 0.0 <= self.ctc_weight < 1.0:
+            raise ValueError(f"ctc_weight={self.ctc_weight}: must be in [0, 1)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.beam_size == 1
+
+    def with_beam(self, beam_size: int) -> DecodingOptions:
+        return dataclasses.replace(self, beam_size=beam_size)
+
+    def to_info(self) -> dict[str, Any]:
+        """The settings an integer checkpoint records (``info["decoding"]``): all but the LM."""
+        return {
+            "beam_size": self.beam_size,
+            "length_norm": self.length_norm,
+            "max_len_ratio": self.max_len_ratio,
+            "ctc_weight": self.ctc_weight,
+        }

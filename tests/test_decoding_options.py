@@ -1,0 +1,53 @@
+"""DecodingOptions (app/decode/options.py): one frozen value for the search, refused in one line when out of range."""
+
+import dataclasses
+
+import pytest
+
+from app.decode.options import DecodingOptions
+from app.errors import UserInputError
+from app.tasks.asr import SpeechRecognitionTask
+
+
+def test_decoding_options_default_to_the_task_recipe_and_record_all_but_the_lm() -> None:
+    options = DecodingOptions()
+    assert (options.beam_size, options.length_norm, options.max_len_ratio, options.ctc_weight) == (5, 1.0, 1.0, 0.0)
+    assert options.to_info() == {"beam_size": 5, "length_norm": 1.0, "max_len_ratio": 1.0, "ctc_weight": 0.0}
+    assert DecodingOptions(**options.to_info()) == options  # an integer checkpoint's `decoding` reads back
+    greedy = options.with_beam(1)
+    assert greedy.greedy and not options.greedy and greedy.ctc_weight == options.ctc_weight
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.beam_size = 3
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"beam_size": 0}, "beam_size=0: must be a whole number >= 1"),
+        ({"beam_size": 2.5}, "beam_size=2.5: must be a whole number >= 1"),
+        ({"length_norm": -0.5}, "length_norm=-0.5: must be >= 0"),
+        ({"max_len_ratio": 0.0}, "max_len_ratio=0.0: must be above 0"),
+        ({"ctc_weight": 1.0}, "ctc_weight=1.0: must be in [0, 1)"),
+        ({"ctc_weight": -0.1}, "ctc_weight=-0.1: must be in [0, 1)"),
+    ],
+)
+def test_decoding_options_refuse_a_value_out_of_range_naming_it(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        DecodingOptions(**settings)
+    assert str(refused.value).startswith(message)
+
+
+def test_the_asr_task_refuses_its_decoding_settings_under_their_config_keys() -> None:
+    common = {
+        "model_cfg": {"name": "tiny"},
+        "quant_cfg": {"name": "float"},
+        "vocab_size": 10,
+        "feature_dim": 8,
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "lr_scheduler": {"name": "none"},
+        "grad_clip_norm": None,
+    }
+    with pytest.raises(UserInputError, match=r"^task\.module\.beam_size=0: must be a whole number >= 1$"):
+        SpeechRecognitionTask(**common, beam_size=0)
+    with pytest.raises(UserInputError, match=r"^task\.module\.max_len_ratio=0: must be above 0"):
+        SpeechRecognitionTask(**common, max_len_ratio=0)
