@@ -16,7 +16,6 @@ the synthetic ones, pooled (speech_wer_summary; metrics.json's ``test_wer_summar
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,11 +32,9 @@ from app.decode.search import beam_search, greedy_search, max_decode_length, qat
 from app.decode.wer import add_batch, corpus_wer, new_record, speech_wer_summary, write_test_record
 from app.errors import UserInputError
 from app.models.asr import build_asr
-from app.quant import monitor
-from app.quant.denseshift import FreezingTracker
 from app.runs.metrics import wer_summary_text
-from app.tasks.lm import EPOCHS_FILE
 from app.tasks.optim import check_optimization, configure_optimization
+from app.tasks.qat import QuantizationAwareTask
 
 EXAMPLES_PER_VALIDATION = 3
 DECODED_DIR = "decoded"  # <run>/decoded/<test set>.jsonl: every test utterance's reference and hypothesis
@@ -52,7 +49,7 @@ def check_ctc_weight(key: str, weight: float, has_ctc: bool) -> None:
         raise UserInputError(f"{key}={weight} needs a CTC layer: set model.asr.ctc=true or {key}=0")
 
 
-class SpeechRecognitionTask(L.LightningModule):
+class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
     """Trains and evaluates ``AttentionASR`` (``build_asr``). Config: ``conf/task/asr.yaml``."""
 
     name = "asr"
@@ -99,15 +96,12 @@ class SpeechRecognitionTask(L.LightningModule):
         self.save_hyperparameters()
         try:
             self.model = build_asr(model_cfg, quant_cfg, feature_dim, vocab_size)
-            if self.model.quant.init_from:
-                monitor.load_init_weights(self.model, self.model.quant.init_from, init=self.model.quant.init)
+            self.init_quantization()  # quant.init_from, DenseShift freezing (app/tasks/qat.py)
         except (ValueError, FileNotFoundError) as err:
             raise UserInputError(str(err)) from None
         for key, weight in (("ctc_weight", ctc_weight), ("decode_ctc_weight", decode_ctc_weight)):
             check_ctc_weight(f"task.module.{key}", weight, self.model.ctc is not None)
         self.lm_fusion = None  # an app.decode.search.LanguageModelFusion for the test beam search (evaluate.py lm=...)
-        self._freezing = FreezingTracker()
-        self._freezing_metrics: dict[str, float] = {}
         self._stage: dict[str, Any] = {}
         self._epoch_lr = 0.0
 
@@ -272,22 +266,8 @@ class SpeechRecognitionTask(L.LightningModule):
 
     # ---- loop bookkeeping ------------------------------------------------------------------------
 
-    def quant_epoch_metrics(self, epoch_end: bool = False) -> dict[str, Any]:
-        """As the LM task: activation ranges, saturation, PWL error; DenseShift freezing."""
-        if not epoch_end:
-            return {**monitor.epoch_metrics(self.model, self.model.quant), **self._freezing_metrics}
-        metrics = monitor.epoch_metrics(self.model, self.model.quant, self._freezing)
-        self._freezing_metrics = {k: v for k, v in metrics.items() if k.startswith(("freeze/", "sign_flip/"))}
-        return metrics
-
-    def on_train_start(self) -> None:
-        self._freezing = FreezingTracker()
-        monitor.freezing_metrics(self.model, self._freezing)
-
     def on_train_epoch_start(self) -> None:
-        freeze_at = self.model.quant.freeze_observers_epoch
-        if self.model.quant.integer_activations and 0 <= freeze_at <= self.current_epoch:
-            monitor.freeze_observers(self.model)
+        self.freeze_observers_when_due()
         self._epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self._stage["train"] = {"loss": 0.0, "utterances": 0, "audio_s": 0.0, "started": time.perf_counter()}
 
@@ -306,8 +286,7 @@ class SpeechRecognitionTask(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         train = self._stage["train"]
         seconds = time.perf_counter() - train["started"]
-        quant = self.quant_epoch_metrics(epoch_end=True)
-        self.log_dict({f"quant/{key}": value for key, value in quant.items() if isinstance(value, (int, float))})
+        quant = self.log_quant_epoch_metrics()
         val = self._stage.get("val", {}).get("last", {})
         record = {
             "epoch": self.current_epoch,
@@ -328,8 +307,7 @@ class SpeechRecognitionTask(L.LightningModule):
                 f"epoch {record['epoch']}: train loss {record['train_loss']:.3f} | val WER {wer} | lr {record['lr']:.4g}"
                 f" | {record['train_audio_s_per_s']:.1f} s audio/s | {seconds:.0f} s"
             )
-            with open(Path(self.trainer.default_root_dir) / EPOCHS_FILE, "a") as epochs_file:
-                epochs_file.write(json.dumps(record, default=str) + "\n")
+            self.write_epoch_record(record)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["task"] = self.name

@@ -6,11 +6,9 @@ Perplexity is exp(sum of token NLL / number of tokens) over the whole split, wit
 across DDP ranks, not a mean of per-batch perplexities.
 """
 
-import json
 import math
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -20,15 +18,12 @@ from torch import Tensor
 
 from app.errors import UserInputError
 from app.models.lm import LSTMState, build_lm
-from app.quant import monitor
-from app.quant.denseshift import FreezingTracker
 from app.runs.metrics import format_number
 from app.tasks.optim import check_optimization, configure_optimization
+from app.tasks.qat import QuantizationAwareTask
 
-EPOCHS_FILE = "epochs.jsonl"  # one JSON line per training epoch, in the run directory
 
-
-class LanguageModelTask(L.LightningModule):
+class LanguageModelTask(QuantizationAwareTask, L.LightningModule):
     """Trains and evaluates `LSTMLanguageModel` (built by `build_lm`). Config: `conf/task/lm.yaml`."""
 
     name = "lm"
@@ -55,8 +50,7 @@ class LanguageModelTask(L.LightningModule):
         self.save_hyperparameters()
         try:
             self.model = build_lm(model_cfg, quant_cfg, vocab_size)
-            if self.model.quant.init_from:
-                monitor.load_init_weights(self.model, self.model.quant.init_from, init=self.model.quant.init)
+            self.init_quantization()  # quant.init_from, DenseShift freezing (app/tasks/qat.py)
         except (ValueError, FileNotFoundError) as err:
             raise UserInputError(str(err)) from None
         self._train_state: LSTMState | None = None
@@ -67,25 +61,9 @@ class LanguageModelTask(L.LightningModule):
         self._started_at: dict[str, float] = {}
         self._seconds: dict[str, float] = {}
         self._epoch_lr = 0.0
-        # DenseShift weight freezing: codes at the last epoch end (or training start) and the last epoch's metrics
-        self._freezing = FreezingTracker()
-        self._freezing_metrics: dict[str, float] = {}
 
     def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
         return self.model(tokens, state)
-
-    def quant_epoch_metrics(self, epoch_end: bool = False) -> dict[str, Any]:
-        """Per-epoch quantization statistics (logged and written to epochs.jsonl); none for a float model.
-
-        Activation ranges and grids, saturation rate per quantizer since the last call, PWL max error;
-        DenseShift weight freezing (unchanged codes, sign flips) over the last training epoch, measured
-        when ``epoch_end`` (the training loop), repeated otherwise (train.py's and evaluate.py's metrics.json).
-        """
-        if not epoch_end:
-            return {**monitor.epoch_metrics(self.model, self.model.quant), **self._freezing_metrics}
-        metrics = monitor.epoch_metrics(self.model, self.model.quant, self._freezing)
-        self._freezing_metrics = {k: v for k, v in metrics.items() if k.startswith(("freeze/", "sign_flip/"))}
-        return metrics
 
     # ---- steps -------------------------------------------------------------------------------------
 
@@ -155,16 +133,9 @@ class LanguageModelTask(L.LightningModule):
             self.log(name, value, prog_bar=name == "val/ppl")
         return metrics
 
-    def on_train_start(self) -> None:
-        # the codes training (or a resumed run) starts from: the first epoch's freezing is measured against them
-        self._freezing = FreezingTracker()
-        monitor.freezing_metrics(self.model, self._freezing)
-
     def on_train_epoch_start(self) -> None:
         self._train_state = None
-        freeze_at = self.model.quant.freeze_observers_epoch
-        if self.model.quant.integer_activations and 0 <= freeze_at <= self.current_epoch:
-            monitor.freeze_observers(self.model)
+        self.freeze_observers_when_due()
         # Epoch-interval schedulers step right after the last batch, before on_train_epoch_end: read the LR now.
         self._epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self._start_loop("train")
@@ -194,8 +165,7 @@ class LanguageModelTask(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         train = self._finish_loop("train")
-        quant = self.quant_epoch_metrics(epoch_end=True)
-        self.log_dict({f"quant/{key}": value for key, value in quant.items() if isinstance(value, (int, float))})
+        quant = self.log_quant_epoch_metrics()
         val_ppl = self.trainer.callback_metrics.get("val/ppl")
         record = {
             "epoch": self.current_epoch,
@@ -214,8 +184,7 @@ class LanguageModelTask(L.LightningModule):
                 f" | lr {record['lr']:.4g} | {format_number(record['train_tokens_per_s'], '.0f', 'n/a')} tokens/s"
                 f" | {record['train_seconds']:.0f} s" + "".join(f" | {k} {v}" for k, v in quant.items())
             )
-            with open(Path(self.trainer.default_root_dir) / EPOCHS_FILE, "a") as epochs_file:
-                epochs_file.write(json.dumps(record, default=str) + "\n")
+            self.write_epoch_record(record)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["task"] = self.name  # evaluate.py picks the task class by this key
