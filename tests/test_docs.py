@@ -143,3 +143,12 @@ def test_app_report_regenerates_results_without_duplicate_rows(tmp_path: Path, c
     accuracy = (outputs / "reports" / "accuracy.md").read_text()
     assert accuracy.count("`python train.py quant=irnn`") == 1
     assert len(_data_rows((outputs / "reports" / "size.md").read_text())) == 1
+
+
+@pytest.mark.parametrize("command", ["app.report", "app.bench", "app.peers"])
+def test_the_documented_tool_commands_run(command: str) -> None:
+    """README.md's `python -m app.report`, `app.bench` and `app.peers` (their code is in app/reporting/)."""
+    from tests.conftest import run_script
+
+    done = run_script("-m", command, "--help")
+    assert done.returncode == 0 and f"python -m {command}" in done.stdout, done.stderr

@@ -31,9 +31,7 @@ def test_pocketsphinx_on_real_read_speech_is_scored_like_our_models(tmp_path):
 
 def test_cli_writes_the_rows_the_report_reads_and_pools_the_real_english_sets(tmp_path):
     out = tmp_path / "bench" / "peers.json"
-    done = run_script(
-        "-m", "app.reporting.peers", "--sets", "fsdd", "yesno", "--limit", "1", "--out", str(out), "--no-progress"
-    )
+    done = run_script("-m", "app.peers", "--sets", "fsdd", "yesno", "--limit", "1", "--out", str(out), "--no-progress")
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     version = peers.pocketsphinx_version()
