@@ -72,3 +72,12 @@ def test_missing_pocketsphinx_or_unknown_set_fails_with_one_clear_line(monkeypat
     monkeypatch.setattr(builtins, "__import__", no_pocketsphinx)
     with pytest.raises(SystemExit, match=r"error: pocketsphinx is not installed: pip install -e '\.\[peers\]'"):
         peers.main(["--sets", "fsdd", "--out", str(tmp_path / "peers.json")])
+
+
+def test_the_asterisk_set_is_read_from_its_prepared_manifest_or_named_as_missing(asr_root, tmp_path):
+    result = peers.run_peers(
+        DATA_ROOT, ["asterisk"], tmp_path / "peers.json", limit=2, progress=False, asr_root=asr_root
+    )
+    assert [(row["set"], row["utterances"], row["speech"]) for row in result["rows"]] == [("asterisk", 2, "real")]
+    with pytest.raises(UserInputError, match=r"asterisk/dev.jsonl does not exist: run `python data_scripts/prepare_a"):
+        peers.run_peers(DATA_ROOT, ["asterisk"], tmp_path / "peers.json", asr_root=tmp_path)

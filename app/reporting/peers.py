@@ -1,15 +1,16 @@
 """PocketSphinx, an off-the-shelf offline recognizer, on our ASR test sets: the peer row of the ASR tables.
 
     pip install -e '.[peers]'
-    python -m app.peers [--sets fsdd pocketsphinx yesno] [--out outputs/bench/peers.json]
+    python -m app.peers [--sets fsdd pocketsphinx yesno asterisk] [--out outputs/bench/peers.json]
 
 PocketSphinx 5 with its default config and bundled en-US model (continuous triphone HMM, 3-gram LM, CMU
 dictionary), fed 16 kHz 16-bit mono (FSDD's 8 kHz resampled as our loader does: app.data.audio.load_waveform),
 and scored exactly like our models: normalize_text on both sides and jiwer corpus WER (app.decode.wer.corpus_wer).
 FSDD also gets a row decoded with a one-digit grammar (zero ... nine), PocketSphinx's way to know the task.
 
-The sets are the real test sets of conf/data/asr_synth.yaml, built from the corpora under --data-root by the
+The sets are the real test sets of conf/data/asr_voices.yaml, built from the corpora under --data-root by the
 functions data_scripts/prepare_asr.py writes their manifests with (FSDD: the official test split, takes 0-4),
+plus the Asterisk dev prompts from their prepared manifest under --asr-root (by default when it exists),
 and labelled by that config's `speech:` (real / real_non_english). Writes --out as
 
     {"machine": str,
@@ -35,7 +36,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from app.data.audio import INT16_SCALE, load_waveform
-from app.data.manifest import Utterance, fsdd_utterances, pocketsphinx_utterances, yesno_utterances
+from app.data.manifest import Utterance, fsdd_utterances, pocketsphinx_utterances, read_manifest, yesno_utterances
 from app.decode.wer import add_batch, corpus_wer, new_record, speech_wer_summary, write_test_record
 from app.errors import UserInputError
 from app.files import write_text_atomic
@@ -49,11 +50,23 @@ DIGITS_GRAMMAR = (
 )  # one FSDD utterance is one digit, spelled as app.data.text.number_to_words spells it
 INSTALL_HINT = "pip install -e '.[peers]'"
 
-# set name (as in our ASR metrics) -> its test utterances, from (data root, a folder for converted audio)
-TEST_SETS: dict[str, Callable[[Path, Path], list[Utterance]]] = {
-    "fsdd": lambda root, work: fsdd_utterances(root / "fsdd")["test"],
-    "pocketsphinx": lambda root, work: pocketsphinx_utterances(root / "pocketsphinx_testdata", work),
-    "yesno": lambda root, work: yesno_utterances(root / "yesno"),
+ASTERISK_DEV = Path("asterisk") / "dev.jsonl"  # under paths.asr_root, from data_scripts/prepare_asterisk.py
+MAX_DURATION_S = 20.0  # as conf/data/asr_synth.yaml: the same utterances our models are tested on
+
+
+def _asterisk_dev(asr_root: Path) -> list[Utterance]:
+    manifest = asr_root / ASTERISK_DEV
+    if not manifest.is_file():
+        raise UserInputError(f"{manifest} does not exist: run `python data_scripts/prepare_asterisk.py` first")
+    return read_manifest(manifest, "asterisk", asr_root.parent, SAMPLE_RATE, MAX_DURATION_S)
+
+
+# set name (as in our ASR metrics) -> its test utterances, from (data root, a folder for converted audio, asr root)
+TEST_SETS: dict[str, Callable[[Path, Path, Path], list[Utterance]]] = {
+    "fsdd": lambda root, work, asr_root: fsdd_utterances(root / "fsdd")["test"],
+    "pocketsphinx": lambda root, work, asr_root: pocketsphinx_utterances(root / "pocketsphinx_testdata", work),
+    "yesno": lambda root, work, asr_root: yesno_utterances(root / "yesno"),
+    "asterisk": lambda root, work, asr_root: _asterisk_dev(asr_root),
 }
 
 
@@ -127,10 +140,12 @@ def run_peers(
     digits: bool = True,
     limit: int | None = None,
     progress: bool = True,
+    asr_root: Path = Path("outputs/cache/asr"),
 ) -> dict[str, Any]:
     """Decode `set_names` (TEST_SETS) with PocketSphinx, write `out` (module docstring) and return its content.
 
     digits: also decode fsdd with the one-digit grammar. limit: the first `limit` utterances of each set only.
+    asr_root: where data_scripts/ wrote the prepared manifests (the asterisk dev set).
     """
     unknown = [name for name in set_names if name not in TEST_SETS]
     if unknown:
@@ -143,7 +158,7 @@ def run_peers(
     decoder = new_decoder()
     with tempfile.TemporaryDirectory() as work:
         for set_name in set_names:
-            utterances = TEST_SETS[set_name](data_root, Path(work))[:limit]
+            utterances = TEST_SETS[set_name](data_root, Path(work), asr_root)[:limit]
             record = decode_set(decoder, set_name, utterances, progress)
             write_test_record(decoded_dir, set_name, record)
             rows.append(score_row(system, set_name, record, speech.get(set_name)))
@@ -190,7 +205,11 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app.peers", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--sets", nargs="+", default=list(TEST_SETS), choices=list(TEST_SETS), help="test sets to decode"
+        "--sets",
+        nargs="+",
+        default=None,
+        choices=list(TEST_SETS),
+        help="test sets to decode (default: all; asterisk when data_scripts/prepare_asterisk.py has run)",
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/peers.json"))
     parser.add_argument(
@@ -199,12 +218,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=Path(os.environ.get("QRNN_DATA_ROOT", "../shared/data")),
         help="holds fsdd/, yesno/, pocketsphinx_testdata/ (paths.data_root)",
     )
+    parser.add_argument(
+        "--asr-root", type=Path, default=Path("outputs/cache/asr"), help="prepared manifests (paths.asr_root)"
+    )
     parser.add_argument("--no-digits", action="store_true", help="skip the FSDD digits-grammar row")
     parser.add_argument("--limit", type=int, default=None, help="decode the first N utterances of each set only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.sets is None:
+        args.sets = [name for name in TEST_SETS if name != "asterisk" or (args.asr_root / ASTERISK_DEV).is_file()]
     try:
-        result = run_peers(args.data_root, args.sets, args.out, not args.no_digits, args.limit, not args.no_progress)
+        result = run_peers(
+            args.data_root, args.sets, args.out, not args.no_digits, args.limit, not args.no_progress, args.asr_root
+        )
     except UserInputError as err:
         sys.exit(f"error: {err}")
     print(table(result))
