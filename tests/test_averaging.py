@@ -61,3 +61,32 @@ def test_a_run_tests_the_mean_of_its_best_epochs_and_resumes_with_them(
 def test_a_negative_count_is_refused_in_one_line(ptb_overrides: list[str], tmp_path: Path) -> None:
     result = run_script("train.py", *ptb_overrides, "task.average_best=-1", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: task.average_best=-1")
+
+
+def test_a_run_resumed_with_a_smaller_average_best_keeps_its_best_epochs_and_goes_on(tmp_path):
+    """Lightning restores the kept files but not a k-th best for the smaller count: plain ModelCheckpoint then
+    fails with KeyError('') at the next epoch's end (seen resuming task.average_best 5 -> 3 after 3 epochs)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from app.runs.averaging import BestEpochs
+
+    trainer = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision))
+    saved = BestEpochs(tmp_path, "val/wer", 5)
+    saved.best_k_models = {
+        str(tmp_path / f"top/epoch00{i}.ckpt"): torch.tensor(s) for i, s in enumerate([88.0, 85.0, 86.0])
+    }
+    state = saved.state_dict()
+
+    plain = ModelCheckpoint(dirpath=tmp_path / "top", monitor="val/wer", save_top_k=2)
+    plain.load_state_dict(state)
+    with pytest.raises(KeyError):
+        plain.check_monitor_top_k(trainer, torch.tensor(80.0))
+
+    resumed = BestEpochs(tmp_path, "val/wer", 2)
+    resumed.load_state_dict(state)
+    assert [path.name for path in resumed.best_first()] == ["epoch001.ckpt", "epoch002.ckpt"]
+    assert resumed.kth_best_model_path.endswith("epoch002.ckpt") and float(resumed.kth_value) == 86.0
+    assert resumed.check_monitor_top_k(trainer, torch.tensor(85.5))  # better than the k-th: kept
+    assert not resumed.check_monitor_top_k(trainer, torch.tensor(87.0))

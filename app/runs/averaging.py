@@ -45,6 +45,16 @@ class BestEpochs(ModelCheckpoint):
             enable_version_counter=False,
         )
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning's restore, then the kept set cut to this run's count: a run resumed with a smaller
+        task.average_best keeps its best `count` files (Lightning alone kept them all and had no k-th best to
+        compare a new epoch with, a KeyError at the next epoch's end)."""
+        super().load_state_dict(state_dict)
+        if self.save_top_k > 0 and len(self.best_k_models) >= self.save_top_k:
+            kept = sorted(self.best_k_models.items(), key=lambda item: float(item[1]))[: self.save_top_k]
+            self.best_k_models = dict(kept)
+            self.kth_best_model_path, self.kth_value = kept[-1]
+
     def best_first(self) -> list[Path]:
         """The kept files, best score first."""
         return [Path(path) for path, _ in sorted(self.best_k_models.items(), key=lambda item: float(item[1]))]
