@@ -247,9 +247,15 @@ def test_asr_synth_config_builds_train_val_and_test_loaders(asr_root):
     assert all(dataset.vtlp is None for split in ("val", "test") for dataset in datamodule.datasets[split].values())
 
 
-def test_the_default_asr_data_adds_piper_asterisk_and_waveform_effects_to_training_only(asr_root):
-    cfg = compose_config("train", ["task=asr", f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}"])
+@pytest.mark.parametrize("choice", ["data=asr_voices", "experiment=asr_voices_small", "experiment=asr_voices_finetune"])
+def test_the_real_voice_data_adds_piper_asterisk_and_waveform_effects_to_training_only(asr_root, choice):
+    overrides = [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}"]
+    cfg = compose_config("train", ["task=asr", choice, *overrides])
     assert cfg.data.name == "asr_voices"
+    if choice == "experiment=asr_voices_finetune":  # half a pass, the QAT fine-tune's settings otherwise
+        assert (cfg.quant.name, cfg.trainer.limit_train_batches, cfg.task.max_epochs) == ("irnn", 0.5, 1)
+    if choice != "data=asr_voices":
+        return
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     assert list(datamodule.sources["train"]) == ["synth", "fsdd", "piper", "asterisk"]

@@ -11,7 +11,7 @@ from evaluate import evaluate
 from tests.conftest import compose_config, run_script
 from train import train
 
-TEST_SETS = ["synth", "fsdd", "yesno", "pocketsphinx", "asterisk"]
+TEST_SETS = ["synth", "fsdd", "yesno", "pocketsphinx"]
 
 
 def _overrides(asr_root, *extra: str) -> list[str]:
@@ -43,23 +43,22 @@ def irnn_asr_run(asr_root, tmp_path_factory):
 def test_float_asr_trains_and_reports_wer_per_test_set(asr_root, tmp_path):
     metrics = train(compose_config("train", _overrides(asr_root, "quant=float"), tmp_path))
     assert metrics["task"] == "asr" and metrics["engine"] == "float" and metrics["integer"] is None
-    assert list(metrics["test_wer"]) == TEST_SETS and list(metrics["val_wer"]) == ["synth", "fsdd", "asterisk"]
+    assert list(metrics["test_wer"]) == TEST_SETS and list(metrics["val_wer"]) == ["synth", "fsdd"]
     assert all(rate >= 0 for rate in metrics["test_wer"].values())
     assert metrics["val_ppl"] is None and metrics["test_ppl"] is None
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["test_wer"] == metrics["test_wer"]
-    # real English speech (fsdd + pocketsphinx + asterisk) and synthetic speech pooled apart; yesno (Hebrew) in neither
+    # real English speech (fsdd + pocketsphinx) and synthetic speech pooled apart; yesno (Hebrew) in neither
     summary = on_disk["test_wer_summary"]
-    assert summary["real_speech"]["sets"] == ["fsdd", "pocketsphinx", "asterisk"]
-    assert summary["synthetic"]["sets"] == ["synth"]
+    assert summary["real_speech"]["sets"] == ["fsdd", "pocketsphinx"] and summary["synthetic"]["sets"] == ["synth"]
     assert list(summary["not_aggregated"]) == ["yesno"] and "Hebrew" in summary["not_aggregated"]["yesno"]
     real = summary["real_speech"]
-    assert real["words"] == sum(summary["words"][name] for name in ("fsdd", "pocketsphinx", "asterisk"))
+    assert real["words"] == summary["words"]["fsdd"] + summary["words"]["pocketsphinx"]
     assert real["wer"] == pytest.approx(
         sum(metrics["test_wer"][s] * summary["words"][s] for s in real["sets"]) / real["words"]
     )
     epoch = json.loads((tmp_path / "epochs.jsonl").read_text().splitlines()[0])
-    assert epoch["train_loss"] > 0 and set(epoch["val_wer_sets"]) == {"synth", "fsdd", "asterisk"}
+    assert epoch["train_loss"] > 0 and set(epoch["val_wer_sets"]) == {"synth", "fsdd"}
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
 
 
