@@ -447,3 +447,24 @@ def test_peer_rows_and_threaded_benchmarks_fill_their_blocks_and_measured_tables
         "| integer engine | 0.50 (4.00x, 2 threads) |  |" in summary
         and "| integer engine | 10.0 (4.00x, 2 threads) |" in summary
     )
+
+
+def test_asr_rows_say_which_sets_are_real_speech_beside_the_peer_recognizers_wer(tmp_path: Path) -> None:
+    (tmp_path / "bench").mkdir()
+    grammar = {**PEERS_BENCH["rows"][0], "system": "PocketSphinx 5.x (en-US default model, digits grammar)", "wer": 5.0}
+    (tmp_path / "bench" / "peers.json").write_text(json.dumps({**PEERS_BENCH, "rows": PEERS_BENCH["rows"] + [grammar]}))
+    speech = {"synth": "synthetic", "pocketsphinx": "real", "yesno": "real_non_english"}
+    config = {"task": {"name": "asr"}, "data": {"name": "asr_voices", "speech": speech}, "quant": {"name": "float"}}
+    wer = {"synth": 20.0, "pocketsphinx": 60.0, "yesno": 90.0}
+    _fake_run(tmp_path, "runs/asr/voices/t0", config, _asr_metrics("float", wer))
+    main(["--outputs", str(tmp_path), "--no-plots"])
+    reports = tmp_path / "reports"
+    rows = {r["set"]: r for r in _csv(reports / "accuracy.csv")}
+    assert {name: rows[name]["speech"] for name in wer} == speech
+    # the default-model peer row sits beside ours, not the digits-grammar one; no peer on the synthetic set
+    assert float(rows["pocketsphinx"]["peer_test"]) == pytest.approx(21.875)
+    assert rows["pocketsphinx"]["peer"] == "PocketSphinx 5.x (en-US default model)"
+    assert float(rows["yesno"]["peer_test"]) == pytest.approx(89.5833) and rows["synth"]["peer_test"] == ""
+    text = (reports / "accuracy.md").read_text()
+    assert "| PocketSphinx 5.x test WER % |" in text
+    assert "| pocketsphinx | real | 60.00 | 60.00 |  |  | 21.88 |" in text

@@ -331,9 +331,28 @@ def hardware_text(run: Run) -> str:
     return "a GPU (model not recorded)" if "trainer=gpu" in run.command.split() else "the CPU (model not recorded)"
 
 
-def accuracy_table(runs: list[Run]) -> Table:
-    """Claim 1: every run's perplexity (LM) or WER per test set (ASR) against its same-recipe float run."""
+def peer_wers(benchmarks: dict[str, dict]) -> dict[str, tuple[str, float]]:
+    """Set name -> (system, test WER %) of the off-the-shelf peer's default configuration (peers.json, first row
+    of each set without a task grammar), so the ASR rows read beside a real recognizer on the same set."""
+    wers: dict[str, tuple[str, float]] = {}
+    for row in (benchmarks.get(PEERS) or {}).get("rows") or []:
+        system, name, wer = str(row.get("system", "")), row.get("set"), row.get("wer")
+        if name and wer is not None and "grammar" not in system and name not in wers:
+            wers[name] = (system, float(wer))
+    return wers
+
+
+def speech_kind(run: Run, name: str) -> str:
+    """What a test set's audio is (the run's `data.speech.<set>`: synthetic, real, real_non_english), or ''."""
+    config = run.config or (run.source.config if run.source is not None else {})
+    return str(config.get(f"data.speech.{name}") or "")
+
+
+def accuracy_table(runs: list[Run], benchmarks: dict[str, dict] | None = None) -> Table:
+    """Claim 1: every run's perplexity (LM) or WER per test set (ASR) against its same-recipe float run; ASR rows
+    say whether the set is real speech and carry the peer recognizer's WER on it (``benchmarks``' peers.json)."""
     floats, varying = float_baselines(runs), varying_settings(runs)
+    peers = peer_wers(benchmarks or {})
     lm_rows, asr_rows, records = [], [], []
     for run in runs:
         m, base = run.metrics, baseline(run, floats)
@@ -353,10 +372,12 @@ def accuracy_table(runs: list[Run]) -> Table:
                 test, float_test = test_sets.get(name), base_sets.get(name)
                 change = None if test is None or float_test is None else test - float_test
                 integer_test = (integer.get("test_wer") or {}).get(name)
+                speech, (peer, peer_test) = speech_kind(run, name), peers.get(name, (None, None))
                 records.append(
                     {
                         **common,
                         "set": name,
+                        "speech": speech or None,
                         "metric": "wer_percent",
                         "val": val_sets.get(name),
                         "test": test,
@@ -364,6 +385,8 @@ def accuracy_table(runs: list[Run]) -> Table:
                         "change": change,
                         "change_unit": "points",
                         "integer_test": integer_test,
+                        "peer": peer,
+                        "peer_test": peer_test,
                         "hardware": hardware_text(run),
                         "command": run.command,
                         "directory": str(run.directory),
@@ -377,10 +400,12 @@ def accuracy_table(runs: list[Run]) -> Table:
                         common["settings"],
                         run.engine,
                         name,
+                        speech,
                         format_number(val_sets.get(name)),
                         format_number(test),
                         "" if change is None else f"{change:+.2f} pts (vs {float_test:.2f})",
                         format_number(integer_test),
+                        format_number(peer_test),
                         hardware_text(run),
                         f"`{run.command}`",
                     ]
@@ -449,6 +474,8 @@ def accuracy_table(runs: list[Run]) -> Table:
             )
         )
     if asr_rows:
+        # the peer's name without its configuration: "PocketSphinx 5.1.1 (en-US default model)" -> "PocketSphinx 5.1.1"
+        peer_name = next((system.split(" (")[0] for system, _ in peers.values()), "peer")
         parts.append(
             _markdown(
                 [
@@ -458,10 +485,12 @@ def accuracy_table(runs: list[Run]) -> Table:
                     "settings",
                     "engine",
                     "set",
+                    "speech",
                     "val WER %",
                     "test WER %",
                     "vs float (same recipe)",
                     "integer-engine test WER %",
+                    f"{peer_name} test WER %",
                     "hardware",
                     "command",
                 ],
@@ -1284,7 +1313,7 @@ def main(argv: list[str] | None = None) -> None:
     size = size_table(runs)
     tables = [
         sweep_table(runs, args.outputs),
-        accuracy_table(runs),
+        accuracy_table(runs, benchmarks),
         peers_table(benchmarks),
         size,
         speed_table(benchmarks),
