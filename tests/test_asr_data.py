@@ -104,6 +104,7 @@ def test_bad_input_is_named_in_one_line_each_and_the_rest_is_kept(tmp_path, capl
     untranscribed = _write_wav(tmp_path / "untranscribed.wav", 0.5)
     latin1 = _write_wav(tmp_path / "latin1.wav", 0.5)
     cd_rate = _write_wav(tmp_path / "cd_rate.wav", 0.5, rate=44100)
+    low_rate = _write_wav(tmp_path / "low_rate.wav", 0.5, rate=4000)
     too_long = _write_wav(tmp_path / "too_long.wav", 3.0)
     rows = [
         {"audio": str(good[0]), "duration": 1.1, "speaker": "cards", "text": "ten of clubs"},
@@ -113,6 +114,7 @@ def test_bad_input_is_named_in_one_line_each_and_the_rest_is_kept(tmp_path, capl
         {"audio": str(untranscribed), "duration": 0.5, "speaker": "x", "text": ""},
         {"audio": str(cd_rate), "duration": 0.5, "speaker": "x", "text": "resampled"},
         {"audio": str(too_long), "duration": 3.0, "speaker": "x", "text": "too long"},
+        {"audio": str(low_rate), "duration": 0.5, "speaker": "x", "text": "four kilohertz"},
         {"audio": str(good[1]), "duration": 1.5, "speaker": "cards", "text": "seven of clubs"},
     ]
     manifest = tmp_path / "bad.jsonl"
@@ -134,6 +136,7 @@ def test_bad_input_is_named_in_one_line_each_and_the_rest_is_kept(tmp_path, capl
         "bad.jsonl:6": "non-UTF-8 transcript",
         "too_long.wav": "longer than max_duration_s=2",
         "cd_rate.wav": "44100 Hz, resampled to 16000 Hz",
+        "low_rate.wav": "unsupported sample rate 4000 Hz (below 8000 Hz): use a recording made at 8 kHz or more",
     }
     for name, reason in expected.items():
         assert sum(name in message and reason in message for message in messages) == 1, (name, messages)

@@ -12,8 +12,8 @@ Format: JSON lines (`.jsonl`) or CSV with a header (`.csv`), one row per utteran
 `<speaker>-<chapter>.trans.txt`), scanned into a manifest in the cache first.
 
 Bad input never stops a run: a corrupt or empty audio file, a missing or non-UTF-8 transcript, or an
-utterance longer than the maximum is named in one warning line and left out; audio at another sample
-rate is kept (resampled by the loader) and named in one line per set and rate.
+utterance longer than the maximum, or audio recorded below 8 kHz is named in one warning line and left out;
+audio at another sample rate is kept (resampled by the loader) and named in one line per set and rate.
 """
 
 import hashlib
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
+# The lowest recording rate read: telephone band (8 kHz) carries speech up to 4 kHz; below it the features'
+# upper mel bands would be empty, so such a file is skipped rather than silently upsampled.
+MIN_SAMPLE_RATE = 8000
 MAX_LINES_PER_REASON = 20  # warning lines per set and reason; the rest are counted in one summary line
 FSDD_SPLITS = {"test": range(0, 5), "valid": range(5, 10), "train": range(10, 50)}  # by take index
 # What a set's audio is (conf/data/asr_*.yaml `speech:`, set name -> kind): the headline "real speech" WER
@@ -146,6 +149,14 @@ def read_manifest(
             continue
         if duration > max_duration_s:
             rejected.append((str(audio), f"longer than max_duration_s={max_duration_s:g} ({duration:.2f} s)"))
+            continue
+        if rate < MIN_SAMPLE_RATE:
+            rejected.append(
+                (
+                    str(audio),
+                    f"unsupported sample rate {rate} Hz (below {MIN_SAMPLE_RATE} Hz): use a recording made at 8 kHz or more",
+                )
+            )
             continue
         if rate != sample_rate:
             resampled[rate] += 1
