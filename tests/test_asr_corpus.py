@@ -208,3 +208,24 @@ def test_a_piper_voice_file_that_does_not_match_its_checksum_is_refused(monkeypa
     with pytest.raises(SystemExit) as err:
         corpus.piper_voice_files()
     assert "en_US-joe-medium.onnx.json: SHA-256 differs" in str(err.value) and "reinstall" in str(err.value)
+
+
+def test_lm_text_is_cut_at_unknown_words_and_drops_every_run_that_holds_a_held_out_transcript(tmp_path):
+    spec = importlib.util.spec_from_file_location("prepare_asr_lm", ROOT / "data_scripts" / "prepare_asr_lm.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    lines = (DATA_ROOT / "ptb" / "ptb.train.txt").read_text(encoding="utf-8").splitlines()[:300]
+    text = tmp_path / "ptb_head.txt"
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    clean = [line for line in lines if "<unk>" not in line and len(normalize_text(line).split()) >= 8]
+    held_out = " ".join(normalize_text(clean[0]).split()[2:7])  # 5 words from inside a sentence
+    kept, dropped = script.text_lines(text, [held_out, "the"])  # "the": too short to hold out
+    assert dropped >= 1 and not any(f" {held_out} " in f" {run} " for run in kept)
+    assert normalize_text(clean[1]) in kept  # a sentence without the held-out words stays whole
+    assert all(len(run.split()) >= script.MIN_TEXT_WORDS and "unk" not in run.split() for run in kept)
+    unk_line = next(line for line in lines if line.count("<unk>") == 1 and len(line.split()) > 12)
+    before, after = (normalize_text(part) for part in unk_line.split("<unk>"))
+    assert {run for run in (before, after) if len(run.split()) >= 3} <= set(kept)  # cut there, never joined
+    assert f"{before} {after}" not in kept
+    with pytest.raises(script.UserInputError, match="does not exist"):
+        script.text_lines(tmp_path / "missing.txt", [])

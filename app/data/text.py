@@ -32,7 +32,7 @@ _SCALES = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hu
 
 # Tokenized text (PTB, WikiText, LibriSpeech-style) splits clitics off: "do n't", "company 's".
 _CLITIC = re.compile(r"(\w) +(n't|'s|'re|'ve|'ll|'d|'m)\b")
-_MARKUP = re.compile(r"<[^>]*>")  # <unk>, <s>, </s>, <noise>: not spoken words
+MARKUP = re.compile(r"<[^>]*>")  # <unk>, <s>, </s>, <noise>: not spoken words
 _NUMBER = re.compile(r"\d+(?:,\d{3})*")
 _WORD_BREAK = re.compile(r"[-_/@.,;:!?\"()\[\]{}]+")
 _NOT_WORD = re.compile(r"[^a-z' ]+")
@@ -67,7 +67,7 @@ def normalize_text(text: str) -> str:
     """
     text = unicodedata.normalize("NFKD", text)
     text = "".join(char for char in text if not unicodedata.combining(char)).lower().replace("\u2019", "'")
-    text = _MARKUP.sub(" ", text)
+    text = MARKUP.sub(" ", text)
     text = join_clitics(text)
     text = _NUMBER.sub(lambda match: " " + _spell_number(match.group()) + " ", text)
     text = _WORD_BREAK.sub(" ", text)
