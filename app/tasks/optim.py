@@ -83,7 +83,6 @@ def configure_optimization(
     ``name: plateau, factor, patience`` (x factor when ``plateau_monitor`` has not improved for `patience` epochs).
     """
     settings = dict(optimizer)
-    settings_lr = float(settings.get("lr", 0.0))
     optimizer_class = OPTIMIZERS[settings.pop("name")]
     try:
         built = optimizer_class(optimizer_parameter_groups(model), **settings)
@@ -93,7 +92,7 @@ def configure_optimization(
     if schedule["name"] == "exponential":
         decay = functools.partial(
             restarted_decay,
-            lr=settings_lr,
+            lr=float(optimizer.get("lr", 0.0)),  # restarts are checked to come with an lr
             hold_epochs=schedule["hold_epochs"],
             gamma=schedule["gamma"],
             restarts=list(schedule.get("restarts") or []),
