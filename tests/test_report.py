@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from app.reporting import plots
-from app.reporting.report import SPEED_END, SPEED_START, block_markers, main, relative_command
+from app.reporting.report import SPEED_END, SPEED_START, block_markers, main, merge_block, relative_command
 from evaluate import evaluate
 from tests.conftest import compose_config, eval_overrides
 from train import train
@@ -468,3 +468,59 @@ def test_asr_rows_say_which_sets_are_real_speech_beside_the_peer_recognizers_wer
     text = (reports / "accuracy.md").read_text()
     assert "| PocketSphinx 5.x test WER % |" in text
     assert "| pocketsphinx | real | 60.00 | 60.00 |  |  | 21.88 |" in text
+
+
+def test_a_fine_tune_is_compared_with_the_float_control_that_started_from_the_same_checkpoint(tmp_path: Path) -> None:
+    """Two iRNN/float pairs fine-tuned from two checkpoints of one recipe: each iRNN run against its own control."""
+    recipe = {"task": {"name": "asr", "max_epochs": 3}, "model": {"name": "small"}, "seed": 1}
+    for index, (start, float_wer, irnn_wer) in enumerate((("a.ckpt", 30.0, 31.0), ("b.ckpt", 20.0, 20.5))):
+        for quant, wer in (("float", float_wer), ("irnn", irnn_wer)):
+            command = f"python train.py experiment=ft quant={quant} quant.init_from={start}"
+            _fake_run(
+                tmp_path,
+                f"runs/asr/ft-{quant}/t{index}",
+                {**recipe, "quant": {"name": quant, "init_from": start}},
+                _asr_metrics(quant, {"synth": wer}, command=command),
+            )
+    main(["--outputs", str(tmp_path), "--no-plots"])
+    rows = {r["command"]: r for r in _csv(tmp_path / "reports" / "accuracy.csv") if r["quant"] == "irnn"}
+    changes = {command.split("init_from=")[1].rstrip("`"): float(row["change"]) for command, row in rows.items()}
+    assert changes == {"a.ckpt": pytest.approx(1.0), "b.ckpt": pytest.approx(0.5)}
+
+
+def test_merging_a_block_keeps_rows_measured_before_and_replaces_those_measured_again() -> None:
+    old = (
+        "| data | quant | val ppl | command |\n|---|---|---|---|\n| ptb | float | 110.00 | `python train.py task=lm` |\n\n"
+        "| data | quant | set | test WER % | command |\n|---|---|---|---|---|\n"
+        "| asr_synth | float | synth | 30.00 | `python train.py task=asr` |\n"
+        "| asr_synth | irnn | synth | 31.00 | `python train.py task=asr quant=irnn` |\n\nold caption"
+    )
+    new = (
+        "| data | quant | set | speech | test WER % | command |\n|---|---|---|---|---|---|\n"
+        "| asr_synth | irnn | synth | synthetic | 29.00 | `python train.py task=asr quant=irnn` |\n"
+        "| asr_voices | float | pocketsphinx | real | 80.00 | `python train.py experiment=asr_voices` |\n\nnew caption"
+    )
+    merged = merge_block(old, new)
+    expected = (
+        "| data | quant | val ppl | command |\n|---|---|---|---|\n| ptb | float | 110.00 | `python train.py task=lm` |\n\n"
+        "| data | quant | set | speech | test WER % | command |\n|---|---|---|---|---|---|\n"
+        "| asr_synth | float | synth |  | 30.00 | `python train.py task=asr` |\n"  # an older layout: the new column empty
+        "| asr_synth | irnn | synth | synthetic | 29.00 | `python train.py task=asr quant=irnn` |\n"  # measured again
+        "| asr_voices | float | pocketsphinx | real | 80.00 | `python train.py experiment=asr_voices` |\n\nnew caption"
+    )
+    assert merged == expected
+    assert merge_block(merged, new) == merged  # rewriting again changes nothing
+    assert merge_block("old", new) == new  # a block without tables: the new one as it is
+
+
+def test_the_report_merges_into_results_md_unless_told_to_replace(tmp_path: Path) -> None:
+    outputs, results_md = tmp_path / "outputs", tmp_path / "results.md"
+    config = {"task": {"name": "asr"}, "quant": {"name": "float"}}
+    _fake_run(outputs, "runs/asr/new/t0", config, _asr_metrics("float", {"synth": 20.0}))
+    start, end = block_markers("accuracy")
+    earlier = "| earlier run | synth | 25.00 |"  # an older layout: widened to today's columns when kept
+    for replace in (False, True):
+        results_md.write_text(f"{start}\n| data | set | test WER % |\n|---|---|---|\n{earlier}\n{end}\n")
+        main(["--outputs", str(outputs), "--no-plots", "--results", str(results_md), *(["--replace"] * replace)])
+        text = results_md.read_text()
+        assert "`python train.py task=asr quant=float`" in text and ("| earlier run |" in text) is not replace

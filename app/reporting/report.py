@@ -12,13 +12,15 @@ and writes into ``outputs/reports/`` one markdown and one CSV table per claim of
     results.md           all of them, the papers' own numbers beside ours, and the plots (*.png, app/reporting/plots.py)
 
 Two runs share a *recipe* when their config.yaml files are equal outside `quant` (and outside what does
-not change a result: paths, run name, progress bar). Each distinct run is one row: of several runs of one
+not change a result: paths, run name, progress bar) and they started from the same checkpoint (`quant.init_from`). Each distinct run is one row: of several runs of one
 command (and, for evaluations, one checkpoint and engine) only the latest is kept. Commands are shown with
 absolute paths made relative to the folder the output root is in, so no machine's paths reach the tables.
 
 ``--results`` (default docs/results.md, when ``--outputs`` is the default outputs/) rewrites each ``<!-- results:<table>:start -->`` ...
-``<!-- results:<table>:end -->`` block of that file whose table has rows now; a block without rows (e.g. no
-run directories in this checkout) keeps the measured tables it holds. ``--readme`` rewrites the speed cells
+``<!-- results:<table>:end -->`` block of that file whose table has rows now, merging: a new row replaces the row
+of the same run, set, engine and command, and rows measured before whose run directories are not in this checkout
+stay (a block without rows now is kept as it is). ``--replace`` writes this checkout's rows alone, and rewrites the
+claims block, which the merge keeps as it was. ``--readme`` rewrites the speed cells
 (``<!--speed:<key>-->...<!--/speed-->``) and the ``<!-- speed:start -->`` block of the README from
 outputs/bench/engine.json and asr.json.
 """
@@ -115,14 +117,22 @@ class Run:
 
     @cached_property
     def recipe(self) -> tuple:
-        """What runs compared with each other must share: the config outside quant (see the module doc)."""
+        """What runs compared with each other must share: the config outside quant, and the checkpoint a
+        fine-tune started from (quant.init_from; see the module doc)."""
         if self.source is not None:  # an evaluation: its training run's recipe, if on the same data
             same_data = self.metrics.data == self.source.metrics.data
             return self.source.recipe + (() if same_data else (("evaluated on", self.metrics.data),))
-        if self.config:
-            return tuple(sorted((k, repr(v)) for k, v in self.config.items() if not k.startswith(NOT_RECIPE)))
+        if self.config:  # quant.init_from stays: a fine-tune's control starts from the same checkpoint
+            return tuple(
+                sorted(
+                    (k, repr(v))
+                    for k, v in self.config.items()
+                    if not k.startswith(NOT_RECIPE) or k == "quant.init_from"
+                )
+            )
         ignored = ("quant=", "quant.", "+mode=", "run_name=", "trainer.enable_progress_bar=")
-        return (("command", " ".join(t for t in self.command.split() if not t.startswith(ignored))),)
+        kept = (t for t in self.command.split() if not t.startswith(ignored) or t.startswith("quant.init_from="))
+        return (("command", " ".join(kept)),)
 
     @cached_property
     def epochs(self) -> list[dict[str, Any]]:
@@ -1260,17 +1270,93 @@ def block_markers(name: str) -> tuple[str, str]:
     return f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
 
 
-def rewrite_blocks(text: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
-    """`text` with the body of each `<!-- results:<name>:start/end -->` block replaced by blocks[name];
-    and the names rewritten. A block missing from text is left out (and not named)."""
+def rewrite_blocks(text: str, blocks: dict[str, str], merge: bool = False) -> tuple[str, list[str]]:
+    """`text` with the body of each `<!-- results:<name>:start/end -->` block replaced by blocks[name], or with
+    ``merge`` by `merge_block` of the body it had and blocks[name]; and the names rewritten. A block missing from
+    text is left out (and not named)."""
     done = []
     for name, body in blocks.items():
         start, end = block_markers(name)
         if start in text and end in text:
             head, rest = text.split(start, 1)
-            _, tail = rest.split(end, 1)
+            old, tail = rest.split(end, 1)
+            body = merge_block(old, body) if merge else body
             text, done = f"{head}{start}\n{body}\n{end}{tail}", [*done, name]
     return text, done
+
+
+# The columns that name a row (which run, set, engine and command); the others are what it measured. `settings`
+# is left out: it names only the settings that vary among the runs of one report, so it changes with them.
+ROW_IDENTITY = ("data", "model", "quant", "engine", "set", "system", "command", "command (latest run)")
+
+
+def merge_block(old: str, new: str) -> str:
+    """The new block's text with each of its tables merged with the old block's table of the same columns (or of
+    a subset of them, an older layout: its rows get empty cells in the new columns). A new row replaces the old
+    row it shares the identity columns with (ROW_IDENTITY); old rows it does not replace keep their place ahead
+    of the new ones. Old tables the new block has no table for come first, as they were; old text outside
+    tables is dropped. So a checkout that holds only some of the runs adds its rows and loses none measured before.
+    """
+    old_tables = [lines for kind, lines in _segments(old) if kind == "table" and len(lines) >= 2]
+    used: set[int] = set()
+    merged: list[str] = []
+    for kind, lines in _segments(new):
+        if kind != "table" or len(lines) < 2:
+            merged.append("\n".join(lines))
+            continue
+        headers = _cells(lines[0])
+        match = next(
+            (
+                i
+                for i, table in enumerate(old_tables)
+                if i not in used and set(_cells(table[0])) <= set(headers) and _cells(table[0])[:1] == headers[:1]
+            ),
+            None,
+        )
+        if match is None:
+            merged.append("\n".join(lines))
+            continue
+        used.add(match)
+        merged.append("\n".join(lines[:2] + _merged_rows(old_tables[match], lines, headers)))
+    kept = ["\n".join(table) for i, table in enumerate(old_tables) if i not in used]
+    return "\n\n".join(part.strip("\n") for part in kept + merged if part.strip())
+
+
+def _merged_rows(old: list[str], new: list[str], headers: list[str]) -> list[str]:
+    identity = [i for i, header in enumerate(headers) if header in ROW_IDENTITY]
+    old_headers = _cells(old[0])
+    new_rows = {tuple(_cells(line)[i] for i in identity): line for line in new[2:]}
+    rows, placed = [], set()
+    for line in old[2:]:
+        cells = dict(zip(old_headers, _cells(line)))
+        widened = [cells.get(header, "") for header in headers]
+        key = tuple(widened[i] for i in identity)
+        if key in placed:
+            continue
+        if key in new_rows:
+            rows.append(new_rows[key])
+            placed.add(key)
+        else:
+            rows.append(line if old_headers == headers else _markdown(headers, [widened]).splitlines()[-1])
+    return rows + [line for key, line in new_rows.items() if key not in placed]
+
+
+def _segments(text: str) -> list[tuple[str, list[str]]]:
+    """text as runs of markdown table lines ("table") and of other lines ("text"), in order."""
+    segments: list[tuple[str, list[str]]] = []
+    for line in text.strip("\n").split("\n"):
+        kind = "table" if line.startswith("|") else "text"
+        if segments and segments[-1][0] == kind:
+            segments[-1][1].append(line)
+        else:
+            segments.append((kind, [line]))
+    return segments
+
+
+def _cells(line: str) -> list[str]:
+    """A markdown table row's cells, unescaped (`\\|` inside a cell is one cell's text)."""
+    cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+    return [cell.strip().replace("\\|", "|") for cell in cells]
 
 
 def rewrite_readme(text: str, benchmarks: dict[str, dict]) -> str:
@@ -1306,6 +1392,12 @@ def main(argv: list[str] | None = None) -> None:
         "--readme", type=Path, default=None, help="also rewrite this README's speed cells and speed block"
     )
     parser.add_argument("--no-plots", action="store_true", help="tables only (the plots take ~10 s, mostly PWL fits)")
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace each --results block that has rows now by this outputs' rows alone, and rewrite the claims "
+        "block (default: merge, so rows measured earlier, whose run directories are gone, stay)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     runs, benchmarks = load_runs(args.outputs), load_benchmarks(args.outputs)
@@ -1342,9 +1434,9 @@ def main(argv: list[str] | None = None) -> None:
     if results is not None and results.is_file():
         # only tables with rows now: a checkout without run directories keeps the measured tables it has
         blocks = {t.name: t.markdown for t in tables if t.records}
-        if runs:
+        if runs and args.replace:  # the claims summarize the runs at hand: from a part of them they would lose some
             blocks["claims"] = claims
-        text, done = rewrite_blocks(results.read_text(), blocks)
+        text, done = rewrite_blocks(results.read_text(), blocks, merge=not args.replace)
         results.write_text(text)
         print(
             f"rewrote {', '.join(done) or 'no'} blocks of {results}"
