@@ -12,8 +12,9 @@ and writes into ``outputs/reports/`` one markdown and one CSV table per claim of
     results.md           all of them, the papers' own numbers beside ours, and the plots (*.png, app/reporting/plots.py)
 
 Two runs share a *recipe* when their config.yaml files are equal outside `quant` (and outside what does
-not change a result: paths, run name, progress bar) and they started from the same checkpoint (`quant.init_from`). Each distinct run is one row: of several runs of one
-command (and, for evaluations, one checkpoint and engine) only the latest is kept. Commands are shown with
+not change a result: paths, run name, progress bar) and they started from the same checkpoint
+(`quant.init_from`). Each distinct run is one row: of several runs of one command (and, for evaluations,
+one checkpoint and engine) only the latest is kept. Commands are shown with
 absolute paths made relative to the folder the output root is in, so no machine's paths reach the tables.
 
 ``--results`` (default docs/results.md, when ``--outputs`` is the default outputs/) rewrites each ``<!-- results:<table>:start -->`` ...
