@@ -324,7 +324,11 @@ class Table:
 
 def _markdown(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows])
+    return "\n".join(lines + [_markdown_row(row) for row in rows])
+
+
+def _markdown_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
 def _wall(run: Run) -> str:
@@ -1338,7 +1342,7 @@ def _merged_rows(old: list[str], new: list[str], headers: list[str]) -> list[str
             rows.append(new_rows[key])
             placed.add(key)
         else:
-            rows.append(line if old_headers == headers else _markdown(headers, [widened]).splitlines()[-1])
+            rows.append(line if old_headers == headers else _markdown_row(widened))
     return rows + [line for key, line in new_rows.items() if key not in placed]
 
 
