@@ -250,6 +250,24 @@ def test_asr_synth_config_builds_train_val_and_test_loaders(asr_root):
     assert all(dataset.vtlp is None for split in ("val", "test") for dataset in datamodule.datasets[split].values())
 
 
+def test_evaluation_features_do_not_depend_on_the_training_seed(asr_root):
+    """The dither of val/test features is seeded by data.eval_seed, not the run's seed: two runs of different
+    seeds are tested on the same inputs, and only a different eval_seed changes them."""
+
+    def first_test_batch(*overrides: str) -> torch.Tensor:
+        cfg = compose_config(
+            "train",
+            ["data=asr_synth", f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}", *overrides],
+        )
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("test")
+        return next(iter(datamodule.test_dataloader()["fsdd"]))["feats"]
+
+    reference = first_test_batch("seed=1")
+    assert torch.equal(reference, first_test_batch("seed=2"))
+    assert not torch.equal(reference, first_test_batch("seed=1", "data.eval_seed=2"))
+
+
 @pytest.mark.parametrize("choice", ["data=asr_voices", "experiment=asr_voices_small", "experiment=asr_voices_finetune"])
 def test_the_real_voice_data_adds_piper_asterisk_and_waveform_effects_to_training_only(asr_root, choice):
     overrides = [f"+paths.asr_root={asr_root}", f"paths.cache_dir={asr_root / 'cache'}"]

@@ -227,6 +227,7 @@ class ASRDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cmvn_utterances: int = 500,
         seed: int = 0,
+        eval_seed: int = 1234,
     ) -> None:
         """
         root: relative paths in train / val / test / tokenizer are relative to it (paths.asr_root).
@@ -247,6 +248,8 @@ class ASRDataModule(L.LightningDataModule):
             max_batch_size utterances (an utterance longer than the budget is a batch of its own).
         bos_eos: wrap every token sequence in <bos> ... <eos> (attention decoders); off for CTC / RNN-T.
         num_workers: DataLoader workers of the train loader (feature extraction); eval loaders use none.
+        seed: shuffling, bucketing and the CMVN sample of training. eval_seed: the per-item dither of the val
+            and test features, apart from `seed` so that runs of every seed are evaluated on the same inputs.
         """
         super().__init__()
         if cmvn not in CMVN_MODES:
@@ -272,7 +275,7 @@ class ASRDataModule(L.LightningDataModule):
         self.bos_eos = bos_eos
         self.num_workers = num_workers
         self.cmvn_utterances = cmvn_utterances
-        self.seed = seed
+        self.seed, self.eval_seed = seed, eval_seed
         self.tokenizer: Tokenizer | None = None
         self.utterances: dict[str, dict[str, list[Utterance]]] = {}
         self.datasets: dict[str, dict[str, UtteranceDataset]] = {}
@@ -336,7 +339,7 @@ class ASRDataModule(L.LightningDataModule):
                     self.cmvn,
                     self.cmvn_stats,
                     augment,
-                    self.seed,
+                    self.seed if train else self.eval_seed,
                     vtlp,
                     self.wave_augment if train else None,
                 )
