@@ -3,8 +3,10 @@
 Writes metrics.json (the same fields as train.py's) into outputs/evals/<data>/<time>/.
 """
 
+import copy
 import dataclasses
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -93,7 +95,7 @@ def evaluate_sweep(cfg: DictConfig) -> list[dict[str, Any]]:
             one.ckpt, one.engine, one.sweep_dir, one.output_dir = str(ckpt), engine, None, str(out)
             one.task, one.data = trained.task, trained.data
             if trained.task.name != "asr":  # a mixed sweep (+sweep=cpu): the ASR decoding options skip LM points
-                one.beam_size = one.ctc_weight = one.length_norm = one.lm = None
+                one.beam_size = one.ctc_weight = one.length_norm = one.lm = one.eval_seeds = None
         print(f"evaluating {point.name} engine={engine}")
         results.append(evaluate(one))
     return results
@@ -106,8 +108,14 @@ def check_decoding_options(cfg: DictConfig, task: str) -> None:
             raise UserInputError(f"{option}={cfg[option]} applies to ASR checkpoints; {cfg.ckpt} is a {task} one")
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Valid and test perplexity of `cfg.ckpt` on `cfg.data`; returns (and writes) metrics.json."""
+def evaluate(cfg: DictConfig, write: bool = True) -> dict[str, Any]:
+    """Valid and test perplexity (LM) or WER (ASR) of `cfg.ckpt` on `cfg.data`; returns (and writes) metrics.json.
+
+    With ``eval_seeds`` (ASR) the test runs once per dither of the test features and reports the mean
+    (evaluate_dithers). write=False: return the metrics without writing metrics.json (one such pass).
+    """
+    if cfg.get("eval_seeds") is not None:
+        return evaluate_dithers(cfg)
     started = time.perf_counter()
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise UserInputError("no checkpoint given: pass ckpt=<run>/checkpoints/best.ckpt")
@@ -127,7 +135,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserInputError(f"engine={cfg.engine!r} is unknown: choose one of {', '.join(ENGINES)}")
     seed_everything(cfg.seed, verbose=False)
     if cfg.engine == "integer":
-        return evaluate_integer(cfg, started)
+        return evaluate_integer(cfg, started, write)
     if str(cfg.ckpt).endswith(".safetensors"):
         raise UserInputError(f"ckpt={cfg.ckpt} is an integer checkpoint: evaluate it with engine=integer")
     checkpoint = read_checkpoint(cfg.ckpt, "ckpt")
@@ -190,12 +198,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         engine="qat" if task.model.quant.quantized else "float",
         hardware=machine_text(trainer.strategy.root_device),
     )
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and write:
         write_metrics(directory, metrics)
     return metrics.to_dict()
 
 
-def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
+def evaluate_integer(cfg: DictConfig, started: float, write: bool = True) -> dict[str, Any]:
     """Perplexity of an integer checkpoint on the integer-only engine (softmax outside the engine)."""
     if str(cfg.ckpt).endswith(".ckpt"):
         raise UserInputError(
@@ -213,7 +221,7 @@ def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("test")
     if kind == "asr":
-        return evaluate_integer_asr(cfg, datamodule, started)
+        return evaluate_integer_asr(cfg, datamodule, started, write)
     engine, meta = load_integer_lm(str(cfg.ckpt), datamodule.vocab)
     limits = integer_batch_limits(cfg)
     split_metrics = {
@@ -242,7 +250,8 @@ def evaluate_integer(cfg: DictConfig, started: float) -> dict[str, Any]:
         integer={"integer_param_bytes": tensor_bytes(str(cfg.ckpt)), "format_version": meta["version"]},
         hardware=machine_text("cpu"),
     )
-    write_metrics(output_dir(cfg), metrics)
+    if write:
+        write_metrics(output_dir(cfg), metrics)
     return metrics.to_dict()
 
 
@@ -268,7 +277,7 @@ def decoding_options(**settings: Any) -> DecodingOptions:
         raise UserInputError(str(err)) from None
 
 
-def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[str, Any]:
+def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float, write: bool = True) -> dict[str, Any]:
     """WER per set of an integer ASR checkpoint on the integer-only engine: validation greedy, test by beam search."""
     engine, meta = load_integer_asr(str(cfg.ckpt), datamodule.vocab_sha256)
     info = meta.get("info", {})
@@ -315,7 +324,92 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float) -> dict[st
         },
         hardware=machine_text("cpu"),
     )
-    write_metrics(output_dir(cfg), metrics)
+    if write:
+        write_metrics(output_dir(cfg), metrics)
+    return metrics.to_dict()
+
+
+def check_eval_seeds(cfg: DictConfig) -> list[int]:
+    """``eval_seeds`` as a list of distinct whole numbers (at least two) for ASR data, or one line saying why not."""
+    seeds = cfg.eval_seeds
+    if not OmegaConf.is_list(seeds) or len(seeds) < 2:
+        raise UserInputError(
+            f"eval_seeds={seeds}: give a list of at least two dither seeds, e.g. eval_seeds=[1,2,3,1234]"
+        )
+    if not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds) or len(set(seeds)) < len(seeds):
+        raise UserInputError(f"eval_seeds={list(seeds)}: the seeds must be distinct whole numbers, e.g. [1,2,3,1234]")
+    if "eval_seed" not in cfg.data:
+        raise UserInputError(
+            f"eval_seeds applies to speech data, whose data.eval_seed seeds the dither of the test features; "
+            f"data={cfg.data.name} has none: drop eval_seeds"
+        )
+    return list(seeds)
+
+
+def mean_wer(passes: list[dict[str, Any]], key: str) -> dict[str, float] | None:
+    """The mean over passes of one per-set WER field (val_wer or test_wer); None when a pass has none."""
+    values = [one[key] for one in passes]
+    if any(value is None for value in values):
+        return None
+    return {name: statistics.fmean(value[name] for value in values) for name in values[0]}
+
+
+def evaluate_dithers(cfg: DictConfig) -> dict[str, Any]:
+    """WER of an ASR checkpoint over several dithers of the evaluation features; returns (and writes) metrics.json.
+
+    One evaluation per ``eval_seeds`` value (as ``data.eval_seed``), each decoding into
+    ``<output>/eval_seed-<N>/decoded/``, then one metrics.json: val_wer and test_wer are the passes' means per
+    set (every pass has the same reference words, so the mean is the WER of the words pooled over the passes),
+    test_wer_summary pools the errors and words of all passes, and dither_passes keeps each pass's numbers.
+
+    Why: the dither (1 LSB of Gaussian noise, so that empty bands never reach log 0) alone moves one model by
+    several words on the small real sets (docs/asr.md); one pass measures the model plus one draw of noise.
+    """
+    started = time.perf_counter()
+    seeds = check_eval_seeds(cfg)
+    directory = output_dir(cfg)
+    passes: list[dict[str, Any]] = []
+    for number, seed in enumerate(seeds, 1):
+        one = copy.deepcopy(cfg)
+        with open_dict(one):
+            one.eval_seeds, one.output_dir, one.data.eval_seed = None, str(directory / f"eval_seed-{seed}"), seed
+        print(f"dither pass {number} of {len(seeds)}: data.eval_seed={seed}", flush=True)
+        passes.append(evaluate(one, write=False))
+    summary = copy.deepcopy(passes[0]["test_wer_summary"])
+    for pool in ("real_speech", "synthetic") if summary else ():
+        if summary[pool]:
+            errors, words = (sum(one["test_wer_summary"][pool][key] for one in passes) for key in ("errors", "words"))
+            summary[pool].update(wer=100.0 * errors / words, errors=errors, words=words)
+    per_pass = {}
+    for seed, one in zip(seeds, passes):
+        pools = one["test_wer_summary"] or {}
+        per_pass[str(seed)] = {
+            "val_wer": one["val_wer"],
+            "test_wer": one["test_wer"],
+            **{pool: pools[pool]["wer"] if pools.get(pool) else None for pool in ("real_speech", "synthetic")},
+        }
+    losses = {key: [one[key] for one in passes] for key in ("val_loss", "test_loss")}
+    metrics = RunMetrics.from_dict(
+        {
+            **passes[0],
+            "command": command_line("evaluate.py"),
+            "val_wer": mean_wer(passes, "val_wer"),
+            "test_wer": mean_wer(passes, "test_wer"),
+            "val_loss": None if None in losses["val_loss"] else statistics.fmean(losses["val_loss"]),
+            "test_loss": None if None in losses["test_loss"] else statistics.fmean(losses["test_loss"]),
+            "test_wer_summary": summary,
+            "wall_time_s": time.perf_counter() - started,
+            "dither_passes": per_pass,
+        }
+    )
+    for name, rate in (metrics.test_wer or {}).items():
+        rates = [one["test_wer"][name] for one in passes]
+        print(
+            f"{name:<14} mean {rate:6.2f}  passes "
+            + " ".join(f"{r:6.2f}" for r in rates)
+            + f"  spread {max(rates) - min(rates):.2f}"
+        )
+    write_metrics(directory, metrics)
     return metrics.to_dict()
 
 

@@ -46,3 +46,13 @@ def test_evaluate_refuses_data_with_another_vocabulary(
 def test_evaluate_without_a_checkpoint_says_how_to_pass_one(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match=r"pass ckpt=<run>/checkpoints/best.ckpt"):
         evaluate(compose_config("evaluate", [], tmp_path))
+
+
+def test_evaluate_refuses_several_dithers_for_text_data(
+    trained_run: tuple[Path, dict], ptb_overrides: list[str], tmp_path: Path
+) -> None:
+    best = trained_run[0] / "checkpoints" / "best.ckpt"
+    with pytest.raises(UserInputError, match="data=ptb has none: drop eval_seeds"):
+        evaluate(
+            compose_config("evaluate", [*eval_overrides(ptb_overrides), f"ckpt={best}", "eval_seeds=[1,2]"], tmp_path)
+        )

@@ -131,6 +131,38 @@ def test_evaluate_reruns_the_checkpoint_and_the_integer_checkpoint(irnn_asr_run,
             )
 
 
+def test_evaluate_over_several_dithers_reports_the_mean_and_every_pass(irnn_asr_run, asr_root, tmp_path):
+    run_dir, metrics = irnn_asr_run
+    common = [o for o in _overrides(asr_root) if not o.startswith(("model=", "trainer.limit_train", "task.module"))]
+    seeds = "eval_seeds=[1234,7]"
+    qat = evaluate(
+        compose_config("evaluate", [*common, f"ckpt={metrics['checkpoint']}", "beam_size=2", seeds], tmp_path / "q")
+    )
+    integer = evaluate(
+        compose_config(
+            "evaluate", [*common, f"ckpt={run_dir / 'model.int.safetensors'}", "engine=integer", seeds], tmp_path / "i"
+        )
+    )
+    assert list(qat["dither_passes"]) == ["1234", "7"]
+    # the pass at the default eval_seed is the run's own test; the headline is the passes' mean per set
+    assert qat["dither_passes"]["1234"]["test_wer"] == metrics["test_wer"]
+    passes = [one["test_wer"] for one in qat["dither_passes"].values()]
+    assert qat["test_wer"] == {name: pytest.approx((passes[0][name] + passes[1][name]) / 2) for name in TEST_SETS}
+    real = qat["test_wer_summary"]["real_speech"]
+    assert real["words"] == 2 * metrics["test_wer_summary"]["real_speech"]["words"]
+    assert real["wer"] == pytest.approx(sum(one["real_speech"] for one in qat["dither_passes"].values()) / 2)
+    # every pass decodes into its own folder, and the integer engine matches the QAT model pass by pass
+    assert integer["dither_passes"] == qat["dither_passes"] and integer["engine"] == "integer"
+    for seed in ("1234", "7"):
+        assert (tmp_path / "i" / f"eval_seed-{seed}" / "decoded" / "fsdd.jsonl").read_text() == (
+            tmp_path / "q" / f"eval_seed-{seed}" / "decoded" / "fsdd.jsonl"
+        ).read_text()
+    assert json.loads((tmp_path / "q" / "metrics.json").read_text())["dither_passes"] == qat["dither_passes"]
+    for bad, message in (("eval_seeds=[3]", "at least two"), ("eval_seeds=[3,3]", "distinct whole numbers")):
+        with pytest.raises(UserInputError, match=message):
+            evaluate(compose_config("evaluate", [*common, f"ckpt={metrics['checkpoint']}", bad], tmp_path / "b"))
+
+
 def test_bad_asr_settings_fail_with_one_clear_line(asr_root, tmp_path):
     with pytest.raises(UserInputError, match="no asr section"):
         train(compose_config("train", _overrides(asr_root, "model=medium"), tmp_path / "a"))

@@ -59,6 +59,9 @@ class RunMetrics:
     engine: str | None = None  # float, qat or integer: what computed the numbers above
     integer: dict[str, Any] | None = None  # the integer checkpoint's sizes and its engine's numbers (QAT runs)
     hardware: str | None = None  # machine_text: the GPU, or the CPU and torch's threads
+    # ASR, evaluate.py eval_seeds=[...]: each dither pass's {"val_wer", "test_wer", "real_speech", "synthetic"} by
+    # its data.eval_seed; val_wer / test_wer above are then the passes' means, test_wer_summary their pooled words
+    dither_passes: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.command, str) or not self.command.startswith("python "):
