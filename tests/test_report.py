@@ -488,6 +488,47 @@ def test_a_fine_tune_is_compared_with_the_float_control_that_started_from_the_sa
     assert changes == {"a.ckpt": pytest.approx(1.0), "b.ckpt": pytest.approx(0.5)}
 
 
+def test_wer_over_several_dithers_is_compared_with_the_controls_over_the_same_dithers(tmp_path: Path) -> None:
+    """`evaluate.py eval_seeds=[...]` of an iRNN fine-tune: against its float control's evaluation over the same
+    dithers, not against the control's one-pass test nor an evaluation over other dithers."""
+    recipe = {"task": {"name": "asr", "max_epochs": 3}, "model": {"name": "small"}, "seed": 1}
+    for quant, wer in (("float", 30.0), ("irnn", 31.0)):
+        _fake_run(
+            tmp_path,
+            f"runs/asr/ft-{quant}/t0",
+            {**recipe, "quant": {"name": quant, "init_from": "a.ckpt"}},
+            _asr_metrics(quant, {"synth": wer}, command=f"python train.py experiment=ft quant={quant}"),
+        )
+
+    def dither_eval(quant: str, seeds: list[int], wers: list[float]) -> None:
+        passes = {str(seed): {"test_wer": {"synth": wer}} for seed, wer in zip(seeds, wers)}
+        checkpoint = str(tmp_path / f"runs/asr/ft-{quant}/t0/checkpoints/best.ckpt")
+        command = f"python evaluate.py ckpt={checkpoint} eval_seeds=[{','.join(map(str, seeds))}]"
+        _fake_run(
+            tmp_path,
+            f"evals/asr/{quant}-{len(seeds)}",
+            None,
+            _asr_metrics(
+                quant,
+                {"synth": sum(wers) / len(wers)},
+                command=command,
+                checkpoint=checkpoint,
+                dither_passes=passes,
+            ),
+        )
+
+    dither_eval("float", [1, 2], [29.0, 29.5])
+    dither_eval("irnn", [1, 2], [30.0, 29.0])
+    dither_eval("float", [1, 2, 3], [10.0, 10.0, 10.0])  # other dithers: not the irnn evaluation's control
+    main(["--outputs", str(tmp_path), "--no-plots"])
+    rows = [r for r in _csv(tmp_path / "reports" / "accuracy.csv") if r["quant"] == "irnn"]
+    changes = {row["settings"]: float(row["change"]) for row in rows}
+    assert changes == {"": pytest.approx(1.0), "mean of 2 test dithers (eval_seed 1,2)": pytest.approx(0.25)}
+    assert (
+        "| mean of 2 test dithers (eval_seed 1,2) | qat | synth |" in (tmp_path / "reports" / "accuracy.md").read_text()
+    )
+
+
 def test_merging_a_block_keeps_rows_measured_before_and_replaces_those_measured_again() -> None:
     old = (
         "| data | quant | val ppl | command |\n|---|---|---|---|\n| ptb | float | 110.00 | `python train.py task=lm` |\n\n"

@@ -252,14 +252,25 @@ def _read_config(directory: Path) -> dict[str, Any]:
         return {}
 
 
+def dither_seeds(run: Run) -> tuple[str, ...] | None:
+    """The test-feature dithers (data.eval_seed values) an evaluation averaged over (`evaluate.py eval_seeds=`);
+    None for one pass."""
+    return tuple(run.metrics.dither_passes) if run.metrics.dither_passes else None
+
+
 def float_baselines(runs: list[Run]) -> dict[tuple, Run]:
-    """The float training run of each (task, recipe); the last one found when there are several."""
-    return {(r.task, r.recipe): r for r in runs if not r.is_eval and r.quant == "float"}
+    """The float run of each (task, recipe, dithers): the training run, or for an evaluation averaged over several
+    dithers the float evaluation over the same dithers; the last one found when there are several."""
+    return {
+        (r.task, r.recipe, dither_seeds(r)): r
+        for r in runs
+        if r.quant == "float" and (not r.is_eval or dither_seeds(r))
+    }
 
 
 def baseline(run: Run, floats: dict[tuple, Run]) -> Run | None:
-    """The float run `run` is compared with: same task and recipe (None for a float run itself)."""
-    return None if run.quant == "float" else floats.get((run.task, run.recipe))
+    """The float run `run` is compared with: same task, recipe and test dithers (None for a float run itself)."""
+    return None if run.quant == "float" else floats.get((run.task, run.recipe, dither_seeds(run)))
 
 
 def varying_settings(runs: list[Run]) -> dict[str, list[str]]:
@@ -273,9 +284,11 @@ def varying_settings(runs: list[Run]) -> dict[str, list[str]]:
 
 
 def settings_text(run: Run, varying: dict[str, list[str]]) -> str:
-    return " ".join(
-        f"{key}={_value_text(run.settings[key])}" for key in varying.get(run.quant, []) if key in run.settings
-    )
+    settings = [f"{key}={_value_text(run.settings[key])}" for key in varying.get(run.quant, []) if key in run.settings]
+    seeds = dither_seeds(run)
+    if seeds:  # a mean over several dithers of the test features, not one test pass
+        settings.append(f"mean of {len(seeds)} test dithers (eval_seed {','.join(seeds)})")
+    return " ".join(settings)
 
 
 def _describe(run: Run, varying: dict[str, list[str]]) -> str:
