@@ -294,7 +294,7 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float, write: boo
         options = dataclasses.replace(
             options, lm=load_lm_fusion(str(cfg.lm), datamodule.tokenizer, float(cfg.lm_weight))
         )
-    val = integer_wer(engine, datamodule, "val", options.with_beam(1), limits["val"])
+    val = integer_wer(engine, datamodule, "val", options.attention_greedy(), limits["val"])
     test = integer_wer(engine, datamodule, "test", options, limits["test"], decoded_dir=output_dir(cfg) / DECODED_DIR)
     metrics = RunMetrics(
         command=command_line("evaluate.py"),

@@ -11,7 +11,7 @@ from app.decode.wer import corpus_wer
 from app.engine.checkpoint import load_integer_checkpoint, save_integer_checkpoint
 from app.engine.guard import IntegerOnlyGuard
 from app.errors import UserInputError
-from app.export.asr import quantize_features
+from app.export.asr import quantize_features, transcribe_integer
 from app.models.asr import build_asr
 from app.tasks.asr import SpeechRecognitionTask
 from tests.conftest import compose_config
@@ -118,6 +118,28 @@ def test_greedy_search_and_beam_search_decode_the_same_words_on_both_engines(fsd
     assert joint == beam_search(integer_decoder(engine), memory, size, lengths, BOS_ID, EOS_ID, joint_options, PAD_ID)
     assert all(len(h) <= n for h, n in zip(greedy + beam3, lengths))
     assert all(EOS_ID not in h and BOS_ID not in h for h in greedy + beam3)
+
+
+def test_a_beam_of_one_with_ctc_is_a_joint_search_on_both_engines_not_the_attention_argmax(fsdd_batch):
+    """beam_size=1 with ctc_weight > 0 keeps the best joint CTC/attention hypothesis per step (ESPnet's beam of
+    one); the integer engine's transcribe_integer takes that path too and decodes the same words as QAT."""
+    batch, datamodule = fsdd_batch
+    model = _model("irnn", batch, datamodule.vocab_size, seed=3)
+    engine = model.export_integer()
+    size, tokenizer = len(batch["texts"]), datamodule.tokenizer
+    joint_one = DecodingOptions(beam_size=1, ctc_weight=0.5)
+    assert not joint_one.greedy and joint_one.attention_greedy().greedy
+    with torch.no_grad():
+        encoded = model.encode(batch["feats"], batch["feat_lens"])
+        lengths = max_decode_length(encoded.lengths, 1.0)
+        greedy = greedy_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID)
+        joint = beam_search(qat_decoder(model), encoded.memory, size, lengths, BOS_ID, EOS_ID, joint_one, PAD_ID)
+    assert joint != greedy  # CTC changed at least one utterance's words
+    words = [tokenizer.decode(h) for h in joint]
+    assert transcribe_integer(engine, batch, tokenizer, joint_one) == words
+    assert transcribe_integer(engine, batch, tokenizer, joint_one.attention_greedy()) == [
+        tokenizer.decode(h) for h in greedy
+    ]
 
 
 def test_corpus_wer_is_jiwer_on_normalized_text():

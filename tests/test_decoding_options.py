@@ -14,8 +14,11 @@ def test_decoding_options_default_to_the_task_recipe_and_record_all_but_the_lm()
     assert (options.beam_size, options.length_norm, options.max_len_ratio, options.ctc_weight) == (5, 1.0, 1.0, 0.0)
     assert options.to_info() == {"beam_size": 5, "length_norm": 1.0, "max_len_ratio": 1.0, "ctc_weight": 0.0}
     assert DecodingOptions(**options.to_info()) == options  # an integer checkpoint's `decoding` reads back
-    greedy = options.with_beam(1)
-    assert greedy.greedy and not options.greedy and greedy.ctc_weight == options.ctc_weight
+    greedy = dataclasses.replace(options, ctc_weight=0.3, beam_size=3).attention_greedy()
+    assert greedy.greedy and not options.greedy and (greedy.beam_size, greedy.ctc_weight, greedy.lm) == (1, 0.0, None)
+    assert greedy.length_norm == options.length_norm and greedy.max_len_ratio == options.max_len_ratio
+    # a beam of one that CTC or an LM scores is a search, not the argmax of the attention logits
+    assert not DecodingOptions(beam_size=1, ctc_weight=0.3).greedy
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.beam_size = 3
 

@@ -18,7 +18,7 @@ class DecodingOptions:
     holds a config key adds its prefix (`task.module.beam_size=0: ...`).
     """
 
-    beam_size: int = 5  # hypotheses kept per step; 1 is greedy search (an argmax of the logits)
+    beam_size: int = 5  # hypotheses kept per step; 1 with no CTC and no LM is greedy search (an argmax)
     length_norm: float = 1.0  # finished hypotheses ranked by log-prob / length^length_norm; 0: raw log-prob
     max_len_ratio: float = 1.0  # longest hypothesis in tokens per encoder frame (max_decode_length)
     ctc_weight: float = 0.0  # weight of the CTC prefix score in the beam (joint CTC/attention); 0: attention only
@@ -36,10 +36,15 @@ class DecodingOptions:
 
     @property
     def greedy(self) -> bool:
-        return self.beam_size == 1
+        """Plain argmax decoding (batched; the native engine's fast path): a beam of one scored by attention alone.
 
-    def with_beam(self, beam_size: int) -> DecodingOptions:
-        return dataclasses.replace(self, beam_size=beam_size)
+        A beam of one with ``ctc_weight`` > 0 or an LM is a search too: each step keeps the best joint score, so
+        CTC can stop a decoder that loops on a long utterance (it cannot emit more labels than the audio holds)."""
+        return self.beam_size == 1 and self.ctc_weight == 0.0 and self.lm is None
+
+    def attention_greedy(self) -> DecodingOptions:
+        """The same settings as plain greedy search (attention only, no LM): what validation decodes with."""
+        return dataclasses.replace(self, beam_size=1, ctc_weight=0.0, lm=None)
 
     def to_info(self) -> dict[str, Any]:
         """The settings an integer checkpoint records (``info["decoding"]``): all but the LM."""

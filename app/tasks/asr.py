@@ -177,7 +177,7 @@ class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
         names = self.trainer.datamodule.val_names if stage == "val" else self.trainer.datamodule.test_names
         set_name = names[dataloader_idx]
         loss, _, encoded = self._losses(batch)
-        hyps = self.transcribe(batch, self.decoding.with_beam(1) if stage == "val" else self.decoding, encoded)
+        hyps = self.transcribe(batch, self.decoding.attention_greedy() if stage == "val" else self.decoding, encoded)
         record = self._stage[stage].setdefault(set_name, new_record())
         add_batch(record, batch, hyps)
         record["loss"] += float(loss) * len(batch["texts"])
