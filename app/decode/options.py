@@ -36,7 +36,7 @@ class DecodingOptions:
 
     @property
     def greedy(self) -> bool:
-        """Plain argmax decoding (batched; the native engine's fast path): a beam of one scored by attention alone.
+        """Plain argmax decoding, batched: a beam of one scored by attention alone.
 
         A beam of one with ``ctc_weight`` > 0 or an LM is a search too: each step keeps the best joint score, so
         CTC can stop a decoder that loops on a long utterance (it cannot emit more labels than the audio holds)."""

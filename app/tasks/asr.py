@@ -160,7 +160,7 @@ class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
         return DecodingOptions(hp.beam_size, hp.length_norm, hp.max_len_ratio, hp.decode_ctc_weight, self.lm_fusion)
 
     def transcribe(self, batch: Mapping[str, Any], options: DecodingOptions, encoded: Any = None) -> list[str]:
-        """Decoded text of a batch: greedy (options.beam_size 1) or beam search, with the model in eval mode."""
+        """Decoded text of a batch: greedy search (options.greedy) or beam search, with the model in eval mode."""
         if encoded is None:
             encoded = self.model.encode(batch["feats"], batch["feat_lens"])
         max_lengths = max_decode_length(encoded.lengths, options.max_len_ratio)
