@@ -156,7 +156,7 @@ def evaluate(cfg: DictConfig, write: bool = True) -> dict[str, Any]:
     if cfg.length_norm is not None:
         task.hparams.length_norm = float(cfg.length_norm)
     if cfg.ctc_weight is not None:
-        check_ctc_weight("ctc_weight", float(cfg.ctc_weight), task.model.ctc is not None)
+        check_ctc_weight("ctc_weight", float(cfg.ctc_weight), task.model.ctc is not None, decoding=True)
         task.hparams.decode_ctc_weight = float(cfg.ctc_weight)
     if checkpoint["task"] == "asr":  # the search as beam_size / length_norm / ctc_weight changed it: checked now
         hp = task.hparams
@@ -170,6 +170,7 @@ def evaluate(cfg: DictConfig, write: bool = True) -> dict[str, Any]:
     datamodule.prepare_data()
     if cfg.lm is not None:
         task.lm_fusion = load_lm_fusion(str(cfg.lm), datamodule.tokenizer, float(cfg.lm_weight))
+        with_lm(task.decoding, task.lm_fusion)  # the CTC best path takes no LM: refused now, not at the test
     if checkpoint["task"] != cfg.task.name:
         raise UserInputError(
             f"ckpt={cfg.ckpt} is a {checkpoint['task']} checkpoint: evaluate it with task={checkpoint['task']}"
@@ -277,6 +278,14 @@ def decoding_options(**settings: Any) -> DecodingOptions:
         raise UserInputError(str(err)) from None
 
 
+def with_lm(options: DecodingOptions, lm: Any) -> DecodingOptions:
+    """``options`` fusing ``lm`` (lm=...), refused in one line where the search takes no LM (ctc_weight=1)."""
+    try:
+        return dataclasses.replace(options, lm=lm)
+    except ValueError as err:
+        raise UserInputError(f"lm=...: {err}") from None
+
+
 def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float, write: bool = True) -> dict[str, Any]:
     """WER per set of an integer ASR checkpoint on the integer-only engine: validation greedy, test by beam search."""
     engine, meta = load_integer_asr(str(cfg.ckpt), datamodule.vocab_sha256)
@@ -288,12 +297,10 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float, write: boo
         if cfg[key] is not None
     }
     options = decoding_options(**{**decoding, **overrides})
-    check_ctc_weight("ctc_weight", options.ctc_weight, engine.ctc is not None)
+    check_ctc_weight("ctc_weight", options.ctc_weight, engine.ctc is not None, decoding=True)
     limits = {split: None if limit == math.inf else limit for split, limit in integer_batch_limits(cfg).items()}
     if cfg.lm is not None:
-        options = dataclasses.replace(
-            options, lm=load_lm_fusion(str(cfg.lm), datamodule.tokenizer, float(cfg.lm_weight))
-        )
+        options = with_lm(options, load_lm_fusion(str(cfg.lm), datamodule.tokenizer, float(cfg.lm_weight)))
     val = integer_wer(engine, datamodule, "val", options.attention_greedy(), limits["val"])
     test = integer_wer(engine, datamodule, "test", options, limits["test"], decoded_dir=output_dir(cfg) / DECODED_DIR)
     metrics = RunMetrics(

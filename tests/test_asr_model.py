@@ -6,7 +6,14 @@ import torch
 
 from app.data.text import BOS_ID, EOS_ID, PAD_ID, normalize_text
 from app.decode.options import DecodingOptions
-from app.decode.search import beam_search, greedy_search, integer_decoder, max_decode_length, qat_decoder
+from app.decode.search import (
+    beam_search,
+    ctc_greedy_search,
+    greedy_search,
+    integer_decoder,
+    max_decode_length,
+    qat_decoder,
+)
 from app.decode.wer import corpus_wer
 from app.engine.checkpoint import load_integer_checkpoint, save_integer_checkpoint
 from app.engine.guard import IntegerOnlyGuard
@@ -140,6 +147,30 @@ def test_a_beam_of_one_with_ctc_is_a_joint_search_on_both_engines_not_the_attent
     assert transcribe_integer(engine, batch, tokenizer, joint_one.attention_greedy()) == [
         tokenizer.decode(h) for h in greedy
     ]
+
+
+def test_ctc_best_path_merges_repeats_then_drops_blanks_and_stops_at_each_length():
+    frames = torch.tensor([[3, 3, 0, 3, 5, 5, 0, 0, 7], [0, 4, 4, 4, 0, 0, 0, 0, 9]])
+    logits = torch.nn.functional.one_hot(frames, 10).to(torch.int32) * 7 - 3  # the argmax of each frame is `frames`
+    logits[1, 1, 2] = 4  # equal maxima: the first wins, as torch.argmax and the C runtime take it
+    assert ctc_greedy_search(logits, torch.tensor([9, 8]), blank=0) == [[3, 3, 5, 7], [2, 4]]
+    assert ctc_greedy_search(logits.float() / 8, torch.tensor([3, 0]), blank=0) == [[3], []]
+
+
+def test_ctc_best_path_decodes_the_same_words_on_both_engines_the_integer_one_under_the_guard(fsdd_batch):
+    """ctc_weight=1: the CTC layer alone (transcribe and transcribe_integer); the QAT model's float logits and the
+    engine's int32 ones are the same values, so their argmax per frame is the same; no decoder step runs."""
+    batch, datamodule = fsdd_batch
+    model = _model("irnn", batch, datamodule.vocab_size, seed=3)
+    engine = model.export_integer()
+    tokenizer, options = datamodule.tokenizer, DecodingOptions(beam_size=1, ctc_weight=1.0)
+    with torch.no_grad():
+        encoded = model.encode(batch["feats"], batch["feat_lens"])
+        best = ctc_greedy_search(model.ctc_logits(encoded), encoded.lengths, PAD_ID)
+    assert any(best) and all(PAD_ID not in h for h in best)
+    words = [tokenizer.decode(h) for h in best]
+    engine.decode_step = None  # the best path never calls the decoder
+    assert transcribe_integer(engine, batch, tokenizer, options, guard=IntegerOnlyGuard()) == words
 
 
 def test_corpus_wer_is_jiwer_on_normalized_text():

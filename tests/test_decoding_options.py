@@ -19,6 +19,10 @@ def test_decoding_options_default_to_the_task_recipe_and_record_all_but_the_lm()
     assert greedy.length_norm == options.length_norm and greedy.max_len_ratio == options.max_len_ratio
     # a beam of one that CTC or an LM scores is a search, not the argmax of the attention logits
     assert not DecodingOptions(beam_size=1, ctc_weight=0.3).greedy
+    # ctc_weight 1: the CTC layer's best path, neither greedy search nor a beam
+    ctc = DecodingOptions(beam_size=1, ctc_weight=1.0)
+    assert ctc.ctc_only and not ctc.greedy and not DecodingOptions(beam_size=1, ctc_weight=0.3).ctc_only
+    assert ctc.attention_greedy().greedy and not ctc.attention_greedy().ctc_only
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.beam_size = 3
 
@@ -30,8 +34,12 @@ def test_decoding_options_default_to_the_task_recipe_and_record_all_but_the_lm()
         ({"beam_size": 2.5}, "beam_size=2.5: must be a whole number >= 1"),
         ({"length_norm": -0.5}, "length_norm=-0.5: must be >= 0"),
         ({"max_len_ratio": 0.0}, "max_len_ratio=0.0: must be above 0"),
-        ({"ctc_weight": 1.0}, "ctc_weight=1.0: must be in [0, 1)"),
-        ({"ctc_weight": -0.1}, "ctc_weight=-0.1: must be in [0, 1)"),
+        ({"ctc_weight": 1.5}, "ctc_weight=1.5: must be in [0, 1] (1: the CTC layer alone)"),
+        ({"ctc_weight": -0.1}, "ctc_weight=-0.1: must be in [0, 1]"),
+        (
+            {"ctc_weight": 1.0, "beam_size": 10},
+            "ctc_weight=1 decodes with the CTC layer alone, by its best path: set beam_size=1 (not 10)",
+        ),
     ],
 )
 def test_decoding_options_refuse_a_value_out_of_range_naming_it(settings: dict, message: str) -> None:

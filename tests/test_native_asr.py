@@ -1,6 +1,6 @@
 """The native speech recognizer (app.engine.native.NativeASRModel, qrnn-run asr) against the torch-op engine
 on real FSDD audio, bit for bit: encoder output, CTC logits, decoder steps of several hypotheses, greedy
-tokens; with layer norm and a two-layer decoder (its residual), 1 and 2 threads, every kernel path."""
+tokens, CTC best path; with layer norm and a two-layer decoder (its residual), 1 and 2 threads, every kernel path."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import subprocess
 import pytest
 import torch
 
-from app.data.text import BOS_ID, EOS_ID
+from app.data.text import BOS_ID, EOS_ID, PAD_ID
+from app.decode.search import ctc_greedy_search
 from app.engine.checkpoint import load_integer_checkpoint, save_integer_checkpoint
 from app.engine.native import CSRC, NativeASRModel, NativeRuntimeError, isa_supported
 from app.export.asr import quantize_features
@@ -87,6 +88,8 @@ def test_native_recognizer_equals_the_torch_engine_bit_for_bit_on_real_speech(va
                         assert torch.equal(gh, wh) and torch.equal(gc, wc), case
                     tokens = want_logits.argmax(dim=-1)
                 assert native.greedy(got, BOS_ID, EOS_ID, 12) == reference_greedy(reference, want, 12), case
+                best_path = ctc_greedy_search(reference.ctc_logits(want), want.lengths, PAD_ID)[0]
+                assert native.ctc_best_path(got, PAD_ID) == best_path, case
 
 
 def test_cli_decodes_real_speech_as_the_python_engine(checkpoints, fsdd, tmp_path):
@@ -95,11 +98,13 @@ def test_cli_decodes_real_speech_as_the_python_engine(checkpoints, fsdd, tmp_pat
     assert result.returncode == 0, result.stderr
     path = checkpoints["irnn"]
     reference, _ = load_integer_checkpoint(path)
-    files, want = [], []
+    files, want, want_ctc = [], [], []
     for i, feats in enumerate(utterances(fsdd[0], reference.feat_frac)):
         files.append(tmp_path / f"utt{i}.i8")
         files[-1].write_bytes(feats[0].contiguous().numpy().tobytes())
-        want.append(reference_greedy(reference, reference.encode(feats, torch.tensor([feats.shape[1]])), 12))
+        memory = reference.encode(feats, torch.tensor([feats.shape[1]]))
+        want.append(reference_greedy(reference, memory, 12))
+        want_ctc += ctc_greedy_search(reference.ctc_logits(memory), memory.lengths, PAD_ID)
     args = ["--bos", str(BOS_ID), "--eos", str(EOS_ID), "--max-len", "12", "--threads", "2"]
     result = subprocess.run(
         [str(build / "qrnn-run"), "asr", str(path), *args, *map(str, files)], capture_output=True, text=True
@@ -107,6 +112,14 @@ def test_cli_decodes_real_speech_as_the_python_engine(checkpoints, fsdd, tmp_pat
     assert result.returncode == 0, result.stderr
     got = [[int(t) for t in line.split()[1:]] for line in result.stdout.splitlines()]
     assert got == want
+    result = subprocess.run(
+        [str(build / "qrnn-run"), "asr", str(path), "--ctc", "--blank", str(PAD_ID), *map(str, files)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    got_ctc = [[int(t) for t in line.split()[1:]] for line in result.stdout.splitlines()]
+    assert got_ctc == want_ctc and any(want_ctc) and got_ctc != got
     bad = tmp_path / "odd.i8"
     bad.write_bytes(b"\x01" * 7)  # not a whole number of frames
     result = subprocess.run([str(build / "qrnn-run"), "asr", str(path), str(bad)], capture_output=True, text=True)
@@ -122,6 +135,8 @@ def test_native_recognizer_refuses_bad_input_with_one_line(checkpoints, fsdd):
     memory = native.encode(torch.zeros(5, native.feat_dim, dtype=torch.int8))
     with pytest.raises(NativeRuntimeError, match="outside the vocabulary"):
         native.decode_step(torch.tensor([native.vocab_size]), native.init_state(1), memory)
+    with pytest.raises(NativeRuntimeError, match=r"^blank id -1 is outside the vocabulary"):
+        native.ctc_best_path(memory, -1)
     with pytest.raises(NativeRuntimeError, match="kind asr"):
         from app.engine.native import NativeLanguageModel
 

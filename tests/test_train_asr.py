@@ -129,6 +129,25 @@ def test_evaluate_reruns_the_checkpoint_and_the_integer_checkpoint(irnn_asr_run,
                     "evaluate", [*common, f"ckpt={ckpt}", f"engine={engine}", "ctc_weight=1.5"], tmp_path / "w"
                 )
             )
+        with pytest.raises(UserInputError, match=r"ctc_weight=1 decodes with the CTC layer alone.*set beam_size=1"):
+            evaluate(
+                compose_config(
+                    "evaluate", [*common, f"ckpt={ckpt}", f"engine={engine}", "ctc_weight=1"], tmp_path / "w"
+                )
+            )
+    # ctc_weight=1: the CTC layer's best path, the same words on both engines
+    best_path = ["beam_size=1", "ctc_weight=1"]
+    for engine, ckpt in (("qat", metrics["checkpoint"]), ("integer", run_dir / "model.int.safetensors")):
+        done = evaluate(
+            compose_config(
+                "evaluate", [*common, f"ckpt={ckpt}", f"engine={engine}", *best_path], tmp_path / f"c{engine}"
+            )
+        )
+        assert set(done["test_wer"]) == set(metrics["test_wer"])
+    for set_name in metrics["test_wer"]:
+        assert (tmp_path / "cinteger" / "decoded" / f"{set_name}.jsonl").read_text() == (
+            tmp_path / "cqat" / "decoded" / f"{set_name}.jsonl"
+        ).read_text()
 
 
 def test_evaluate_over_several_dithers_reports_the_mean_and_every_pass(irnn_asr_run, asr_root, tmp_path):

@@ -21,7 +21,8 @@ class DecodingOptions:
     beam_size: int = 5  # hypotheses kept per step; 1 with no CTC and no LM is greedy search (an argmax)
     length_norm: float = 1.0  # finished hypotheses ranked by log-prob / length^length_norm; 0: raw log-prob
     max_len_ratio: float = 1.0  # longest hypothesis in tokens per encoder frame (max_decode_length)
-    ctc_weight: float = 0.0  # weight of the CTC prefix score in the beam (joint CTC/attention); 0: attention only
+    ctc_weight: float = 0.0  # weight of the CTC prefix score in the beam (joint CTC/attention); 0: attention only;
+    # 1: the CTC layer alone, best path (ctc_greedy_search; beam_size 1, no LM)
     lm: LanguageModelFusion | None = None  # shallow fusion with an integer LM, at lm.weight; None: no LM
 
     def __post_init__(self) -> None:
@@ -31,8 +32,14 @@ class DecodingOptions:
             raise ValueError(f"length_norm={self.length_norm}: must be >= 0 (0: rank by log-prob alone)")
         if not self.max_len_ratio > 0.0:
             raise ValueError(f"max_len_ratio={self.max_len_ratio}: must be above 0 (tokens per encoder frame)")
-        if not 0.0 <= self.ctc_weight < 1.0:
-            raise ValueError(f"ctc_weight={self.ctc_weight}: must be in [0, 1)")
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight={self.ctc_weight}: must be in [0, 1] (1: the CTC layer alone)")
+        if self.ctc_weight == 1.0 and (self.beam_size != 1 or self.lm is not None):
+            raise ValueError(
+                f"ctc_weight=1 decodes with the CTC layer alone, by its best path: set beam_size=1 (not {self.beam_size})"
+                + (" and no LM" if self.lm is not None else "")
+                + ", or a weight below 1 for a joint CTC/attention beam search"
+            )
 
     @property
     def greedy(self) -> bool:
@@ -41,6 +48,11 @@ class DecodingOptions:
         A beam of one with ``ctc_weight`` > 0 or an LM is a search too: each step keeps the best joint score, so
         CTC can stop a decoder that loops on a long utterance (it cannot emit more labels than the audio holds)."""
         return self.beam_size == 1 and self.ctc_weight == 0.0 and self.lm is None
+
+    @property
+    def ctc_only(self) -> bool:
+        """Best-path CTC decoding (``ctc_weight`` 1): the CTC layer's argmax per frame, no decoder, no search."""
+        return self.ctc_weight == 1.0
 
     def attention_greedy(self) -> DecodingOptions:
         """The same settings as plain greedy search (attention only, no LM): what validation decodes with."""

@@ -10,6 +10,10 @@ Beam search can add the encoder's CTC layer (joint CTC/attention decoding, Watan
 extension c of a hypothesis g is scored (1 - w) log p_att(c | g) + w (log p_ctc(g+c...) - log p_ctc(g...)),
 where p_ctc(h...) is the CTC probability that the output starts with h (``CTCPrefixScorer``), and for
 <eos> the probability that it is exactly g. CTC scores only the ``pre_beam`` best attention candidates.
+With ``ctc_weight`` 1 the CTC layer decodes alone, without the decoder (``ctc_greedy_search``, best-path
+decoding: the argmax of each frame's logits, repeats merged, blanks dropped). It cannot loop, costs one
+layer per frame, and the integer logits decide it alone, as they decide greedy search; the native runtime
+runs it too (``qrnn-run asr --ctc``).
 A language model can be fused too (shallow fusion): + lm_weight log p_lm(c | g), from an integer LM whose
 words are the ASR tokenizer's pieces (``LanguageModelFusion``; ``data=asr_lm``, ``experiment=asr_lm``).
 """
@@ -160,6 +164,22 @@ class CTCPrefixScorer:
 def max_decode_length(encoder_lengths: Tensor, ratio: float, minimum: int = 5) -> list[int]:
     """Longest hypothesis per utterance: ``ratio`` tokens per encoder frame, at least ``minimum``."""
     return [max(minimum, int(math.ceil(ratio * int(n)))) for n in encoder_lengths]
+
+
+@torch.no_grad()
+def ctc_greedy_search(logits: Tensor, lengths: Tensor, blank: int) -> list[list[int]]:
+    """Best-path CTC decoding of a batch: logits (B, T, V) of the CTC layer (the integer engine's int32 or the
+    QAT model's float ones, the same values), lengths (B,) its frames per utterance -> each utterance's tokens:
+    the argmax of every frame (the first of equal maxima), repeats merged, then ``blank`` dropped."""
+    hyps = []
+    for frames, count in zip(logits.argmax(dim=-1).tolist(), lengths.tolist()):
+        previous, tokens = blank, []
+        for token in frames[: int(count)]:
+            if token != previous and token != blank:
+                tokens.append(token)
+            previous = token
+        hyps.append(tokens)
+    return hyps
 
 
 @torch.no_grad()

@@ -136,6 +136,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "qrnn_asr_ctc_logits": ([p, p, p], i),
         "qrnn_asr_decode_step": ([p, p, i, p, p, p, p], i),
         "qrnn_asr_greedy": ([p, p, i64, i64, i, p], i),
+        "qrnn_asr_ctc_best_path": ([p, p, i64, p], i),
         "qrnn_int8_gemm_nt": ([p] * 3 + [i64] * 3, i),
         "qrnn_weight_new": ([p, i64, i64], p),
         "qrnn_weight_delete": ([p], None),
@@ -287,7 +288,7 @@ class NativeMemory:
 class NativeASRModel(_NativeModel):
     """An integer speech recognizer checkpoint run by the C runtime, with the engine's interface for one
     utterance at a time: ``encode``, ``init_state``, ``decode_step`` (n hypotheses), ``ctc_logits``; and
-    ``greedy``, the whole argmax decoding in C."""
+    ``greedy``, the whole argmax decoding in C, and ``ctc_best_path``, the CTC layer's."""
 
     kind = "asr"
 
@@ -356,6 +357,15 @@ class NativeASRModel(_NativeModel):
         """Argmax decoding in C from ``bos``: the tokens before ``eos``, at most ``max_len``."""
         out = torch.empty(max(1, max_len), dtype=torch.int64)
         count = self._lib.qrnn_asr_greedy(self._handle, memory.handle, bos, eos, max_len, out.data_ptr())
+        if count < 0:
+            raise _error(self._lib)
+        return out[:count].tolist()
+
+    def ctc_best_path(self, memory: NativeMemory, blank: int) -> list[int]:
+        """Best-path CTC decoding in C (app.decode.search.ctc_greedy_search): each frame's argmax, repeats merged,
+        ``blank`` dropped."""
+        out = torch.empty(max(1, memory.frames), dtype=torch.int64)
+        count = self._lib.qrnn_asr_ctc_best_path(self._handle, memory.handle, blank, out.data_ptr())
         if count < 0:
             raise _error(self._lib)
         return out[:count].tolist()

@@ -29,6 +29,7 @@ from app.decode.search import (
     Decoder,
     LanguageModelFusion,
     beam_search,
+    ctc_greedy_search,
     greedy_search,
     integer_decoder,
     max_decode_length,
@@ -136,10 +137,15 @@ def transcribe_integer(
     """The words of ``batch`` (its float features rounded to int8 here) decoded by ``engine`` with ``options``.
 
     guard: run everything from the int8 features on under it (a FloatOperationError on any float there):
-    greedy search whole, beam search's engine calls (encoder, decoder steps, CTC layer, the fused LM)."""
+    greedy search and the CTC best path whole, beam search's engine calls (encoder, decoder steps, CTC layer,
+    the fused LM)."""
     feats_q = quantize_features(batch["feats"], engine.feat_frac)
     size = len(batch["texts"])
-    if options.greedy:
+    if options.ctc_only:
+        with guard or contextlib.nullcontext():
+            memory = engine.encode(feats_q, batch["feat_lens"])
+            hyps = ctc_greedy_search(engine.ctc_logits(memory), memory.lengths, PAD_ID)
+    elif options.greedy:
         with guard or contextlib.nullcontext():
             memory = engine.encode(feats_q, batch["feat_lens"])
             max_lengths = max_decode_length(memory.lengths, options.max_len_ratio)

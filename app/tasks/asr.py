@@ -28,7 +28,7 @@ from torch import Tensor
 
 from app.data.text import BOS_ID, EOS_ID, PAD_ID, normalize_text
 from app.decode.options import DecodingOptions
-from app.decode.search import beam_search, greedy_search, max_decode_length, qat_decoder
+from app.decode.search import beam_search, ctc_greedy_search, greedy_search, max_decode_length, qat_decoder
 from app.decode.wer import add_batch, corpus_wer, new_record, speech_wer_summary, write_test_record
 from app.errors import UserInputError
 from app.models.asr import build_asr
@@ -41,10 +41,15 @@ DECODED_DIR = "decoded"  # <run>/decoded/<test set>.jsonl: every test utterance'
 DECODED_INTEGER_DIR = "decoded_integer"  # the same from the integer engine, in a quant=irnn train.py run
 
 
-def check_ctc_weight(key: str, weight: float, has_ctc: bool) -> None:
-    """A CTC weight (loss or decoding) must be in [0, 1), and above 0 only for a model with a CTC layer."""
-    if not 0.0 <= weight < 1.0:
-        raise UserInputError(f"{key}={weight}: must be in [0, 1)")
+def check_ctc_weight(key: str, weight: float, has_ctc: bool, decoding: bool = False) -> None:
+    """A CTC weight must be in [0, 1) for the loss, [0, 1] for decoding (1: the CTC layer alone), and above 0
+    only for a model with a CTC layer."""
+    if not (0.0 <= weight <= 1.0 if decoding else 0.0 <= weight < 1.0):
+        raise UserInputError(
+            f"{key}={weight}: must be in [0, 1] (1: decode with the CTC layer alone)"
+            if decoding
+            else f"{key}={weight}: must be in [0, 1)"
+        )
     if weight > 0 and not has_ctc:
         raise UserInputError(f"{key}={weight} needs a CTC layer: set model.asr.ctc=true or {key}=0")
 
@@ -88,7 +93,7 @@ class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
         super().__init__()
         check_optimization(optimizer, lr_scheduler)
         try:  # checked now; `decoding` builds them at each use (evaluate.py may change the hyper-parameters)
-            DecodingOptions(beam_size, length_norm, max_len_ratio)
+            DecodingOptions(beam_size, length_norm, max_len_ratio, decode_ctc_weight)
         except ValueError as err:
             raise UserInputError(f"task.module.{err}") from None
         if not 0.0 <= sampling_prob <= 1.0:
@@ -100,7 +105,7 @@ class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
         except (ValueError, FileNotFoundError) as err:
             raise UserInputError(str(err)) from None
         for key, weight in (("ctc_weight", ctc_weight), ("decode_ctc_weight", decode_ctc_weight)):
-            check_ctc_weight(f"task.module.{key}", weight, self.model.ctc is not None)
+            check_ctc_weight(f"task.module.{key}", weight, self.model.ctc is not None, decoding=key != "ctc_weight")
         self.lm_fusion = None  # an app.decode.search.LanguageModelFusion for the test beam search (evaluate.py lm=...)
         self._stage: dict[str, Any] = {}
         self._epoch_lr = 0.0
@@ -160,13 +165,16 @@ class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
         return DecodingOptions(hp.beam_size, hp.length_norm, hp.max_len_ratio, hp.decode_ctc_weight, self.lm_fusion)
 
     def transcribe(self, batch: Mapping[str, Any], options: DecodingOptions, encoded: Any = None) -> list[str]:
-        """Decoded text of a batch: greedy search (options.greedy) or beam search, with the model in eval mode."""
+        """Decoded text of a batch: greedy search (options.greedy), the CTC layer's best path (options.ctc_only) or
+        beam search, with the model in eval mode."""
         if encoded is None:
             encoded = self.model.encode(batch["feats"], batch["feat_lens"])
         max_lengths = max_decode_length(encoded.lengths, options.max_len_ratio)
         decoder = qat_decoder(self.model)
         batch_size = len(batch["texts"])
-        if options.greedy:
+        if options.ctc_only:
+            hyps = ctc_greedy_search(self.model.ctc_logits(encoded), encoded.lengths, PAD_ID)
+        elif options.greedy:
             hyps = greedy_search(decoder, encoded.memory, batch_size, max_lengths, BOS_ID, EOS_ID)
         else:
             hyps = beam_search(decoder, encoded.memory, batch_size, max_lengths, BOS_ID, EOS_ID, options, blank=PAD_ID)

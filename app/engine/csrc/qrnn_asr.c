@@ -7,7 +7,8 @@
  *            the keys (tanh and exp lookup tables, integer softmax) -> output layer on [query; context]
  *            -> int32 logits (n, V)
  *   greedy   argmax of the int32 logits from <bos> until <eos> or max_len tokens (integers only)
- *   ctc      the CTC layer's int32 logits of every encoder frame
+ *   ctc      the CTC layer's int32 logits of every encoder frame; its best path (the argmax of each frame,
+ *            repeats merged, blanks dropped: app/decode/search.py ctc_greedy_search), integers only
  * One utterance per encode; a step may carry n hypotheses (beam search runs on the host, app/decode/search.py).
  * With 2 threads or more the encoder runs its two directions at once.
  */
@@ -442,6 +443,37 @@ int qrnn_asr_greedy(qrnn_model *m, const qrnn_utterance *u, int64_t bos, int64_t
         out[count++] = token = best;
     }
     free(h), free(c), free(logits);
+    return count;
+}
+
+int qrnn_asr_ctc_best_path(qrnn_model *m, const qrnn_utterance *u, int64_t blank, int64_t *out) {
+    struct qrnn_asr *a = asr_of(m);
+    if (!a) return -1;
+    if (blank < 0 || blank >= a->vocab) {
+        qrnn_set_error("blank id %lld is outside the vocabulary [0, %d)", (long long)blank, a->vocab);
+        return -1;
+    }
+    if (u->frames == 0) return 0;
+    int32_t *logits = malloc((size_t)u->frames * a->vocab * sizeof(int32_t));
+    if (!logits) {
+        qrnn_set_error("out of memory for the CTC logits of %d frames", u->frames);
+        return -1;
+    }
+    if (qrnn_asr_ctc_logits(m, u, logits)) {
+        free(logits);
+        return -1;
+    }
+    int count = 0;
+    int64_t previous = blank;
+    for (int t = 0; t < u->frames; ++t) {
+        const int32_t *row = logits + (size_t)t * a->vocab;
+        int best = 0;
+        for (int v = 1; v < a->vocab; ++v)
+            if (row[v] > row[best]) best = v; /* the first of equal maxima, as torch.argmax */
+        if (best != previous && best != blank) out[count++] = best;
+        previous = best;
+    }
+    free(logits);
     return count;
 }
 

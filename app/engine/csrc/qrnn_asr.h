@@ -33,6 +33,9 @@ int qrnn_asr_decode_step(qrnn_model *model, const qrnn_utterance *utterance, int
 /* Argmax decoding from bos: up to max_len tokens before eos into out; returns their count or -1. */
 int qrnn_asr_greedy(qrnn_model *model, const qrnn_utterance *utterance, int64_t bos, int64_t eos, int max_len,
                     int64_t *out);
+/* Best-path CTC decoding: the argmax of each frame's CTC logits, repeats merged, then blank dropped; at most
+ * qrnn_asr_frames(utterance) tokens into out; returns their count or -1 (no CTC layer, blank out of range). */
+int qrnn_asr_ctc_best_path(qrnn_model *model, const qrnn_utterance *utterance, int64_t blank, int64_t *out);
 
 #ifdef __cplusplus
 }

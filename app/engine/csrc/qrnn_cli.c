@@ -3,11 +3,13 @@
  *   qrnn-run lm MODEL.int.safetensors [--threads N] [--isa auto|scalar|avx2|avx512vnni] [--shift packed|int8]
  *            [--ids] [--logits FILE] < tokens.txt
  *   qrnn-run asr MODEL.int.safetensors [--threads N] [--isa ...] [--shift ...] [--bos 1] [--eos 2] [--max-len 200]
- *            FEATURES.i8 ...
+ *            [--ctc [--blank 0]] FEATURES.i8 ...
  *
  * asr: each FEATURES.i8 file holds one utterance's features as raw int8 (frames x feat_dim, row-major) on the
  * model's input grid, as app.export.asr.quantize_features returns them (the filterbank and its rounding
- * are host float code). For each file it prints the file name and the greedy token ids.
+ * are host float code). For each file it prints the file name and the token ids: the decoder's greedy
+ * tokens, or with --ctc the CTC layer's best path (blank id --blank), which cannot loop on long audio
+ * (evaluate.py ctc_weight=1 beam_size=1 decodes the same).
  *
  * Reads whitespace-separated tokens (words of the checkpoint's vocabulary, or integer ids with --ids; a word
  * outside the vocabulary becomes <unk> when the vocabulary has it) and feeds them one at a time. For every
@@ -29,15 +31,16 @@ static int usage(const char *msg) {
     fprintf(stderr, "usage: qrnn-run lm MODEL.int.safetensors [--threads N] [--isa auto|scalar|avx2|avx512vnni] "
                     "[--shift packed|int8] [--ids] [--logits FILE] < tokens.txt\n"
                     "       qrnn-run asr MODEL.int.safetensors [--threads N] [--isa ...] [--shift ...] [--bos ID] "
-                    "[--eos ID] [--max-len N] FEATURES.i8 ...\n");
+                    "[--eos ID] [--max-len N] [--ctc [--blank ID]] FEATURES.i8 ...\n");
     return 2;
 }
 
-/* greedy decoding of each raw int8 feature file */
-static int run_asr(qrnn_model *model, char **files, int count, long long bos, long long eos, long long max_len) {
+/* greedy (or, ctc != 0, CTC best-path) decoding of each raw int8 feature file */
+static int run_asr(qrnn_model *model, char **files, int count, long long bos, long long eos, long long max_len, int ctc,
+                   long long blank) {
     int dim = qrnn_asr_feat_dim(model), status = 0;
-    int64_t *tokens = malloc((size_t)(max_len > 0 ? max_len : 1) * sizeof(int64_t));
-    for (int f = 0; f < count && status == 0 && tokens; ++f) {
+    int64_t *tokens = NULL;
+    for (int f = 0; f < count && status == 0; ++f) {
         FILE *fp = fopen(files[f], "rb");
         if (!fp) {
             fprintf(stderr, "qrnn-run: cannot read %s\n", files[f]);
@@ -54,7 +57,16 @@ static int run_asr(qrnn_model *model, char **files, int count, long long bos, lo
         }
         fclose(fp);
         qrnn_utterance *u = status ? NULL : qrnn_asr_encode(model, feats, (int)(size / dim), dim);
-        int n = u ? qrnn_asr_greedy(model, u, bos, eos, (int)max_len, tokens) : -1;
+        int capacity = u && ctc ? qrnn_asr_frames(u) : (int)max_len; /* a best path has at most one token a frame */
+        free(tokens);
+        tokens = u ? malloc((size_t)(capacity > 0 ? capacity : 1) * sizeof(int64_t)) : NULL;
+        if (u && !tokens) {
+            fprintf(stderr, "qrnn-run: %s: out of memory for %d tokens\n", files[f], capacity);
+            status = 1;
+        }
+        int n = !tokens ? -1
+                : ctc   ? qrnn_asr_ctc_best_path(model, u, blank, tokens)
+                        : qrnn_asr_greedy(model, u, bos, eos, (int)max_len, tokens);
         if (status == 0 && n < 0) {
             fprintf(stderr, "qrnn-run: %s: %s\n", files[f], qrnn_last_error());
             status = 1;
@@ -123,15 +135,17 @@ int main(int argc, char **argv) {
         return usage(argc >= 2 ? "the first argument is the model kind: lm or asr" : NULL);
     const int asr = !strcmp(argv[1], "asr");
     const char *path = argv[2], *logits_path = NULL;
-    long long threads = 1, bos = 1, eos = 2, max_len = 200;
-    int isa = QRNN_ISA_AUTO, flags = 0, ids = 0, nfiles = 0;
+    long long threads = 1, bos = 1, eos = 2, max_len = 200, blank = 0;
+    int isa = QRNN_ISA_AUTO, flags = 0, ids = 0, nfiles = 0, ctc = 0;
     char **files = calloc((size_t)argc, sizeof(char *));
     for (int a = 3; a < argc; ++a) {
         const char *arg = argv[a], *val = a + 1 < argc ? argv[a + 1] : NULL;
-        long long *number = !strcmp(arg, "--bos") ? &bos : !strcmp(arg, "--eos") ? &eos : !strcmp(arg, "--max-len") ? &max_len : NULL;
+        long long *number = !strcmp(arg, "--bos") ? &bos : !strcmp(arg, "--eos") ? &eos : !strcmp(arg, "--max-len") ? &max_len
+                          : !strcmp(arg, "--blank") ? &blank : NULL;
         if (!strcmp(arg, "--ids")) ids = 1;
+        else if (asr && !strcmp(arg, "--ctc")) ctc = 1;
         else if (asr && number && val) {
-            if (parse_int(val, number) || *number < 0) return usage("--bos, --eos and --max-len need integers >= 0");
+            if (parse_int(val, number) || *number < 0) return usage("--bos, --eos, --max-len and --blank need integers >= 0");
             ++a;
         } else if (asr && arg[0] != '-') files[nfiles++] = argv[a];
         else if (!strcmp(arg, "--threads") && val) {
@@ -173,7 +187,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (asr) {
-        int status = nfiles ? run_asr(model, files, nfiles, bos, eos, max_len) : usage("give one or more FEATURES.i8 files");
+        int status = nfiles ? run_asr(model, files, nfiles, bos, eos, max_len, ctc, blank) : usage("give one or more FEATURES.i8 files");
         free(files);
         qrnn_free(model);
         return status;
