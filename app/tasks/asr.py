@@ -94,8 +94,11 @@ class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
         check_optimization(optimizer, lr_scheduler)
         try:  # checked now; `decoding` builds them at each use (evaluate.py may change the hyper-parameters)
             DecodingOptions(beam_size, length_norm, max_len_ratio, decode_ctc_weight)
-        except ValueError as err:
-            raise UserInputError(f"task.module.{err}") from None
+        except ValueError as err:  # named by its config key (the options' ctc_weight is decode_ctc_weight here)
+            message = str(err)
+            raise UserInputError(
+                f"task.module.{'decode_' if message.startswith('ctc_weight=') else ''}{message}"
+            ) from None
         if not 0.0 <= sampling_prob <= 1.0:
             raise UserInputError(f"task.module.sampling_prob={sampling_prob}: must be in [0, 1] (0 turns it off)")
         self.save_hyperparameters()
