@@ -56,3 +56,11 @@ def test_evaluate_refuses_several_dithers_for_text_data(
         evaluate(
             compose_config("evaluate", [*eval_overrides(ptb_overrides), f"ckpt={best}", "eval_seeds=[1,2]"], tmp_path)
         )
+
+
+def test_two_evaluations_started_in_the_same_second_get_their_own_folders() -> None:
+    """evaluate.py's run folder is named to the microsecond: two runs launched together (side by side, by a script)
+    once shared a folder named to the second, and the later one overwrote the other's metrics.json."""
+    first, second = (compose_config("evaluate", ["ckpt=x"]).hydra.run.dir for _ in range(2))
+    assert first != second
+    assert first.rsplit("/", 2)[-2:-1] == second.rsplit("/", 2)[-2:-1]  # the same evals/<data> parent
