@@ -418,6 +418,14 @@ done:
     return rc;
 }
 
+/* the index of the largest of n logits: the first of equal maxima, as torch.argmax */
+static int argmax(const int32_t *logits, int n) {
+    int best = 0;
+    for (int v = 1; v < n; ++v)
+        if (logits[v] > logits[best]) best = v;
+    return best;
+}
+
 int qrnn_asr_greedy(qrnn_model *m, const qrnn_utterance *u, int64_t bos, int64_t eos, int max_len, int64_t *out) {
     struct qrnn_asr *a = asr_of(m);
     if (!a) return -1;
@@ -436,9 +444,7 @@ int qrnn_asr_greedy(qrnn_model *m, const qrnn_utterance *u, int64_t bos, int64_t
             count = -1;
             break;
         }
-        int best = 0;
-        for (int v = 1; v < a->vocab; ++v)
-            if (logits[v] > logits[best]) best = v; /* the first of equal maxima, as torch.argmax */
+        int best = argmax(logits, a->vocab);
         if (best == eos) break;
         out[count++] = token = best;
     }
@@ -466,10 +472,7 @@ int qrnn_asr_ctc_best_path(qrnn_model *m, const qrnn_utterance *u, int64_t blank
     int count = 0;
     int64_t previous = blank;
     for (int t = 0; t < u->frames; ++t) {
-        const int32_t *row = logits + (size_t)t * a->vocab;
-        int best = 0;
-        for (int v = 1; v < a->vocab; ++v)
-            if (row[v] > row[best]) best = v; /* the first of equal maxima, as torch.argmax */
+        int best = argmax(logits + (size_t)t * a->vocab, a->vocab);
         if (best != previous && best != blank) out[count++] = best;
         previous = best;
     }
