@@ -172,16 +172,17 @@ class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
         beam search, with the model in eval mode."""
         if encoded is None:
             encoded = self.model.encode(batch["feats"], batch["feat_lens"])
+        tokenizer = self.trainer.datamodule.tokenizer
+        if options.ctc_only:  # no decoder, no length limit: one token per frame at most
+            hyps = ctc_greedy_search(self.model.ctc_logits(encoded), encoded.lengths, PAD_ID)
+            return [tokenizer.decode(h) for h in hyps]
         max_lengths = max_decode_length(encoded.lengths, options.max_len_ratio)
         decoder = qat_decoder(self.model)
         batch_size = len(batch["texts"])
-        if options.ctc_only:
-            hyps = ctc_greedy_search(self.model.ctc_logits(encoded), encoded.lengths, PAD_ID)
-        elif options.greedy:
+        if options.greedy:
             hyps = greedy_search(decoder, encoded.memory, batch_size, max_lengths, BOS_ID, EOS_ID)
         else:
             hyps = beam_search(decoder, encoded.memory, batch_size, max_lengths, BOS_ID, EOS_ID, options, blank=PAD_ID)
-        tokenizer = self.trainer.datamodule.tokenizer
         return [tokenizer.decode(h) for h in hyps]
 
     def _eval_step(self, stage: str, batch: Mapping[str, Any], dataloader_idx: int) -> None:
