@@ -83,3 +83,11 @@ def test_unknown_config_value_names_the_group_and_the_choices() -> None:
     assert result.returncode != 0
     assert "Could not find 'quant/foo'" in result.stderr
     assert "Available options in 'quant':" in result.stderr and "float" in result.stderr
+
+
+def test_two_trainings_started_in_the_same_second_get_their_own_folders() -> None:
+    """train.py's run folder is named to the microsecond, as evaluate.py's: two runs of one run_name launched
+    together (a script, a pair of seeds) would otherwise share a folder and each other's checkpoints."""
+    first, second = (compose_config("train", ["run_name=same"]).hydra.run.dir for _ in range(2))
+    assert first != second
+    assert first.rsplit("/", 1)[0] == second.rsplit("/", 1)[0]  # the same runs/<task>/<run_name> parent
