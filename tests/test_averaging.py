@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from app.runs.averaging import average_state_dicts
+from app.runs.averaging import main as average_main
 from tests.conftest import compose_config, eval_overrides, run_script
 from train import train
 
@@ -90,3 +91,50 @@ def test_a_run_resumed_with_a_smaller_average_best_keeps_its_best_epochs_and_goe
     assert resumed.kth_best_model_path.endswith("epoch002.ckpt") and float(resumed.kth_value) == 86.0
     assert resumed.check_monitor_top_k(trainer, torch.tensor(85.5))  # better than the k-th: kept
     assert not resumed.check_monitor_top_k(trainer, torch.tensor(87.0))
+
+
+def test_the_average_command_averages_whole_checkpoints_and_refuses_mixed_ones(
+    ptb_overrides: list[str], tmp_path: Path
+) -> None:
+    """`python -m app.average`: the weights of whole checkpoints (e.g. the rounds of a staged recipe) averaged on
+    the first one's other state; evaluate.py takes the result; a checkpoint of another model, quant format or
+    vocabulary, a missing file, a repeated one or an output over an input is refused in one line."""
+    for seed in (1, 2):  # two runs of one model: two weight sets
+        train(compose_config("train", [*ptb_overrides, f"seed={seed}"], tmp_path / f"run{seed}"))
+    first, second = (tmp_path / f"run{seed}" / "checkpoints" / "best.ckpt" for seed in (1, 2))
+    a, b = (torch.load(path, weights_only=False) for path in (first, second))
+    assert any(not torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+    out = tmp_path / "avg" / "mean.ckpt"
+    result = run_script("-m", "app.average", str(first), str(second), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    averaged = torch.load(out, weights_only=False)
+    for key, value in averaged["state_dict"].items():
+        assert torch.allclose(value, (a["state_dict"][key] + b["state_dict"][key]) / 2), key
+    assert averaged["epoch"] == a["epoch"] and averaged["averaged_from"] == [str(first), str(second)]
+    evaluated = run_script(
+        "evaluate.py", f"ckpt={out}", f"output_dir={tmp_path / 'eval'}", *eval_overrides(ptb_overrides)
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test_ppl"] > 1
+
+    def refused(*args: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:  # main() as the command runs it, in this process
+            average_main(list(args))
+        (line,) = str(exit_info.value.code).splitlines()
+        assert line.startswith("error: ")
+        return line
+
+    irnn = {**b, "hyper_parameters": {**b["hyper_parameters"], "quant_cfg": {"mode": "irnn"}}}
+    torch.save(irnn, tmp_path / "irnn.ckpt")
+    assert "quant.mode='irnn'" in refused(str(first), str(tmp_path / "irnn.ckpt"), "--out", str(tmp_path / "x.ckpt"))
+    model_cfg = {**b["hyper_parameters"]["model_cfg"], "name": "other"}
+    torch.save({**b, "hyper_parameters": {**b["hyper_parameters"], "model_cfg": model_cfg}}, tmp_path / "model.ckpt")
+    assert "has model=" in refused(str(first), str(tmp_path / "model.ckpt"), "--out", str(tmp_path / "x.ckpt"))
+    torch.save({**b, "hyper_parameters": {**b["hyper_parameters"], "vocab_sha256": "0" * 64}}, tmp_path / "voc.ckpt")
+    assert "vocab_sha256" in refused(str(first), str(tmp_path / "voc.ckpt"), "--out", str(tmp_path / "x.ckpt"))
+    assert "does not exist" in refused(str(first), str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "x.ckpt"))
+    assert "given twice" in refused(str(first), str(first), "--out", str(tmp_path / "x.ckpt"))
+    assert "is one of the inputs" in refused(str(first), str(second), "--out", str(second))
+    assert "two or more" in refused(str(first), "--out", str(tmp_path / "x.ckpt"))
+    assert not (tmp_path / "x.ckpt").exists()
