@@ -125,6 +125,9 @@ def test_the_average_command_averages_whole_checkpoints_and_refuses_mixed_ones(
         assert line.startswith("error: ")
         return line
 
+    older = {k: v for k, v in b["hyper_parameters"]["quant_cfg"].items() if k != "decomposition"}
+    torch.save({**b, "hyper_parameters": {**b["hyper_parameters"], "quant_cfg": older}}, tmp_path / "older.ckpt")
+    average_main([str(first), str(tmp_path / "older.ckpt"), "--out", str(tmp_path / "older-mean.ckpt")])  # default
     irnn = {**b, "hyper_parameters": {**b["hyper_parameters"], "quant_cfg": {"mode": "irnn"}}}
     torch.save(irnn, tmp_path / "irnn.ckpt")
     assert "quant.mode='irnn'" in refused(str(first), str(tmp_path / "irnn.ckpt"), "--out", str(tmp_path / "x.ckpt"))

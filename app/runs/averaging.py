@@ -12,6 +12,7 @@ hold the same model, quant format and vocabulary.
 """
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from app.errors import UserInputError
+from app.quant.config import QuantConfig
 from app.runs.directory import AtomicCheckpointIO, read_checkpoint
 
 AVERAGED_CHECKPOINT = "averaged.ckpt"  # in <run>/checkpoints/
@@ -107,7 +109,7 @@ QUANT_FORMAT_KEYS = ("mode", "weight_bits", "act_bits", "pwl_segments", "layer_n
 def _identity(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     """What two checkpoints must share to be averaged: task, model, quant format, vocabulary."""
     hparams = checkpoint["hyper_parameters"]
-    quant = hparams.get("quant_cfg") or {}
+    quant = {**dataclasses.asdict(QuantConfig()), **(hparams.get("quant_cfg") or {})}  # a key added later: its default
     return {
         "task": checkpoint["task"],
         "model": hparams.get("model_cfg"),
