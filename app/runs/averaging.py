@@ -12,7 +12,6 @@ hold the same model, quant format and vocabulary.
 """
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,8 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from app.errors import UserInputError
-from app.quant.config import QuantConfig
-from app.runs.directory import AtomicCheckpointIO, read_checkpoint
+from app.runs.directory import AtomicCheckpointIO, read_checkpoint, with_quant_defaults
 
 AVERAGED_CHECKPOINT = "averaged.ckpt"  # in <run>/checkpoints/
 
@@ -109,7 +107,7 @@ QUANT_FORMAT_KEYS = ("mode", "weight_bits", "act_bits", "pwl_segments", "layer_n
 def _identity(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     """What two checkpoints must share to be averaged: task, model, quant format, vocabulary."""
     hparams = checkpoint["hyper_parameters"]
-    quant = {**dataclasses.asdict(QuantConfig()), **(hparams.get("quant_cfg") or {})}  # a key added later: its default
+    quant = with_quant_defaults(hparams.get("quant_cfg") or {})  # a key added later counts as its default
     return {
         "task": checkpoint["task"],
         "model": hparams.get("model_cfg"),

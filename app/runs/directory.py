@@ -95,11 +95,11 @@ def check_resumable(checkpoint: Mapping[str, Any], current: Mapping[str, Any], c
     saved = flatten(
         {
             "model": hparams.get("model_cfg"),
-            "quant": _with_quant_defaults(hparams.get("quant_cfg")),
+            "quant": with_quant_defaults(hparams.get("quant_cfg")),
             "vocab_sha256": hparams.get("vocab_sha256"),
         }
     )
-    wanted = flatten({**current, "quant": _with_quant_defaults(current.get("quant"))})
+    wanted = flatten({**current, "quant": with_quant_defaults(current.get("quant"))})
     differing = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
     if differing:
         key = differing[0]
@@ -110,7 +110,8 @@ def check_resumable(checkpoint: Mapping[str, Any], current: Mapping[str, Any], c
         )
 
 
-def _with_quant_defaults(quant: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def with_quant_defaults(quant: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A checkpoint's quant config with each key it lacks (one added since) at its QuantConfig default."""
     if quant is None:
         return None
     return {**dataclasses.asdict(QuantConfig()), **quant}
