@@ -287,7 +287,8 @@ def with_lm(options: DecodingOptions, lm: Any) -> DecodingOptions:
 
 
 def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float, write: bool = True) -> dict[str, Any]:
-    """WER per set of an integer ASR checkpoint on the integer-only engine: validation greedy, test by beam search."""
+    """WER per set of an integer ASR checkpoint on the integer-only engine: validation by the run's validation search
+    (greedy by default), test by beam search."""
     engine, meta = load_integer_asr(str(cfg.ckpt), datamodule.vocab_sha256)
     info = meta.get("info", {})
     decoding = info.get("decoding", {})  # what the checkpoint's run decoded with; evaluate.yaml's keys override it
@@ -301,7 +302,10 @@ def evaluate_integer_asr(cfg: DictConfig, datamodule, started: float, write: boo
     limits = {split: None if limit == math.inf else limit for split, limit in integer_batch_limits(cfg).items()}
     if cfg.lm is not None:
         options = with_lm(options, load_lm_fusion(str(cfg.lm), datamodule.tokenizer, float(cfg.lm_weight)))
-    val = integer_wer(engine, datamodule, "val", options.attention_greedy(), limits["val"])
+    # the validation search of the run (task.module.val_beam_size / val_decode_ctc_weight); greedy for older files
+    validation = info.get("validation_decoding")
+    val_options = decoding_options(**validation) if validation else options.attention_greedy()
+    val = integer_wer(engine, datamodule, "val", val_options, limits["val"])
     test = integer_wer(engine, datamodule, "test", options, limits["test"], decoded_dir=output_dir(cfg) / DECODED_DIR)
     metrics = RunMetrics(
         command=command_line("evaluate.py"),

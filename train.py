@@ -194,6 +194,7 @@ def export_and_check_integer(
 def export_and_check_integer_asr(task, datamodule, directory, metrics: RunMetrics, info, limit) -> dict[str, Any]:
     """ASR: the integer checkpoint, and the WER of each test set decoded by the integer engine (same search)."""
     info["decoding"] = task.decoding.to_info()
+    info["validation_decoding"] = task.validation_decoding.to_info()  # evaluate.py validates the engine the same way
     sizes, engine = export_integer_asr(task.model, directory, info)
     result = dict(sizes)
     if metrics.test_wer is not None:

@@ -1,8 +1,10 @@
 """DecodingOptions (app/decode/options.py): one frozen value for the search, refused in one line when out of range."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from app.decode.options import DecodingOptions
 from app.errors import UserInputError
@@ -48,9 +50,10 @@ def test_decoding_options_refuse_a_value_out_of_range_naming_it(settings: dict, 
     assert str(refused.value).startswith(message)
 
 
-def test_the_asr_task_refuses_its_decoding_settings_under_their_config_keys() -> None:
-    common = {
-        "model_cfg": {"name": "tiny"},
+def _task_arguments() -> dict:
+    """SpeechRecognitionTask's arguments for model=tiny in float, as train.py passes them."""
+    return {
+        "model_cfg": OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / "tiny.yaml")),
         "quant_cfg": {"name": "float"},
         "vocab_size": 10,
         "feature_dim": 8,
@@ -58,9 +61,35 @@ def test_the_asr_task_refuses_its_decoding_settings_under_their_config_keys() ->
         "lr_scheduler": {"name": "none"},
         "grad_clip_norm": None,
     }
+
+
+def test_the_asr_task_refuses_its_decoding_settings_under_their_config_keys() -> None:
+    common = _task_arguments()
     with pytest.raises(UserInputError, match=r"^task\.module\.beam_size=0: must be a whole number >= 1$"):
         SpeechRecognitionTask(**common, beam_size=0)
     with pytest.raises(UserInputError, match=r"^task\.module\.max_len_ratio=0: must be above 0"):
         SpeechRecognitionTask(**common, max_len_ratio=0)
     with pytest.raises(UserInputError, match=r"^task\.module\.decode_ctc_weight=1 decodes with the CTC layer alone"):
         SpeechRecognitionTask(**common, beam_size=10, decode_ctc_weight=1.0)
+
+
+def test_the_asr_task_validates_greedily_unless_told_and_refuses_a_bad_validation_search() -> None:
+    common = _task_arguments()
+    tiny = common["model_cfg"]
+    default = SpeechRecognitionTask(**common, beam_size=10, decode_ctc_weight=0.3)
+    assert default.validation_decoding.greedy and default.validation_decoding == default.decoding.attention_greedy()
+    joint = SpeechRecognitionTask(
+        **common, beam_size=10, decode_ctc_weight=0.3, val_beam_size=4, val_decode_ctc_weight=0.3
+    )
+    assert (joint.validation_decoding.beam_size, joint.validation_decoding.ctc_weight) == (4, 0.3)
+    assert joint.validation_decoding.lm is None and (joint.decoding.beam_size, joint.decoding.ctc_weight) == (10, 0.3)
+    with pytest.raises(UserInputError, match=r"^task\.module\.val_beam_size=0: must be a whole number >= 1$"):
+        SpeechRecognitionTask(**common, val_beam_size=0)
+    with pytest.raises(UserInputError, match=r"^task\.module\.val_decode_ctc_weight=1 decodes .* set val_beam_size=1 "):
+        SpeechRecognitionTask(**common, val_beam_size=10, val_decode_ctc_weight=1.0)
+    with pytest.raises(UserInputError, match=r"^task\.module\.val_decode_ctc_weight=0\.3 needs a CTC layer"):
+        SpeechRecognitionTask(
+            **{**common, "model_cfg": {**tiny, "asr": {**tiny["asr"], "ctc": False}}},
+            ctc_weight=0.0,
+            val_decode_ctc_weight=0.3,
+        )

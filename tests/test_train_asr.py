@@ -150,6 +150,38 @@ def test_evaluate_reruns_the_checkpoint_and_the_integer_checkpoint(irnn_asr_run,
         ).read_text()
 
 
+def test_validation_by_the_joint_search_ranks_epochs_as_the_test_decodes_on_both_engines(asr_root, tmp_path):
+    """task.module.val_beam_size / val_decode_ctc_weight: validation decodes by that search (not greedily), and
+    evaluate.py validates the integer checkpoint the same way. The val sets decoded as test sets by that search give
+    the validation WER; by greedy search they give another."""
+    search = ["task.module.val_beam_size=2", "task.module.val_decode_ctc_weight=0.3"]
+    run = train(compose_config("train", _overrides(asr_root, "quant=irnn", *search), tmp_path / "run"))
+    common = [
+        o
+        for o in _overrides(asr_root)
+        if not o.startswith(("model=", "trainer.limit_train", "trainer.max_epochs", "task.module"))
+    ]
+    as_test = ["~data.test", "+data.test={synth: synth/valid.jsonl, fsdd: fsdd/valid.jsonl}"]
+    joint, greedy = (
+        evaluate(
+            compose_config(
+                "evaluate", [*common, f"ckpt={run['checkpoint']}", *as_test, *options], tmp_path / f"e{number}"
+            )
+        )
+        for number, options in enumerate((["beam_size=2", "ctc_weight=0.3"], ["beam_size=1", "ctc_weight=0"]))
+    )
+    assert joint["val_wer"] == joint["test_wer"] == greedy["val_wer"] == run["val_wer"]
+    assert greedy["test_wer"] != joint["test_wer"]  # the two searches differ on these sets: the check above could fail
+    integer = evaluate(
+        compose_config(
+            "evaluate",
+            [*common, f"ckpt={tmp_path / 'run' / 'model.int.safetensors'}", "engine=integer", *as_test, "ctc_weight=0"],
+            tmp_path / "i",
+        )
+    )
+    assert integer["val_wer"] == joint["val_wer"] and integer["test_wer"] == greedy["test_wer"]
+
+
 def test_evaluate_over_several_dithers_reports_the_mean_and_every_pass(irnn_asr_run, asr_root, tmp_path):
     run_dir, metrics = irnn_asr_run
     common = [o for o in _overrides(asr_root) if not o.startswith(("model=", "trainer.limit_train", "task.module"))]

@@ -5,7 +5,8 @@ encoder output when the model has a CTC layer (joint CTC-attention, Kim et al. 2
 scheduled sampling (``sampling_prob``) feeds the decoder some of its own predictions instead of the
 reference tokens, in two parallel passes (Duckworth et al. 2019): a teacher-forced pass without gradient
 predicts every position, and the loss is taken on a second pass whose inputs mix those predictions in.
-Validation: loss and WER by greedy decoding per validation set; test: WER by beam search per test set,
+Validation: loss and WER per validation set, decoded greedily (or by the joint search of ``val_beam_size`` /
+``val_decode_ctc_weight``); test: WER by beam search per test set,
 each utterance's reference and hypothesis in ``<run>/decoded/<set>.jsonl`` and the WER per speaker. WER is
 jiwer's corpus WER on normalized text (``app.data.text.normalize_text``: the same normalization as the
 training targets), logged as ``<stage>/wer/<set>`` in percent; ``val/wer`` (all validation words
@@ -77,6 +78,8 @@ class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
         decode_ctc_weight: float = 0.0,
         sampling_prob: float = 0.0,
         sampling_start_epoch: int = 0,
+        val_beam_size: int = 1,
+        val_decode_ctc_weight: float = 0.0,
     ) -> None:
         """model_cfg / quant_cfg: the ``model`` (its ``asr:`` section) and ``quant`` configs.
 
@@ -89,16 +92,21 @@ class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
         sampling_prob: scheduled sampling: the probability that a decoder input token (after <bos>) is the
             model's own greedy prediction of it instead of the reference, from epoch ``sampling_start_epoch``
             on (numbered from 0); 0 turns it off. Validation and test are unaffected.
+        val_beam_size / val_decode_ctc_weight: the validation search, which ranks the epochs (best.ckpt,
+            average_best); 1 and 0 (the default): greedy attention-only decoding, batched. The test's values
+            (e.g. 10 and 0.3) validate with the test's joint CTC/attention search, without the LM.
         """
         super().__init__()
         check_optimization(optimizer, lr_scheduler)
-        try:  # checked now; `decoding` builds them at each use (evaluate.py may change the hyper-parameters)
-            DecodingOptions(beam_size, length_norm, max_len_ratio, decode_ctc_weight)
-        except ValueError as err:  # named by its config key (the options' ctc_weight is decode_ctc_weight here)
-            message = str(err)
-            raise UserInputError(
-                f"task.module.{'decode_' if message.startswith('ctc_weight=') else ''}{message}"
-            ) from None
+        for prefix, search in (("", (beam_size, decode_ctc_weight)), ("val_", (val_beam_size, val_decode_ctc_weight))):
+            try:  # checked now; `decoding` builds them at each use (evaluate.py may change the hyper-parameters)
+                DecodingOptions(search[0], length_norm, max_len_ratio, search[1])
+            except ValueError as err:  # named by its config key (the options' ctc_weight is decode_ctc_weight here)
+                message = str(err)
+                if message.startswith(("beam_size=", "ctc_weight=")):
+                    message = prefix + ("decode_" if message.startswith("ctc_weight=") else "") + message
+                    message = message.replace("set beam_size=", f"set {prefix}beam_size=")
+                raise UserInputError(f"task.module.{message}") from None
         if not 0.0 <= sampling_prob <= 1.0:
             raise UserInputError(f"task.module.sampling_prob={sampling_prob}: must be in [0, 1] (0 turns it off)")
         self.save_hyperparameters()
@@ -107,7 +115,11 @@ class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
             self.init_quantization()  # quant.init_from, DenseShift freezing (app/tasks/qat.py)
         except (ValueError, FileNotFoundError) as err:
             raise UserInputError(str(err)) from None
-        for key, weight in (("ctc_weight", ctc_weight), ("decode_ctc_weight", decode_ctc_weight)):
+        for key, weight in (
+            ("ctc_weight", ctc_weight),
+            ("decode_ctc_weight", decode_ctc_weight),
+            ("val_decode_ctc_weight", val_decode_ctc_weight),
+        ):
             check_ctc_weight(f"task.module.{key}", weight, self.model.ctc is not None, decoding=key != "ctc_weight")
         self.lm_fusion = None  # an app.decode.search.LanguageModelFusion for the test beam search (evaluate.py lm=...)
         self._stage: dict[str, Any] = {}
@@ -167,6 +179,13 @@ class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
         hp = self.hparams
         return DecodingOptions(hp.beam_size, hp.length_norm, hp.max_len_ratio, hp.decode_ctc_weight, self.lm_fusion)
 
+    @property
+    def validation_decoding(self) -> DecodingOptions:
+        """The validation search: val_beam_size and val_decode_ctc_weight with the test's length settings, no LM
+        (a checkpoint saved before these keys existed loads their defaults: greedy, as it was trained)."""
+        hp = self.hparams
+        return DecodingOptions(hp.val_beam_size, hp.length_norm, hp.max_len_ratio, hp.val_decode_ctc_weight)
+
     def transcribe(self, batch: Mapping[str, Any], options: DecodingOptions, encoded: Any = None) -> list[str]:
         """Decoded text of a batch: greedy search (options.greedy), the CTC layer's best path (options.ctc_only) or
         beam search, with the model in eval mode."""
@@ -189,7 +208,7 @@ class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
         names = self.trainer.datamodule.val_names if stage == "val" else self.trainer.datamodule.test_names
         set_name = names[dataloader_idx]
         loss, _, encoded = self._losses(batch)
-        hyps = self.transcribe(batch, self.decoding.attention_greedy() if stage == "val" else self.decoding, encoded)
+        hyps = self.transcribe(batch, self.validation_decoding if stage == "val" else self.decoding, encoded)
         record = self._stage[stage].setdefault(set_name, new_record())
         add_batch(record, batch, hyps)
         record["loss"] += float(loss) * len(batch["texts"])
