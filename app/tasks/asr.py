@@ -98,9 +98,9 @@ class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
         """
         super().__init__()
         check_optimization(optimizer, lr_scheduler)
-        for prefix, search in (("", (beam_size, decode_ctc_weight)), ("val_", (val_beam_size, val_decode_ctc_weight))):
+        for prefix, beam, ctc in (("", beam_size, decode_ctc_weight), ("val_", val_beam_size, val_decode_ctc_weight)):
             try:  # checked now; `decoding` builds them at each use (evaluate.py may change the hyper-parameters)
-                DecodingOptions(search[0], length_norm, max_len_ratio, search[1])
+                DecodingOptions(beam, length_norm, max_len_ratio, ctc)
             except ValueError as err:  # named by its config key (the options' ctc_weight is decode_ctc_weight here)
                 message = str(err)
                 if message.startswith(("beam_size=", "ctc_weight=")):
