@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from app.decode.options import DecodingOptions
+from app.decode.options import DecodingOptions, DecodingRefused
 from app.errors import UserInputError
 from app.tasks.asr import SpeechRecognitionTask
 
@@ -50,6 +50,21 @@ def test_decoding_options_refuse_a_value_out_of_range_naming_it(settings: dict, 
     assert str(refused.value).startswith(message)
 
 
+def test_a_refusal_names_the_settings_by_the_callers_keys_where_it_has_them() -> None:
+    with pytest.raises(DecodingRefused) as refused:
+        DecodingOptions(beam_size=10, ctc_weight=1.0)
+    assert str(refused.value).startswith(
+        "ctc_weight=1 decodes with the CTC layer alone, by its best path: set beam_size=1"
+    )
+    named = refused.value.under({"ctc_weight": "search.ctc", "beam_size": "search.beam"})
+    assert named.startswith(
+        "search.ctc=1 decodes with the CTC layer alone, by its best path: set search.beam=1 (not 10)"
+    )
+    with pytest.raises(DecodingRefused) as refused:
+        DecodingOptions(length_norm=-1.0)
+    assert refused.value.under({"ctc_weight": "search.ctc"}).startswith("length_norm=-1.0: must be >= 0")
+
+
 def _task_arguments() -> dict:
     """SpeechRecognitionTask's arguments for model=tiny in float, as train.py passes them."""
     return {
@@ -67,6 +82,8 @@ def test_the_asr_task_refuses_its_decoding_settings_under_their_config_keys() ->
     common = _task_arguments()
     with pytest.raises(UserInputError, match=r"^task\.module\.beam_size=0: must be a whole number >= 1$"):
         SpeechRecognitionTask(**common, beam_size=0)
+    with pytest.raises(UserInputError, match=r"^task\.module\.length_norm=-1: must be >= 0"):
+        SpeechRecognitionTask(**common, length_norm=-1)
     with pytest.raises(UserInputError, match=r"^task\.module\.max_len_ratio=0: must be above 0"):
         SpeechRecognitionTask(**common, max_len_ratio=0)
     with pytest.raises(UserInputError, match=r"^task\.module\.decode_ctc_weight=1 decodes with the CTC layer alone"):
@@ -85,7 +102,9 @@ def test_the_asr_task_validates_greedily_unless_told_and_refuses_a_bad_validatio
     assert joint.validation_decoding.lm is None and (joint.decoding.beam_size, joint.decoding.ctc_weight) == (10, 0.3)
     with pytest.raises(UserInputError, match=r"^task\.module\.val_beam_size=0: must be a whole number >= 1$"):
         SpeechRecognitionTask(**common, val_beam_size=0)
-    with pytest.raises(UserInputError, match=r"^task\.module\.val_decode_ctc_weight=1 decodes .* set val_beam_size=1 "):
+    with pytest.raises(
+        UserInputError, match=r"^task\.module\.val_decode_ctc_weight=1 decodes .* set task\.module\.val_beam_size=1 "
+    ):
         SpeechRecognitionTask(**common, val_beam_size=10, val_decode_ctc_weight=1.0)
     with pytest.raises(UserInputError, match=r"^task\.module\.val_decode_ctc_weight=0\.3 needs a CTC layer"):
         SpeechRecognitionTask(

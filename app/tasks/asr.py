@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from app.data.text import BOS_ID, EOS_ID, PAD_ID, normalize_text
-from app.decode.options import DecodingOptions
+from app.decode.options import DecodingOptions, DecodingRefused
 from app.decode.search import beam_search, ctc_greedy_search, greedy_search, max_decode_length, qat_decoder
 from app.decode.wer import add_batch, corpus_wer, new_record, speech_wer_summary, write_test_record
 from app.errors import UserInputError
@@ -101,12 +101,16 @@ class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
         for prefix, beam, ctc in (("", beam_size, decode_ctc_weight), ("val_", val_beam_size, val_decode_ctc_weight)):
             try:  # checked now; `decoding` builds them at each use (evaluate.py may change the hyper-parameters)
                 DecodingOptions(beam, length_norm, max_len_ratio, ctc)
-            except ValueError as err:  # named by its config key (the options' ctc_weight is decode_ctc_weight here)
-                message = str(err)
-                if message.startswith(("beam_size=", "ctc_weight=")):
-                    message = prefix + ("decode_" if message.startswith("ctc_weight=") else "") + message
-                    message = message.replace("set beam_size=", f"set {prefix}beam_size=")
-                raise UserInputError(f"task.module.{message}") from None
+            except DecodingRefused as refused:  # named by the config keys of this search
+                keys = {
+                    "beam_size": f"{prefix}beam_size",
+                    "ctc_weight": f"{prefix}decode_ctc_weight",
+                    "length_norm": "length_norm",
+                    "max_len_ratio": "max_len_ratio",
+                }
+                raise UserInputError(
+                    refused.under({field: f"task.module.{key}" for field, key in keys.items()})
+                ) from None
         if not 0.0 <= sampling_prob <= 1.0:
             raise UserInputError(f"task.module.sampling_prob={sampling_prob}: must be in [0, 1] (0 turns it off)")
         self.save_hyperparameters()
