@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from app.decode.wer import corpus_wer
 from app.errors import UserInputError
@@ -298,3 +300,71 @@ def test_lm_fusion_with_an_lm_trained_on_the_asr_pieces_decodes_the_same_words_o
             evaluate(
                 compose_config("evaluate", [*common, f"ckpt={metrics['checkpoint']}", f"lm={wrong}"], tmp_path / "w")
             )
+
+
+def _manifest_audio(manifest: Path) -> list[Path]:
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    return [(manifest.parent / row["audio"]).resolve() for row in rows]
+
+
+def test_transcribe_gives_a_test_sets_files_the_words_the_run_decoded_on_both_engines(irnn_asr_run, asr_root):
+    from app.transcribe import transcribe
+
+    run_dir, metrics = irnn_asr_run
+    for set_name in ("fsdd", "pocketsphinx"):
+        audio = _manifest_audio(asr_root / set_name / "test.jsonl")  # in manifest order: the run's dither per file
+        decoded = {
+            str(Path(row["audio"]).resolve()): row["hyp"]
+            for row in map(json.loads, (run_dir / "decoded" / f"{set_name}.jsonl").read_text().splitlines())
+        }
+        assert decoded, set_name  # the run decoded a batch of this set (trainer.limit_test_batches=1)
+        for checkpoint in (Path(metrics["checkpoint"]), run_dir / "model.int.safetensors"):
+            emitted: list[tuple[str, str]] = []
+            words = transcribe(checkpoint, audio, emit=lambda path, text, out=emitted: out.append((path, text)))
+            assert emitted == list(zip(map(str, audio), words, strict=True))
+            by_file = dict(zip(map(str, audio), words, strict=True))
+            assert {path: by_file[path] for path in decoded} == decoded, (set_name, checkpoint.name)
+
+
+def test_transcribe_from_the_command_line_and_its_one_line_refusals(irnn_asr_run, asr_root, tmp_path, capsys):
+    from app.transcribe import main
+
+    run_dir, metrics = irnn_asr_run
+    integer = run_dir / "model.int.safetensors"
+    audio = _manifest_audio(asr_root / "fsdd" / "test.jsonl")[:2]
+    main([str(integer), *map(str, audio), "--jsonl", "--beam-size", "1"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["audio"] for row in rows] == list(map(str, audio)) and all(isinstance(r["text"], str) for r in rows)
+    samples, rate = sf.read(str(audio[0]))
+    stereo = tmp_path / "stereo_22k.wav"  # another rate and two channels: resampled and averaged, not refused
+    sf.write(str(stereo), np.stack([samples, samples], axis=1), 22050)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio")
+    empty = tmp_path / "empty.wav"
+    sf.write(str(empty), np.zeros(0), rate)
+    lm_config = tmp_path / "lm.yaml"
+    lm_config.write_text("task:\n  name: lm\ndata:\n  name: ptb\n")
+    for args, message in (
+        ([integer, tmp_path / "missing.wav"], "missing.wav: audio file not found"),
+        ([integer, audio[0], corrupt], "corrupt.wav: corrupt audio"),
+        ([integer, empty], "empty.wav: empty audio"),
+        ([integer], "no audio files given"),
+        ([run_dir, audio[0]], "is not a file (a run folder: pass <run>/checkpoints/best.ckpt"),
+        (
+            [integer, audio[0], "--ctc-weight", "1", "--beam-size", "3"],
+            "--ctc-weight=1 decodes with the CTC layer alone",
+        ),
+        ([integer, audio[0], "--config", tmp_path / "none.yaml"], "none.yaml does not exist"),
+        ([integer, audio[0], "--config", corrupt], "is not a readable run config"),
+        ([integer, audio[0], "--config", lm_config], "is not the config of a task=asr run"),
+    ):
+        with pytest.raises(SystemExit) as refused:  # `error: <one line>` on stderr, exit status 1, nothing decoded
+            main(list(map(str, args)))
+        assert refused.value.code.startswith("error: ") and "\n" not in refused.value.code
+        assert message in refused.value.code and capsys.readouterr().out == ""
+    lone = tmp_path / "lone.ckpt"  # a checkpoint copied away from its run: its config must be named
+    lone.write_bytes(Path(metrics["checkpoint"]).read_bytes())
+    with pytest.raises(SystemExit, match=r"pass the run's config with --config <run>/config\.yaml"):
+        main([str(lone), str(audio[0])])
+    done = run_script("-m", "app.transcribe", str(lone), str(stereo), "--config", str(run_dir / "config.yaml"))
+    assert done.returncode == 0 and done.stdout.startswith(f"{stereo}\t"), done.stderr

@@ -190,12 +190,14 @@ class SpeechRecognitionTask(QuantizationAwareTask, L.LightningModule):
         hp = self.hparams
         return DecodingOptions(hp.val_beam_size, hp.length_norm, hp.max_len_ratio, hp.val_decode_ctc_weight)
 
-    def transcribe(self, batch: Mapping[str, Any], options: DecodingOptions, encoded: Any = None) -> list[str]:
+    def transcribe(
+        self, batch: Mapping[str, Any], options: DecodingOptions, encoded: Any = None, tokenizer: Any = None
+    ) -> list[str]:
         """Decoded text of a batch: greedy search (options.greedy), the CTC layer's best path (options.ctc_only) or
-        beam search, with the model in eval mode."""
+        beam search, with the model in eval mode. tokenizer: the trainer's data's unless given (app.transcribe)."""
         if encoded is None:
             encoded = self.model.encode(batch["feats"], batch["feat_lens"])
-        tokenizer = self.trainer.datamodule.tokenizer
+        tokenizer = tokenizer or self.trainer.datamodule.tokenizer
         if options.ctc_only:  # no decoder, no length limit: one token per frame at most
             hyps = ctc_greedy_search(self.model.ctc_logits(encoded), encoded.lengths, PAD_ID)
             return [tokenizer.decode(h) for h in hyps]
