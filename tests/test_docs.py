@@ -145,10 +145,10 @@ def test_app_report_regenerates_results_without_duplicate_rows(tmp_path: Path, c
     assert len(_data_rows((outputs / "reports" / "size.md").read_text())) == 1
 
 
-@pytest.mark.parametrize("command", ["app.report", "app.bench", "app.peers", "app.average"])
+@pytest.mark.parametrize("command", ["app.report", "app.bench", "app.peers", "app.average", "app.transcribe"])
 def test_the_documented_tool_commands_run(command: str) -> None:
-    """README.md's `python -m app.report`, `app.bench`, `app.peers` (their code is in app/reporting/) and `app.average`
-    (app/runs/averaging.py)."""
+    """README.md's `python -m app.report`, `app.bench`, `app.peers` (their code is in app/reporting/), `app.average`
+    (app/runs/averaging.py) and `app.transcribe`."""
     from tests.conftest import run_script
 
     done = run_script("-m", command, "--help")
