@@ -69,7 +69,8 @@ def front_end(config_path: Path) -> FrontEnd:
     except Exception as err:  # a YAML error or an unreadable file
         raise UserInputError(f"--config {config_path} is not a readable run config ({type(err).__name__})") from None
     data = cfg.get("data") if isinstance(cfg, dict) else None
-    if not isinstance(data, dict) or cfg.get("task", {}).get("name") != "asr":
+    task = cfg.get("task") if isinstance(cfg, dict) else None
+    if not isinstance(data, dict) or not isinstance(task, dict) or task.get("name") != "asr" or "tokenizer" not in data:
         raise UserInputError(f"{config_path} is not the config of a task=asr run: pass an ASR run's config.yaml")
     if data.get("cmvn", "utterance") not in ("utterance", "none"):
         raise UserInputError(
@@ -77,7 +78,7 @@ def front_end(config_path: Path) -> FrontEnd:
             "of that run with evaluate.py and a manifest (docs/asr.md); app.transcribe takes data.cmvn=utterance or none"
         )
     tokenizer = Path(data["tokenizer"])
-    tokenizer = tokenizer if tokenizer.is_absolute() else Path(data["root"]) / tokenizer
+    tokenizer = tokenizer if tokenizer.is_absolute() else Path(data.get("root", ".")) / tokenizer
     try:
         features = FeatureConfig(**data.get("features", {}))
     except (TypeError, ValueError) as err:
