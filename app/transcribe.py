@@ -128,7 +128,12 @@ class Recognizer:
         self.tokenizer = tokenizer
         overrides = {key: value for key, value in search.items() if value is not None}
         if checkpoint.suffix == ".safetensors":
-            self.engine, meta = load_integer_asr(str(checkpoint), tokenizer.sha256)
+            self.engine, meta = load_integer_asr(
+                str(checkpoint),
+                tokenizer.sha256,
+                named=str(checkpoint),
+                tokenizer_fix="pass its run's config.yaml (--config)",
+            )
             run_search = meta.get("info", {}).get("decoding", {})
             self.options = self._options({**run_search, **overrides}, self.engine.ctc is not None)
             self.kind = "integer"

@@ -6,7 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 
+from app.data.text import train_tokenizer
 from app.decode.wer import corpus_wer
 from app.errors import UserInputError
 from evaluate import evaluate
@@ -362,6 +364,16 @@ def test_transcribe_from_the_command_line_and_its_one_line_refusals(irnn_asr_run
             main(list(map(str, args)))
         assert refused.value.code.startswith("error: ") and "\n" not in refused.value.code
         assert message in refused.value.code and capsys.readouterr().out == ""
+    other = train_tokenizer(["one two three four five six seven eight nine"] * 20, tmp_path / "other", 34)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["data"]["tokenizer"] = str(other)
+    other_config = tmp_path / "other_tokenizer.yaml"
+    other_config.write_text(yaml.safe_dump(config))
+    for checkpoint in (integer, Path(metrics["checkpoint"])):  # named by its path, not by evaluate.py's ckpt=
+        with pytest.raises(SystemExit) as refused:
+            main([str(checkpoint), str(audio[0]), "--config", str(other_config)])
+        assert refused.value.code.startswith(f"error: {checkpoint} was trained with another tokenizer")
+        assert "pass its run's config.yaml" in refused.value.code and capsys.readouterr().out == ""
     lone = tmp_path / "lone.ckpt"  # a checkpoint copied away from its run: its config must be named
     lone.write_bytes(Path(metrics["checkpoint"]).read_bytes())
     with pytest.raises(SystemExit, match=r"pass the run's config with --config <run>/config\.yaml"):

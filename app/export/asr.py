@@ -58,17 +58,27 @@ def export_integer_asr(model: Any, directory: Path, info: dict[str, Any]) -> tup
     return size_fields(path, integer_bytes, float_model_bytes(model)), engine
 
 
-def load_integer_asr(path: str, vocab_sha256: str) -> tuple[IntegerASRModel, dict[str, Any]]:
+def load_integer_asr(
+    path: str,
+    vocab_sha256: str,
+    *,
+    named: str | None = None,
+    tokenizer_fix: str = "evaluate it on the data it was trained on",
+) -> tuple[IntegerASRModel, dict[str, Any]]:
+    """The integer ASR engine in `path` and its metadata, refused in one line if it is not one for this tokenizer.
+
+    named: how the refusals name the file (default `ckpt=<path>`, evaluate.py's key); tokenizer_fix: what
+    they tell the user to do about a checkpoint trained with another tokenizer.
+    """
+    named = f"ckpt={path}" if named is None else named
     try:
         engine, meta = load_integer_checkpoint(path)
     except IntegerCheckpointError as err:
         raise UserInputError(str(err)) from None
     if meta.get("kind") != "asr" or not isinstance(engine, IntegerASRModel):
-        raise UserInputError(f"ckpt={path} holds an integer {meta.get('kind')!r} model, not a speech recognizer")
+        raise UserInputError(f"{named} holds an integer {meta.get('kind')!r} model, not a speech recognizer")
     if meta.get("info", {}).get("vocab_sha256") not in (None, vocab_sha256):
-        raise UserInputError(
-            f"ckpt={path} was trained with another tokenizer: evaluate it on the data it was trained on"
-        )
+        raise UserInputError(f"{named} was trained with another tokenizer: {tokenizer_fix}")
     return engine, meta
 
 
