@@ -499,6 +499,23 @@ def test_asterisk_prompt_transcripts_keep_the_spoken_words_only():
     }
 
 
+def test_asterisk_voices_in_other_languages_leave_out_words_read_in_english():
+    spec = importlib.util.spec_from_file_location("prepare_asterisk", ROOT / "data_scripts" / "prepare_asterisk.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.VOICES["en"].folder == "asterisk"  # conf/data/asr_voices.yaml's manifests keep their place
+    assert len({voice.folder for voice in script.VOICES.values()}) == len(script.VOICES)
+    assert len({voice.speaker for voice in script.VOICES.values()}) == len(script.VOICES)
+    assert all(len(voice.packages) == 2 for voice in script.VOICES.values())
+    assert script.PACKAGES.keys() == {package for voice in script.VOICES.values() for package in voice.packages}
+    assert script.read_in_english("Composez le 1 suivi du dièse.")
+    assert script.read_in_english("Premere * per annullare")
+    assert not script.read_in_english("Vous êtes maintenant en ligne. [tono 2]")
+    assert script.spoken_text("Échec à l'ouverture de session.") == "echec a l'ouverture de session"
+    transcripts = script.read_transcripts(["", "attivato: Attivato.", "; commento"])
+    assert transcripts == {"attivato": "Attivato."}
+
+
 def test_asterisk_recordings_that_are_silent_corrupt_or_too_short_for_their_text_are_named(tmp_path):
     spec = importlib.util.spec_from_file_location("prepare_asterisk", ROOT / "data_scripts" / "prepare_asterisk.py")
     script = importlib.util.module_from_spec(spec)
