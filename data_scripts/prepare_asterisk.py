@@ -169,7 +169,7 @@ def read_in_english(transcript: str) -> bool:
 
 
 def read_transcripts(lines: Sequence[str]) -> dict[str, str]:
-    """prompt name (path under the sounds folder, no suffix) -> transcript, from core-sounds-en.txt lines."""
+    """prompt name (path under the sounds folder, no suffix) -> transcript, from core-sounds-<lang>.txt lines."""
     transcripts = {}
     for line in lines:
         if line.strip() and not line.startswith(";"):
@@ -214,14 +214,15 @@ def prepare(
     sounds = extracted / voice.sounds_dir
     rows: dict[str, list[Utterance]] = {"train": [], "dev": []}
     skipped = {"annotation only": 0, "no transcript": 0, "no recording": 0}
-    if language != "en":
+    foreign = language != "en"
+    if foreign:
         skipped["digits or symbols"] = 0
     for wav in sorted(sounds.rglob("*.wav")):
         name = wav.relative_to(sounds).with_suffix("").as_posix()
         if name not in transcripts:
             skipped["no transcript"] += 1
             continue
-        if language != "en" and read_in_english(transcripts[name]):
+        if foreign and read_in_english(transcripts[name]):
             skipped["digits or symbols"] += 1
             continue
         text = spoken_text(transcripts[name])
